@@ -422,9 +422,6 @@ impl MountTable {
     /// `/mnt/user-data/workspace/../uploads` is an escape from the workspace mount).
     pub fn locate(&self, raw: &str) -> Result<Located<'_>, SandboxError> {
         let lexed = lex(raw)?;
-        let mount = self
-            .mount_for(&lexed.normalized)
-            .ok_or_else(|| SandboxError::Unmapped { path: lexed.normalized.to_string() })?;
         if let Some(before) = &lexed.before_dotdot {
             let started_in = self.mount_for(before);
             let stays = started_in.is_some_and(|m| lexed.normalized.starts_with(&m.container));
@@ -432,6 +429,9 @@ impl MountTable {
                 return Err(SandboxError::Escape { path: shown(raw) });
             }
         }
+        let mount = self
+            .mount_for(&lexed.normalized)
+            .ok_or_else(|| SandboxError::Unmapped { path: lexed.normalized.to_string() })?;
         let rel = lexed.normalized.strip_prefix(&mount.container).unwrap_or_default().to_owned();
         Ok(Located { vpath: lexed.normalized, mount, rel })
     }
@@ -741,3 +741,7 @@ impl Walker for StdWalker {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "mount_tests.rs"]
+mod tests;
