@@ -1,11 +1,10 @@
 //! Paddock's contract crate: validated ids, the on-disk data layout, virtual paths and
 //! the mount table, the `Sandbox` trait with its request and outcome types, the one
-//! error enum, the environment policy and the typed configuration.
+//! error enum and the environment policy.
 //!
 //! It has no async runtime, no HTTP and no raw syscalls, so every other crate can depend
 //! on it cheaply.
 
-pub mod config;
 pub mod envpolicy;
 pub mod error;
 pub mod ids;

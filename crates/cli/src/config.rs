@@ -1,0 +1,294 @@
+//! `paddock.yaml`: the one typed configuration, resolved once before any work starts.
+//!
+//! Precedence: built-in defaults < the YAML file < environment variables (see
+//! [`crate::env`]) < command-line flags. Unknown keys are refused with their full key
+//! path (`sandbox.limits.memroy`), so a typo never silently does nothing.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::env::{self, EnvVar};
+
+/// Which backend runs sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Isolated process trees on this host (the embedded default).
+    #[default]
+    Local,
+    /// Pods on a Kubernetes cluster.
+    Kubernetes,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `paddock=debug,info`).
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PaddockConfig {
+    /// Where user data and server state live.
+    pub data_dir: PathBuf,
+    /// Address of `paddock serve`.
+    pub listen: SocketAddr,
+    /// Base URL put into `sandbox_url` (default `http://{listen}`).
+    pub public_url: Option<String>,
+    /// The control-plane API key (generated into the data dir when unset).
+    #[serde(skip_serializing)]
+    pub api_key: Option<String>,
+    /// A file holding the API key.
+    pub api_key_file: Option<PathBuf>,
+    /// `local` or `kubernetes`.
+    pub backend: BackendKind,
+    /// Logging.
+    pub log: LogConfig,
+    /// The LLM tool layer's limits.
+    #[serde(skip_serializing)]
+    pub tools: paddock_tools::ToolsConfig,
+}
+
+impl Default for PaddockConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./.paddock"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8002)),
+            public_url: None,
+            api_key: None,
+            api_key_file: None,
+            backend: BackendKind::Local,
+            log: LogConfig::default(),
+            tools: paddock_tools::ToolsConfig::default(),
+        }
+    }
+}
+
+/// Why configuration could not be resolved. Always names the file, key or variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML.
+    #[error("config file {path} is not valid YAML: {message}")]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// The file's top level is not a mapping.
+    #[error("config file {path} must be a mapping of keys to values")]
+    NotAMapping {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An environment variable has the wrong type.
+    #[error("environment variable {name} (sets {key}): {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// The key it sets.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A key is unknown or has the wrong type.
+    #[error("invalid configuration at {key}: {message}")]
+    Invalid {
+        /// Full key path (`.` for the root).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Loads the configuration: the file (`path`, else `$PADDOCK_CONFIG`, else none), then
+/// the environment from `vars`.
+pub fn load(
+    path: Option<&Path>,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> Result<PaddockConfig, ConfigError> {
+    let from_env = vars(env::CONFIG_PATH).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let path = path.map(Path::to_path_buf).or(from_env);
+    let mut tree = match &path {
+        Some(p) => read_file(p)?,
+        None => Value::Object(serde_json::Map::new()),
+    };
+    apply_env(&mut tree, vars)?;
+    let mut cfg = from_tree(tree)?;
+    if cfg.api_key.as_deref() == Some("") {
+        cfg.api_key = None;
+    }
+    Ok(cfg)
+}
+
+fn read_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(serde_json::Map::new()));
+    }
+    let value: Value = serde_norway::from_str(&text)
+        .map_err(|e| ConfigError::Yaml { path: path.to_path_buf(), message: e.to_string() })?;
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(serde_json::Map::new())),
+        _ => Err(ConfigError::NotAMapping { path: path.to_path_buf() }),
+    }
+}
+
+fn apply_env(tree: &mut Value, vars: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    for EnvVar { name, key, kind } in env::OVERRIDES {
+        let Some(raw) = vars(name) else { continue };
+        let value = env::typed_value(*kind, &raw)
+            .map_err(|message| ConfigError::Env { name, key, message })?;
+        set_key(tree, key, value).map_err(|message| ConfigError::Env { name, key, message })?;
+    }
+    Ok(())
+}
+
+fn set_key(tree: &mut Value, key: &str, value: Value) -> Result<(), String> {
+    let mut node = tree;
+    let parts: Vec<&str> = key.split('.').collect();
+    for (i, part) in parts.iter().enumerate() {
+        let Value::Object(map) = node else {
+            return Err(format!("the file sets {} to a non-mapping value", parts[..i].join(".")));
+        };
+        if i + 1 == parts.len() {
+            map.insert((*part).to_owned(), value);
+            return Ok(());
+        }
+        node = map
+            .entry((*part).to_owned())
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    }
+    Ok(())
+}
+
+fn from_tree(tree: Value) -> Result<PaddockConfig, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Invalid { key, message: e.into_inner().to_string() }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_without_a_file() {
+        let c = load(None, &no_env).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./.paddock"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8002");
+        assert_eq!(c.backend, BackendKind::Local);
+    }
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("paddock.yaml");
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn file_then_env() {
+        let (_d, p) = file("data_dir: /srv/p\nlisten: 0.0.0.0:9000\nlog:\n  level: debug\n");
+        let env: HashMap<&str, &str> = [("PADDOCK_LISTEN", "127.0.0.1:7000")].into();
+        let c = load(Some(&p), &|k| env.get(k).map(|v| (*v).to_owned())).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/p"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.log.level, "debug");
+    }
+
+    #[test]
+    fn config_path_from_env() {
+        let (_d, p) = file("backend: kubernetes\n");
+        let ps = p.to_string_lossy().into_owned();
+        let c = load(None, &|k| (k == "PADDOCK_CONFIG").then(|| ps.clone())).unwrap();
+        assert_eq!(c.backend, BackendKind::Kubernetes);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let (_d, p) = file("data_dri: x\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("unknown field `data_dri`"), "{e}");
+        let (_d, p) = file("log:\n  levle: x\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.starts_with("invalid configuration at log:") || e.contains("log"), "{e}");
+        assert!(e.contains("levle"), "{e}");
+        let (_d, p) = file("tools:\n  bash_output_max_chars: lots\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("tools"), "{e}");
+    }
+
+    #[test]
+    fn bad_inputs_say_where() {
+        let (_d, p) = file("listen: [1, 2\n");
+        assert!(matches!(load(Some(&p), &no_env), Err(ConfigError::Yaml { .. })));
+        let (_d, p) = file("- a\n- b\n");
+        assert!(matches!(load(Some(&p), &no_env), Err(ConfigError::NotAMapping { .. })));
+        let e = load(Some(Path::new("/nonexistent/paddock.yaml")), &no_env).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/paddock.yaml"));
+        let e = load(None, &|k| (k == "PADDOCK_BASH_TIMEOUT_SECS").then(|| "soon".to_owned()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PADDOCK_BASH_TIMEOUT_SECS") && e.contains("tools.bash_timeout_secs"), "{e}");
+        let (_d, p) = file("backend: docker\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("backend") && e.contains("docker"), "{e}");
+    }
+
+    #[test]
+    fn api_key_sources() {
+        let c = load(None, &|k| (k == "PROVISIONER_API_KEY").then(|| "deer".to_owned())).unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("deer"));
+        // PADDOCK_API_KEY wins over DeerFlow's name.
+        let c = load(None, &|k| match k {
+            "PROVISIONER_API_KEY" => Some("deer".into()),
+            "PADDOCK_API_KEY" => Some("pad".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.api_key.as_deref(), Some("pad"));
+    }
+}
