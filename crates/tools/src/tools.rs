@@ -381,8 +381,9 @@ impl Tools {
                 .await
             }
             other => {
-                // The table and this match are kept in step by the `every_spec_dispatches`
-                // test; reaching here means a tool was added to one and not the other.
+                // The table and this match are kept in step by the test
+                // `dispatches_every_tool_and_ignores_description`; reaching here means a
+                // tool was added to one and not the other.
                 return Err(ToolError::UnknownTool {
                     name: other.to_owned(),
                     known: spec::tool_names().join(", "),
