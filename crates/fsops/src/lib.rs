@@ -1,0 +1,148 @@
+//! Paddock's file operations (SPEC section 4) over a [`MountTable`], shared by every
+//! backend: read, write, upload, stat, list, glob, grep and str_replace.
+//!
+//! Invariant: every byte read or written lies beneath the host root of the mount that owns
+//! the resolved virtual path. Paths are resolved with file descriptors (`openat2` with
+//! `RESOLVE_BENEATH`, or an `O_NOFOLLOW` walk in the virtual namespace), directory trees
+//! are traversed with fds opened `O_NOFOLLOW`, and final entries are opened `O_NOFOLLOW`,
+//! so a symlink swapped in mid-operation is refused rather than followed. Errors carry
+//! virtual paths only.
+//!
+//! The API is synchronous; async callers wrap it in `spawn_blocking`.
+
+use std::sync::Arc;
+
+use paddock_core::sandbox::{
+    DEFAULT_DOWNLOAD_CAP_BYTES, DEFAULT_TEXT_CAP_BYTES, Entry, Glob, GlobOutcome, Grep,
+    GrepOutcome, List, Listing, ReadBytes, ReadText, ReplaceOutcome, StrReplace, TextContent,
+    WriteBytes, WriteOutcome, WriteText,
+};
+use paddock_core::{MountTable, SandboxError, VirtualPath};
+
+pub mod ignore;
+mod list;
+mod read;
+mod resolve;
+mod search;
+mod tree;
+mod walker;
+mod write;
+
+pub use ignore::{IGNORE_PATTERNS, is_ignored};
+
+/// Default cap on an upload (1 GiB).
+pub const DEFAULT_UPLOAD_CAP_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Limits and behaviour of [`FsOps`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsOptions {
+    /// Largest file `read_text` / `str_replace` loads.
+    pub text_cap_bytes: u64,
+    /// Largest byte range `open_read` hands out.
+    pub download_cap_bytes: u64,
+    /// Largest upload `write_from_reader` accepts.
+    pub upload_cap_bytes: u64,
+    /// Chown files and directories this crate creates to `uid:gid`: the sandbox runs as an
+    /// unprivileged uid while Paddock may run as root, and must own what it writes.
+    pub owner: Option<(u32, u32)>,
+    /// Always take the fd walk, never the `openat2` fast path (tests compare both).
+    pub force_walk: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            text_cap_bytes: DEFAULT_TEXT_CAP_BYTES,
+            download_cap_bytes: DEFAULT_DOWNLOAD_CAP_BYTES,
+            upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
+            owner: None,
+            force_walk: false,
+        }
+    }
+}
+
+/// A regular file opened for streaming out.
+#[derive(Debug)]
+pub struct OpenedFile {
+    /// Positioned at the requested offset.
+    pub file: std::fs::File,
+    /// Bytes to stream from there.
+    pub len: u64,
+    /// The whole file's size.
+    pub file_size: u64,
+    /// The resolved virtual path.
+    pub vpath: VirtualPath,
+}
+
+/// File operations over one sandbox's mount table.
+#[derive(Debug, Clone)]
+pub struct FsOps {
+    table: Arc<MountTable>,
+    opts: FsOptions,
+}
+
+impl FsOps {
+    /// Operations over `table` with `opts`.
+    pub fn new(table: Arc<MountTable>, opts: FsOptions) -> Self {
+        Self { table, opts }
+    }
+
+    /// The mount table.
+    pub fn table(&self) -> &MountTable {
+        &self.table
+    }
+
+    /// The options.
+    pub fn options(&self) -> &FsOptions {
+        &self.opts
+    }
+
+    /// Reads a UTF-8 text file, optionally a 1-based inclusive line range.
+    pub fn read_text(&self, req: &ReadText) -> Result<TextContent, SandboxError> {
+        read::read_text(self, req)
+    }
+
+    /// Opens a regular file for streaming a byte range out.
+    pub fn open_read(&self, req: &ReadBytes) -> Result<OpenedFile, SandboxError> {
+        read::open_read(self, req)
+    }
+
+    /// Writes text, creating parent directories; overwrite or append.
+    pub fn write_text(&self, req: &WriteText) -> Result<WriteOutcome, SandboxError> {
+        write::write_text(self, req)
+    }
+
+    /// Writes bytes from `body`: atomically (temp file, fsync, rename) unless appending.
+    pub fn write_from_reader(
+        &self,
+        req: &WriteBytes,
+        body: &mut dyn std::io::Read,
+    ) -> Result<WriteOutcome, SandboxError> {
+        write::write_from_reader(self, req, body)
+    }
+
+    /// Facts about a path (symlinks followed).
+    pub fn stat(&self, path: &str) -> Result<Entry, SandboxError> {
+        read::stat(self, path)
+    }
+
+    /// Lists a directory to a depth.
+    pub fn list(&self, req: &List) -> Result<Listing, SandboxError> {
+        list::list(self, req)
+    }
+
+    /// Finds paths matching a glob under a root.
+    pub fn glob(&self, req: &Glob) -> Result<GlobOutcome, SandboxError> {
+        search::glob(self, req)
+    }
+
+    /// Searches file contents.
+    pub fn grep(&self, req: &Grep) -> Result<GrepOutcome, SandboxError> {
+        search::grep(self, req)
+    }
+
+    /// Replaces text in a file, writing it back atomically.
+    pub fn str_replace(&self, req: &StrReplace) -> Result<ReplaceOutcome, SandboxError> {
+        write::str_replace(self, req)
+    }
+}

@@ -1,0 +1,365 @@
+//! `glob` and `grep`: one fd-based walk of the virtual tree, pruning ignored names.
+//!
+//! Invariant: files are opened relative to their directory fd with `O_NOFOLLOW`, and only
+//! regular files are searched, so neither a symlink nor a swapped directory can bring
+//! content from outside the mounts into results. Grep walks once on the calling thread and
+//! searches in parallel on `available_parallelism` scoped worker threads, each reusing
+//! one `Searcher` and one read buffer; results are sorted afterwards, so they do not depend
+//! on scheduling.
+
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::mpsc;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use grep_regex::RegexMatcherBuilder;
+use grep_searcher::sinks::Lossy;
+use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder};
+use paddock_core::mount::Node;
+use paddock_core::sandbox::{
+    EntryKind, GREP_LINE_CUT_CHARS, GREP_MAX_FILE_BYTES, GREP_MAX_LINE_CHARS, Glob, GlobOutcome,
+    Grep, GrepMatch, GrepOutcome,
+};
+use paddock_core::{SandboxError, VirtualPath};
+use rustix::fs::{FileType, Mode, OFlags};
+
+use crate::resolve::FOLLOW;
+use crate::tree::{Child, open_child_dir, open_root_dir, read_children};
+use crate::{FsOps, ignore};
+
+/// Grep treats a file as binary when its first this-many bytes hold a NUL.
+const BINARY_PROBE_BYTES: usize = 8 * 1024;
+
+/// A glob over paths relative to a search root, right-anchored like the reference: a
+/// pattern not starting with `/` or `**/` also matches at any depth, and `**/x` matches a
+/// top-level `x`. A leading `/` anchors the pattern at the root.
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    set: GlobSet,
+}
+
+impl PathMatcher {
+    /// Compiles `pattern`; `field` names the request field in errors.
+    pub fn new(pattern: &str, field: &str) -> Result<Self, SandboxError> {
+        if pattern.is_empty() {
+            return Err(SandboxError::invalid_argument(field, "is empty"));
+        }
+        if pattern.contains('\0') {
+            return Err(SandboxError::invalid_argument(field, "contains a NUL byte"));
+        }
+        let variants: Vec<String> = if let Some(anchored) = pattern.strip_prefix('/') {
+            vec![anchored.trim_start_matches('/').to_owned()]
+        } else if pattern.starts_with("**/") {
+            vec![pattern.to_owned()]
+        } else {
+            vec![pattern.to_owned(), format!("**/{pattern}")]
+        };
+        let mut b = GlobSetBuilder::new();
+        for v in &variants {
+            let g = GlobBuilder::new(v)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| SandboxError::invalid_argument(field, e.kind().to_string()))?;
+            b.add(g);
+        }
+        let set = b
+            .build()
+            .map_err(|e| SandboxError::invalid_argument(field, e.to_string()))?;
+        Ok(Self { set })
+    }
+
+    /// Whether the relative path `rel` matches.
+    pub fn is_match(&self, rel: &str) -> bool {
+        self.set.is_match(rel)
+    }
+}
+
+/// A depth-first walk of the virtual tree below `root_fd`, pruning ignored names and never
+/// entering symlinks. `visit(dir_fd, child)` sees every kept entry.
+fn walk_tree(
+    ops: &FsOps,
+    root_fd: OwnedFd,
+    root: &VirtualPath,
+    visit: &mut dyn FnMut(&OwnedFd, &Child<'_>),
+) -> Result<(), SandboxError> {
+    let keep = |name: &str| !ignore::is_ignored(name);
+    let mut stack: Vec<(OwnedFd, VirtualPath)> = vec![(root_fd, root.clone())];
+    let mut first = true;
+    while let Some((dir, vdir)) = stack.pop() {
+        let children = match read_children(ops.table(), &dir, &vdir, &keep) {
+            Ok(c) => c,
+            Err(e) if first => return Err(SandboxError::from_io("read", root.as_str(), &e)),
+            Err(e) => {
+                tracing::debug!(dir = %vdir, error = %e, "skipping an unreadable directory");
+                continue;
+            }
+        };
+        first = false;
+        for child in children {
+            visit(&dir, &child);
+            if child.kind == EntryKind::Dir
+                && let Some(fd) = open_child_dir(&dir, &child)
+            {
+                stack.push((fd, child.vpath));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rel_of<'a>(path: &'a VirtualPath, root: &VirtualPath) -> &'a str {
+    path.strip_prefix(root).unwrap_or(path.as_str())
+}
+
+pub(crate) fn glob(ops: &FsOps, req: &Glob) -> Result<GlobOutcome, SandboxError> {
+    let matcher = PathMatcher::new(&req.pattern, "pattern")?;
+    let r = ops.resolve(&req.path, FOLLOW)?;
+    let root_fd = open_root_dir(&r)?;
+    let root = r.vpath().clone();
+    let mut paths = Vec::new();
+    walk_tree(ops, root_fd, &root, &mut |_, child| {
+        let wanted = match child.kind {
+            EntryKind::Dir => req.include_dirs,
+            EntryKind::File | EntryKind::Symlink | EntryKind::Other => true,
+        };
+        if wanted && matcher.is_match(rel_of(&child.vpath, &root)) {
+            paths.push(child.vpath.clone());
+        }
+    })?;
+    paths.sort();
+    let truncated = paths.len() > req.max_results;
+    paths.truncate(req.max_results);
+    Ok(GlobOutcome { paths, truncated })
+}
+
+/// One file handed to a grep worker.
+struct Job {
+    vpath: VirtualPath,
+    file: std::fs::File,
+}
+
+/// Per-worker search state, reused across files.
+struct Worker<'m> {
+    matcher: &'m grep_regex::RegexMatcher,
+    searcher: Searcher,
+    buf: Vec<u8>,
+    /// Per-file cap: a file never needs to contribute more than the global cap plus one.
+    per_file: usize,
+}
+
+impl Worker<'_> {
+    fn search(&mut self, job: &Job, out: &mut Vec<GrepMatch>) {
+        let Ok(st) = rustix::fs::fstat(&job.file) else {
+            return;
+        };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+            || st.st_size.max(0) as u64 > GREP_MAX_FILE_BYTES
+        {
+            return;
+        }
+        self.buf.clear();
+        if (&job.file)
+            .take(GREP_MAX_FILE_BYTES + 1)
+            .read_to_end(&mut self.buf)
+            .is_err()
+            || self.buf.len() as u64 > GREP_MAX_FILE_BYTES
+        {
+            return;
+        }
+        let probe = &self.buf[..self.buf.len().min(BINARY_PROBE_BYTES)];
+        if probe.contains(&0) {
+            return;
+        }
+        let per_file = self.per_file;
+        let mut found = 0usize;
+        let vpath = &job.vpath;
+        let sink = Lossy(|line_number, line: &str| {
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.len() > GREP_MAX_LINE_CHARS && line.chars().count() > GREP_MAX_LINE_CHARS {
+                return Ok(true);
+            }
+            out.push(GrepMatch {
+                path: vpath.clone(),
+                line_number,
+                line: cut_line(line),
+            });
+            found += 1;
+            Ok(found < per_file)
+        });
+        if let Err(e) = self.searcher.search_slice(self.matcher, &self.buf, sink) {
+            tracing::debug!(path = %job.vpath, error = %e, "search failed");
+        }
+    }
+}
+
+/// Right-trims and cuts a matched line to [`GREP_LINE_CUT_CHARS`] chars (197 + `...`).
+pub(crate) fn cut_line(line: &str) -> String {
+    let line = line.trim_end();
+    if line.chars().count() <= GREP_LINE_CUT_CHARS {
+        return line.to_owned();
+    }
+    let mut s: String = line.chars().take(GREP_LINE_CUT_CHARS - 3).collect();
+    s.push_str("...");
+    s
+}
+
+fn open_file(dir: &OwnedFd, name: &str) -> Option<std::fs::File> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::empty())
+        .ok()
+        .map(std::fs::File::from)
+}
+
+pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError> {
+    let pattern = if req.literal {
+        regex::escape(&req.pattern)
+    } else {
+        req.pattern.clone()
+    };
+    let matcher = RegexMatcherBuilder::new()
+        .case_insensitive(!req.case_sensitive)
+        .line_terminator(Some(b'\n'))
+        .build(&pattern)
+        .map_err(|e| SandboxError::invalid_argument("pattern", e.to_string()))?;
+    let filter = req
+        .glob
+        .as_deref()
+        .map(|g| PathMatcher::new(g, "glob"))
+        .transpose()?;
+    let r = ops.resolve(&req.path, FOLLOW)?;
+    let per_file = req.max_results.saturating_add(1);
+    let new_worker = || Worker {
+        matcher: &matcher,
+        searcher: SearcherBuilder::new()
+            .line_number(true)
+            .binary_detection(BinaryDetection::none())
+            .build(),
+        buf: Vec::with_capacity(64 * 1024),
+        per_file,
+    };
+    let mut matches = Vec::new();
+    match r.node() {
+        Node::File => {
+            let name = r.vpath().file_name().unwrap_or_default();
+            if filter.as_ref().is_none_or(|f| f.is_match(name)) {
+                let file = r.open("open", OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
+                let job = Job {
+                    vpath: r.vpath().clone(),
+                    file: std::fs::File::from(file),
+                };
+                new_worker().search(&job, &mut matches);
+            }
+        }
+        Node::Dir => {
+            let root_fd = open_root_dir(&r)?;
+            let root = r.vpath().clone();
+            let workers = std::thread::available_parallelism()
+                .map_or(2, usize::from)
+                .max(1);
+            let (tx, rx) = mpsc::sync_channel::<Job>(workers * 16);
+            let rx = Mutex::new(rx);
+            std::thread::scope(|s| -> Result<(), SandboxError> {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        let rx = &rx;
+                        let mut w = new_worker();
+                        s.spawn(move || {
+                            let mut out = Vec::new();
+                            loop {
+                                let job = match rx.lock() {
+                                    Ok(guard) => guard.recv(),
+                                    Err(_) => break,
+                                };
+                                let Ok(job) = job else { break };
+                                w.search(&job, &mut out);
+                            }
+                            out
+                        })
+                    })
+                    .collect();
+                let walked = walk_tree(ops, root_fd, &root, &mut |dir, child| {
+                    if child.kind != EntryKind::File {
+                        return;
+                    }
+                    if filter
+                        .as_ref()
+                        .is_some_and(|f| !f.is_match(rel_of(&child.vpath, &root)))
+                    {
+                        return;
+                    }
+                    if let Some(file) = open_file(dir, &child.name) {
+                        // A send error means every worker is gone; the join below reports it.
+                        let _ = tx.send(Job {
+                            vpath: child.vpath.clone(),
+                            file,
+                        });
+                    }
+                });
+                drop(tx);
+                for h in handles {
+                    match h.join() {
+                        Ok(out) => matches.extend(out),
+                        Err(_) => {
+                            return Err(SandboxError::Internal {
+                                message: "a grep worker panicked".into(),
+                            });
+                        }
+                    }
+                }
+                walked
+            })?;
+        }
+        Node::Missing => return Err(SandboxError::NotFound { path: r.shown() }),
+        _ => {
+            return Err(SandboxError::invalid_path(
+                r.requested.as_str(),
+                "is not a regular file or directory",
+            ));
+        }
+    }
+    matches.sort_by(|a, b| a.path.cmp(&b.path).then(a.line_number.cmp(&b.line_number)));
+    let truncated = matches.len() > req.max_results;
+    matches.truncate(req.max_results);
+    Ok(GrepOutcome { matches, truncated })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn right_anchored_globs() {
+        let m = PathMatcher::new("*.py", "pattern").expect("test setup");
+        assert!(m.is_match("a.py") && m.is_match("x/y/a.py"));
+        assert!(!m.is_match("a.pyc"));
+        let m = PathMatcher::new("**/*.rs", "pattern").expect("test setup");
+        assert!(m.is_match("main.rs") && m.is_match("src/main.rs"));
+        let m = PathMatcher::new("src/*.rs", "pattern").expect("test setup");
+        assert!(m.is_match("src/a.rs") && m.is_match("crates/x/src/a.rs"));
+        assert!(
+            !m.is_match("src/sub/a.rs"),
+            "literal_separator: * does not cross /"
+        );
+        let m = PathMatcher::new("/src/*.rs", "pattern").expect("test setup");
+        assert!(m.is_match("src/a.rs") && !m.is_match("crates/x/src/a.rs"));
+        let e = PathMatcher::new("a[", "pattern").expect_err("must fail");
+        assert_eq!(e.code(), "invalid_argument");
+        assert!(
+            PathMatcher::new("", "glob")
+                .expect_err("must fail")
+                .to_string()
+                .contains("glob")
+        );
+    }
+
+    #[test]
+    fn lines_are_cut() {
+        assert_eq!(cut_line("abc  \t"), "abc");
+        let long = "é".repeat(300);
+        let c = cut_line(&long);
+        assert_eq!(c.chars().count(), 200);
+        assert!(c.ends_with("...") && c.starts_with("ééé"));
+        assert_eq!(cut_line(&"x".repeat(200)).len(), 200);
+    }
+}

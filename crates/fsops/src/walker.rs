@@ -1,0 +1,171 @@
+//! The file-descriptor [`Walker`] that drives `MountTable::walk`.
+//!
+//! Invariant: every directory on the stack was opened relative to the one below it with
+//! `O_NOFOLLOW | O_DIRECTORY`, starting from a mount's host root. A symlink swapped in
+//! between `lookup` and `descend` therefore makes `descend` fail; the kernel never follows
+//! it, so the walk cannot be steered outside the mount by a concurrent writer.
+
+use std::os::fd::OwnedFd;
+
+use paddock_core::mount::{Mount, Node, Walker};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+/// Flags of every directory on the stack: a handle for `*at` calls, nothing more.
+pub(crate) const DIR_PATH_FLAGS: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Mode of directories created for a write (before the umask).
+pub(crate) const NEW_DIR_MODE: u32 = 0o755;
+
+/// A stack of directory fds, the top being the current directory of the walk.
+#[derive(Debug, Default)]
+pub(crate) struct FdWalker {
+    stack: Vec<OwnedFd>,
+    owner: Option<(u32, u32)>,
+}
+
+impl FdWalker {
+    /// A walker that chowns directories it creates to `owner`.
+    pub(crate) fn new(owner: Option<(u32, u32)>) -> Self {
+        Self {
+            stack: Vec::new(),
+            owner,
+        }
+    }
+
+    /// Takes the current directory, ending the walk.
+    pub(crate) fn into_top(mut self) -> Option<OwnedFd> {
+        self.stack.pop()
+    }
+
+    fn top(&self) -> std::io::Result<&OwnedFd> {
+        self.stack
+            .last()
+            .ok_or_else(|| std::io::Error::other("walker has no current directory"))
+    }
+}
+
+/// Opens a mount's host root as an `O_PATH` directory handle. Host roots come from the
+/// operator's configuration and are canonical, so following symlinks in them is intended.
+pub(crate) fn open_mount_root(mount: &Mount) -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::open(
+        &mount.host,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(fd)
+}
+
+/// Classifies `name` in `dir` without following a symlink.
+pub(crate) fn lookup_at(dir: &OwnedFd, name: &str) -> std::io::Result<Node> {
+    let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => return Ok(Node::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Node::Dir,
+        FileType::RegularFile => Node::File,
+        FileType::Symlink => {
+            let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
+            // A non-UTF-8 target cannot name a virtual path; the walk treats an empty
+            // target as dangling.
+            Node::Symlink(target.into_string().unwrap_or_default())
+        }
+        _ => Node::Other,
+    })
+}
+
+impl Walker for FdWalker {
+    fn reset(&mut self) {
+        self.stack.clear();
+    }
+
+    fn push_mount(&mut self, mount: &Mount) -> std::io::Result<()> {
+        let fd = open_mount_root(mount)?;
+        self.stack.push(fd);
+        Ok(())
+    }
+
+    fn lookup(&mut self, name: &str) -> std::io::Result<Node> {
+        lookup_at(self.top()?, name)
+    }
+
+    fn descend(&mut self, name: &str) -> std::io::Result<()> {
+        let fd = rustix::fs::openat(self.top()?, name, DIR_PATH_FLAGS, Mode::empty())?;
+        self.stack.push(fd);
+        Ok(())
+    }
+
+    fn ascend(&mut self) {
+        self.stack.pop();
+    }
+
+    fn mkdir(&mut self, name: &str) -> std::io::Result<()> {
+        let top = self.top()?;
+        match rustix::fs::mkdirat(top, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
+            Ok(()) => {
+                if let Some((uid, gid)) = self.owner {
+                    // SYMLINK_NOFOLLOW: if the new directory was swapped for a symlink,
+                    // the link itself is chowned, never its target.
+                    rustix::fs::chownat(
+                        top,
+                        name,
+                        Some(rustix::fs::Uid::from_raw(uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )?;
+                }
+                Ok(())
+            }
+            Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_core::VirtualPath;
+    use paddock_core::mount::MountKind;
+
+    fn mount(host: &std::path::Path) -> Mount {
+        Mount {
+            container: VirtualPath::parse("/m").expect("test setup"),
+            host: host.to_path_buf(),
+            read_only: false,
+            kind: MountKind::Custom,
+        }
+    }
+
+    #[test]
+    fn classifies_and_refuses_to_descend_symlinks() {
+        let tmp = tempfile::tempdir().expect("test setup");
+        std::fs::create_dir(tmp.path().join("d")).expect("test setup");
+        std::fs::write(tmp.path().join("f"), "x").expect("test setup");
+        std::os::unix::fs::symlink("/etc", tmp.path().join("l")).expect("test setup");
+        let mut w = FdWalker::new(None);
+        w.push_mount(&mount(tmp.path())).expect("test setup");
+        assert_eq!(w.lookup("d").expect("test setup"), Node::Dir);
+        assert_eq!(w.lookup("f").expect("test setup"), Node::File);
+        assert_eq!(w.lookup("nope").expect("test setup"), Node::Missing);
+        assert_eq!(
+            w.lookup("l").expect("test setup"),
+            Node::Symlink("/etc".into())
+        );
+        assert!(
+            w.descend("l").is_err(),
+            "descend must never follow a symlink"
+        );
+        assert!(w.descend("f").is_err());
+        w.descend("d").expect("test setup");
+        w.mkdir("new").expect("test setup");
+        w.mkdir("new").expect("test setup");
+        assert!(tmp.path().join("d/new").is_dir());
+        w.ascend();
+        assert_eq!(w.lookup("d").expect("test setup"), Node::Dir);
+    }
+}
