@@ -4,7 +4,7 @@
 //! at most one day), and the `write_file` size cap obeys the environment override only
 //! while nobody configured the cap explicitly.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default cap on `bash` output, in chars.
 pub const DEFAULT_BASH_OUTPUT_MAX_CHARS: usize = 20_000;
@@ -37,7 +37,7 @@ pub const WRITE_FILE_MAX_BYTES_ENV_COMPAT: &str = "DEERFLOW_WRITE_FILE_MAX_BYTES
 /// Build it with `ToolsConfig::default()` and assign fields, or deserialize it (unknown
 /// keys are refused with the key named). Set the `write_file` cap with
 /// [`ToolsConfig::set_write_file_max_bytes`] so the environment override steps aside.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RawToolsConfig")]
 pub struct ToolsConfig {
     /// Cap on `bash` output in chars, middle-truncated (0 = off).
@@ -56,6 +56,7 @@ pub struct ToolsConfig {
     pub bash_timeout_secs: f64,
     /// Whether `write_file_max_bytes` was configured explicitly (then the environment
     /// override is ignored).
+    #[serde(skip)]
     write_file_max_bytes_explicit: bool,
 }
 
@@ -243,6 +244,22 @@ mod tests {
         assert_eq!(c.bash_timeout_secs, 600.0);
         let parsed: ToolsConfig = serde_json::from_str("{}").expect("must succeed");
         assert_eq!(parsed, c);
+    }
+
+    #[test]
+    fn serialises_every_key() {
+        let json = serde_json::to_value(ToolsConfig::default()).expect("must succeed");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "bash_output_max_chars": 20000, "read_file_output_max_chars": 50000,
+                "ls_output_max_chars": 20000, "write_file_max_bytes": 81920,
+                "glob_max_results": 200, "grep_max_results": 100, "bash_timeout_secs": 600.0
+            })
+        );
+        let back: ToolsConfig = serde_json::from_value(json).expect("must succeed");
+        assert_eq!(back.write_file_max_bytes, Some(81_920));
+        assert!(back.write_file_max_bytes_is_explicit());
     }
 
     #[test]
