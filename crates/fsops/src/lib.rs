@@ -146,3 +146,56 @@ impl FsOps {
         write::str_replace(self, req)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    //! A small real tree mounted at `/w` (writable, with `/w/ro` nested read-only) for the
+    //! unit tests of this crate's modules.
+
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use paddock_core::mount::{Mount, MountKind};
+    use paddock_core::{MountTable, VirtualPath};
+
+    use crate::{FsOps, FsOptions};
+
+    pub(crate) struct Tree {
+        pub _tmp: tempfile::TempDir,
+        pub w: PathBuf,
+        pub ro: PathBuf,
+    }
+
+    impl Tree {
+        pub(crate) fn ops(&self, force_walk: bool) -> FsOps {
+            let m = |c: &str, host: &PathBuf, read_only| Mount {
+                container: VirtualPath::parse(c).expect("vp"),
+                host: host.clone(),
+                read_only,
+                kind: MountKind::Custom,
+            };
+            let table = MountTable::new(vec![m("/w", &self.w, false), m("/w/ro", &self.ro, true)])
+                .expect("table");
+            FsOps::new(
+                Arc::new(table),
+                FsOptions {
+                    force_walk,
+                    ..FsOptions::default()
+                },
+            )
+        }
+    }
+
+    pub(crate) fn tree() -> Tree {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = std::fs::canonicalize(tmp.path()).expect("canonicalize");
+        let (w, ro) = (base.join("w"), base.join("ro"));
+        std::fs::create_dir_all(w.join("d/e")).expect("mkdir");
+        std::fs::create_dir_all(&ro).expect("mkdir");
+        std::fs::write(w.join("a.txt"), "one\ntwo\n").expect("write");
+        std::fs::write(w.join("d/b.txt"), "bee\n").expect("write");
+        std::fs::write(ro.join("r.txt"), "ro\n").expect("write");
+        std::os::unix::fs::symlink("d/b.txt", w.join("link")).expect("symlink");
+        Tree { _tmp: tmp, w, ro }
+    }
+}

@@ -71,3 +71,50 @@ fn entry_of(dir: &OwnedFd, child: &Child<'_>) -> Option<Entry> {
     };
     Some(entry_from_stat(child.vpath.clone(), &st))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testutil::tree;
+    use paddock_core::sandbox::List;
+
+    #[test]
+    fn depth_and_nested_mounts() {
+        let t = tree();
+        let ops = t.ops(false);
+        let mut req = List::new("/w");
+        req.max_depth = 1;
+        let shown: Vec<String> = ops
+            .list(&req)
+            .expect("list")
+            .entries
+            .iter()
+            .map(|e| e.display())
+            .collect();
+        assert_eq!(shown, ["/w/a.txt", "/w/d/", "/w/link", "/w/ro/"]);
+        req.max_depth = 2;
+        let shown: Vec<String> = ops
+            .list(&req)
+            .expect("list")
+            .entries
+            .iter()
+            .map(|e| e.display())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "/w/a.txt",
+                "/w/d/",
+                "/w/d/b.txt",
+                "/w/d/e/",
+                "/w/link",
+                "/w/ro/",
+                "/w/ro/r.txt"
+            ]
+        );
+        req.max_depth = 0;
+        assert_eq!(
+            ops.list(&req).expect_err("depth 0").code(),
+            "invalid_argument"
+        );
+    }
+}

@@ -180,3 +180,52 @@ fn fast_path<'t>(
         dir,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::tree;
+
+    #[test]
+    fn fast_path_only_for_symlink_free_paths() {
+        let t = tree();
+        let ops = t.ops(false);
+        let loc = ops.table().locate("/w/d/b.txt").expect("locate");
+        // /w has a nested mount, so resolve() would walk; call the fast path directly.
+        let r = fast_path(&loc.vpath, loc.mount, &loc.rel, FOLLOW).expect("fast path taken");
+        assert_eq!(r.name(), Some("b.txt"));
+        assert_eq!(r.node(), &Node::File);
+        let loc = ops.table().locate("/w/link").expect("locate");
+        assert!(
+            fast_path(&loc.vpath, loc.mount, &loc.rel, FOLLOW).is_none(),
+            "final symlink"
+        );
+        let nofollow = WalkOptions {
+            follow_final: false,
+            create_parents: false,
+        };
+        let r = fast_path(&loc.vpath, loc.mount, &loc.rel, nofollow).expect("not following");
+        assert_eq!(r.node(), &Node::Symlink("d/b.txt".into()));
+        let loc = ops.table().locate("/w/missing/x").expect("locate");
+        assert!(
+            fast_path(&loc.vpath, loc.mount, &loc.rel, CREATE).is_none(),
+            "parent must be made"
+        );
+    }
+
+    #[test]
+    fn walk_resolves_symlinks_virtually_and_finds_the_owning_mount() {
+        let t = tree();
+        for force_walk in [false, true] {
+            let ops = t.ops(force_walk);
+            let r = ops.resolve("/w/link", FOLLOW).expect("resolve");
+            assert_eq!(r.vpath().as_str(), "/w/d/b.txt");
+            assert_eq!(r.requested.as_str(), "/w/link");
+            let r = ops.resolve("/w/ro/r.txt", FOLLOW).expect("resolve");
+            assert!(r.walked.mount.read_only);
+            assert_eq!(r.check_writable().expect_err("ro").code(), "read_only");
+            let r = ops.resolve("/w/ro", FOLLOW).expect("resolve");
+            assert_eq!(r.name(), None);
+        }
+    }
+}

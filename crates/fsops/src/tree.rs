@@ -128,3 +128,46 @@ pub(crate) fn read_children<'t>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::FOLLOW;
+    use crate::testutil::tree;
+
+    #[test]
+    fn children_shadow_and_add_mounts() {
+        let t = tree();
+        // A real `ro` directory under /w is shadowed by the /w/ro mount.
+        std::fs::create_dir(t.w.join("ro")).expect("mkdir");
+        std::fs::write(t.w.join("ro/hidden.txt"), "x").expect("write");
+        let ops = t.ops(true);
+        let r = ops.resolve("/w", FOLLOW).expect("resolve");
+        let fd = open_root_dir(&r).expect("open");
+        let mut kids = read_children(ops.table(), &fd, r.vpath(), &|_| true).expect("read");
+        kids.sort_by(|a, b| a.name.cmp(&b.name));
+        let names: Vec<(&str, EntryKind, bool)> = kids
+            .iter()
+            .map(|c| (c.name.as_str(), c.kind, c.mount.is_some()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a.txt", EntryKind::File, false),
+                ("d", EntryKind::Dir, false),
+                ("link", EntryKind::Symlink, false),
+                ("ro", EntryKind::Dir, true),
+            ]
+        );
+        let ro = kids.iter().find(|c| c.name == "ro").expect("ro");
+        let ro_fd = open_child_dir(&fd, ro).expect("open mount root");
+        let inner = read_children(ops.table(), &ro_fd, &ro.vpath, &|_| true).expect("read");
+        assert_eq!(inner.len(), 1);
+        assert_eq!(inner[0].vpath.as_str(), "/w/ro/r.txt");
+        let link = kids.iter().find(|c| c.name == "link").expect("link");
+        assert!(
+            open_child_dir(&fd, link).is_none(),
+            "symlinks are never entered"
+        );
+    }
+}

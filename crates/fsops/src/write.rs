@@ -292,3 +292,32 @@ pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcom
     tmp.commit()?;
     Ok(ReplaceOutcome { replacements })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::tree;
+
+    #[test]
+    fn temp_names_are_unique_and_ignored() {
+        let a = temp_name();
+        let b = temp_name();
+        assert_ne!(a, b);
+        assert!(a.starts_with(".paddock-upload-") && a.ends_with(".part"));
+        assert!(crate::ignore::is_ignored(&a));
+    }
+
+    #[test]
+    fn abandoned_temp_files_are_removed() {
+        let t = tree();
+        let ops = t.ops(true);
+        let r = ops.resolve("/w/new.bin", CREATE).expect("resolve");
+        let name = {
+            let tmp = TempFile::create(&r).expect("temp");
+            assert!(t.w.join(&tmp.name).exists());
+            tmp.name.clone()
+        };
+        assert!(!t.w.join(name).exists());
+        assert!(!t.w.join("new.bin").exists());
+    }
+}
