@@ -1,0 +1,579 @@
+//! Per-exec cgroups for memory, pids and cpu limits, on cgroup v1 (one hierarchy per
+//! controller) or v2 (the unified hierarchy), and OOM-kill detection.
+//!
+//! Paddock never moves itself or anyone else out of the cgroup it was started in: it creates
+//! a delegated subtree `paddock-{pid}` *beneath* its own cgroup of each controller (read from
+//! `/proc/self/cgroup`), one child per exec, and puts only the exec's init in it (the jail's
+//! processes inherit it). Discovery ([`discover`]) and the file-writing logic
+//! ([`CgroupSet::create_exec`]) work on any root directory, so both versions are unit-tested
+//! against a fake cgroupfs in a temp dir. Invariant: a limit that was asked for is either
+//! written or reported as unavailable — never silently dropped.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The controllers Paddock drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Controller {
+    /// Memory limit and OOM reporting.
+    Memory,
+    /// Process count limit.
+    Pids,
+    /// CPU bandwidth.
+    Cpu,
+}
+
+impl Controller {
+    /// All of them.
+    pub const ALL: [Controller; 3] = [Controller::Memory, Controller::Pids, Controller::Cpu];
+
+    /// Kernel name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Pids => "pids",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// Where a controller lives for this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// `Some(1)` or `Some(2)`.
+    pub version: u8,
+    /// Our own cgroup directory of that controller (mount point + our path).
+    pub dir: PathBuf,
+}
+
+/// The result of discovery: for each controller, where our cgroup is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Layout {
+    /// Found controllers.
+    pub controllers: BTreeMap<Controller, Location>,
+}
+
+/// Finds our cgroup directory for each controller from the texts of
+/// `/proc/self/mountinfo` and `/proc/self/cgroup`. A v1 hierarchy wins over v2 for a
+/// controller when both are mounted (hybrid hosts bind controllers to v1); v2 controllers
+/// are taken from `cgroup.controllers` of the unified mount, read through `read_controllers`.
+pub fn discover(
+    mountinfo: &str,
+    self_cgroup: &str,
+    read_controllers: impl Fn(&Path) -> Option<String>,
+) -> Layout {
+    // (hierarchy controllers or "" for v2) -> path relative to the hierarchy root
+    let mut v1_paths: BTreeMap<String, String> = BTreeMap::new();
+    let mut v2_path: Option<String> = None;
+    for line in self_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        if id == "0" && ctrls.is_empty() {
+            v2_path = Some(path.to_owned());
+        } else {
+            for c in ctrls.split(',') {
+                v1_paths.insert(c.to_owned(), path.to_owned());
+            }
+        }
+    }
+    let mut layout = Layout::default();
+    let mut v2_mount: Option<(PathBuf, String)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(root), Some(point), Some(fstype), Some(opts)) = (
+            fields.get(3),
+            fields.get(4),
+            fields.get(dash + 1),
+            fields.get(dash + 3),
+        ) else {
+            continue;
+        };
+        let point = crate::mountplan::unescape_mountinfo(point);
+        match *fstype {
+            "cgroup" => {
+                for c in Controller::ALL {
+                    if opts.split(',').any(|o| o == c.name()) {
+                        if let Some(ours) = v1_paths.get(c.name()) {
+                            if let Some(dir) = join_below(Path::new(&point), root, ours) {
+                                layout.controllers.insert(c, Location { version: 1, dir });
+                            }
+                        }
+                    }
+                }
+            }
+            "cgroup2" => v2_mount = Some((PathBuf::from(point), (*root).to_owned())),
+            _ => {}
+        }
+    }
+    if let (Some((point, root)), Some(ours)) = (v2_mount, v2_path) {
+        if let Some(dir) = join_below(&point, &root, &ours) {
+            let avail = read_controllers(&dir).unwrap_or_default();
+            for c in Controller::ALL {
+                if !layout.controllers.contains_key(&c)
+                    && avail.split_whitespace().any(|x| x == c.name())
+                {
+                    layout.controllers.insert(
+                        c,
+                        Location {
+                            version: 2,
+                            dir: dir.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+    layout
+}
+
+/// `point` + (`ours` relative to the mount's `root`); `None` when our cgroup is not visible
+/// through that mount.
+fn join_below(point: &Path, root: &str, ours: &str) -> Option<PathBuf> {
+    let rel = if root == "/" {
+        ours
+    } else {
+        ours.strip_prefix(root)?
+    };
+    let rel = rel.trim_start_matches('/');
+    if rel.split('/').any(|s| s == "..") {
+        return None;
+    }
+    Some(if rel.is_empty() {
+        point.to_path_buf()
+    } else {
+        point.join(rel)
+    })
+}
+
+/// Limits of one exec.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgroupLimits {
+    /// Bytes of memory (RAM; swap is held at 0 where the kernel allows it).
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u64>,
+    /// CPUs (fractions allowed).
+    pub cpus: Option<f64>,
+}
+
+/// CPU period used for quotas, microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// The files and values to write for `limits` on controller `c` of `version`. Pure.
+pub fn limit_writes(
+    version: u8,
+    c: Controller,
+    limits: &CgroupLimits,
+) -> Vec<(&'static str, String, bool)> {
+    // (file, value, required)
+    let mut w = Vec::new();
+    match (version, c) {
+        (1, Controller::Memory) => {
+            if let Some(m) = limits.memory_bytes {
+                w.push(("memory.limit_in_bytes", m.to_string(), true));
+                w.push(("memory.memsw.limit_in_bytes", m.to_string(), false));
+                w.push(("memory.swappiness", "0".into(), false));
+            }
+        }
+        (_, Controller::Memory) => {
+            if let Some(m) = limits.memory_bytes {
+                w.push(("memory.max", m.to_string(), true));
+                w.push(("memory.swap.max", "0".into(), false));
+            }
+        }
+        (_, Controller::Pids) => {
+            if let Some(p) = limits.pids {
+                w.push(("pids.max", p.to_string(), true));
+            }
+        }
+        (1, Controller::Cpu) => {
+            if let Some(q) = limits.cpus.and_then(quota_us) {
+                w.push(("cpu.cfs_period_us", CPU_PERIOD_US.to_string(), true));
+                w.push(("cpu.cfs_quota_us", q.to_string(), true));
+            }
+        }
+        (_, Controller::Cpu) => {
+            if let Some(q) = limits.cpus.and_then(quota_us) {
+                w.push(("cpu.max", format!("{q} {CPU_PERIOD_US}"), true));
+            }
+        }
+    }
+    w
+}
+
+fn quota_us(cpus: f64) -> Option<u64> {
+    (cpus.is_finite() && cpus > 0.0)
+        .then(|| ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000))
+}
+
+/// Errors of cgroup handling.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// A directory or file could not be written.
+    #[error("cgroup {what} {path}: {source}")]
+    Io {
+        /// What was done.
+        what: &'static str,
+        /// The path (a host cgroupfs path, never a sandbox path).
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_path_buf();
+    move |source| CgroupError::Io { what, path, source }
+}
+
+/// The `paddock-{pid}` subtree of each usable controller.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupSet {
+    /// Controller -> (version, base directory of our subtree).
+    pub bases: BTreeMap<Controller, (u8, PathBuf)>,
+}
+
+impl CgroupSet {
+    /// Creates `{our cgroup}/{name}` for every discovered controller that lets us. On v2 the
+    /// controllers are enabled in our cgroup's and the base's `cgroup.subtree_control`;
+    /// a controller whose setup fails is left out (see `unavailable`).
+    pub fn create(layout: &Layout, name: &str) -> (Self, Vec<(Controller, CgroupError)>) {
+        let mut set = Self::default();
+        let mut failed = Vec::new();
+        for (c, loc) in &layout.controllers {
+            let base = loc.dir.join(name);
+            let r = (|| -> Result<(), CgroupError> {
+                if loc.version == 2 {
+                    let sc = loc.dir.join("cgroup.subtree_control");
+                    std::fs::write(&sc, format!("+{}", c.name()))
+                        .map_err(io_err("enable controller in", &sc))?;
+                }
+                match std::fs::create_dir(&base) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io_err("create", &base)(e)),
+                }
+                if loc.version == 2 {
+                    let sc = base.join("cgroup.subtree_control");
+                    std::fs::write(&sc, format!("+{}", c.name()))
+                        .map_err(io_err("enable controller in", &sc))?;
+                }
+                Ok(())
+            })();
+            match r {
+                Ok(()) => {
+                    set.bases.insert(*c, (loc.version, base));
+                }
+                Err(e) => failed.push((*c, e)),
+            }
+        }
+        (set, failed)
+    }
+
+    /// Whether a controller is usable.
+    pub fn has(&self, c: Controller) -> bool {
+        self.bases.contains_key(&c)
+    }
+
+    /// Creates the exec's cgroup `{base}/{name}` and writes its limits. On v2 the controllers
+    /// share one directory; on v1 each has its own.
+    pub fn create_exec(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<ExecCgroup, CgroupError> {
+        let mut dirs: Vec<(Controller, u8, PathBuf)> = Vec::new();
+        let mut made: Vec<PathBuf> = Vec::new();
+        let result = (|| -> Result<(), CgroupError> {
+            for (c, (version, base)) in &self.bases {
+                let dir = base.join(name);
+                if !made.contains(&dir) {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => made.push(dir.clone()),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err("create", &dir)(e)),
+                    }
+                }
+                for (file, value, required) in limit_writes(*version, *c, limits) {
+                    let f = dir.join(file);
+                    match std::fs::write(&f, &value) {
+                        Ok(()) => {}
+                        Err(e) if required => return Err(io_err("write", &f)(e)),
+                        Err(_) => {}
+                    }
+                }
+                dirs.push((*c, *version, dir));
+            }
+            Ok(())
+        })();
+        let cg = ExecCgroup { dirs };
+        if let Err(e) = result {
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(e);
+        }
+        Ok(cg)
+    }
+
+    /// Removes the (empty) base directories.
+    pub fn remove(&self) {
+        for (_, base) in self.bases.values() {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
+
+/// One exec's cgroup directories.
+#[derive(Debug, Clone, Default)]
+pub struct ExecCgroup {
+    dirs: Vec<(Controller, u8, PathBuf)>,
+}
+
+impl ExecCgroup {
+    /// The `cgroup.procs` files to put the exec's init into (one per distinct directory).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for (_, _, d) in &self.dirs {
+            let f = d.join("cgroup.procs");
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Whether the memory controller is in use for this exec.
+    pub fn has(&self, c: Controller) -> bool {
+        self.dirs.iter().any(|(x, _, _)| *x == c)
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some((_, version, dir)) = self.dirs.iter().find(|(c, _, _)| *c == Controller::Memory)
+        else {
+            return 0;
+        };
+        let file = if *version == 1 {
+            "memory.oom_control"
+        } else {
+            "memory.events"
+        };
+        std::fs::read_to_string(dir.join(file))
+            .map(|t| parse_oom_kills(&t))
+            .unwrap_or(0)
+    }
+
+    /// Removes the directories (they must be empty of processes: call after init is reaped).
+    pub fn remove(&self) {
+        for (_, _, d) in &self.dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// `oom_kill N` from `memory.oom_control` (v1) or `memory.events` (v2).
+pub fn parse_oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .filter_map(|v| v.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+/// The layout of the running process.
+pub fn discover_self() -> Layout {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    discover(&mi, &cg, |d| {
+        std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID_MI: &str = "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755\n\
+        32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+        39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+    const HYBRID_CG: &str = "8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn discovers_hybrid_v1() {
+        let l = discover(HYBRID_MI, HYBRID_CG, |_| Some("hugetlb".into()));
+        assert_eq!(
+            l.controllers[&Controller::Memory],
+            Location {
+                version: 1,
+                dir: "/sys/fs/cgroup/memory/process_api/abc".into()
+            }
+        );
+        assert_eq!(
+            l.controllers[&Controller::Pids].dir,
+            Path::new("/sys/fs/cgroup/pids")
+        );
+        assert_eq!(
+            l.controllers[&Controller::Cpu].dir,
+            Path::new("/sys/fs/cgroup/cpu")
+        );
+    }
+
+    #[test]
+    fn discovers_pure_v2_and_combined_v1() {
+        let mi = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let cg = "0::/system.slice/paddock.service\n";
+        let l = discover(mi, cg, |d| {
+            assert_eq!(d, Path::new("/sys/fs/cgroup/system.slice/paddock.service"));
+            Some("cpuset cpu io memory pids".into())
+        });
+        assert_eq!(l.controllers.len(), 3);
+        assert!(l.controllers.values().all(|loc| loc.version == 2));
+        // v1 with cpu,cpuacct co-mounted and a mount root that is not "/".
+        let mi = "32 31 0:29 /outer /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let cg = "1:cpu,cpuacct:/outer/inner\n";
+        let l = discover(mi, cg, |_| None);
+        assert_eq!(
+            l.controllers[&Controller::Cpu].dir,
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/inner")
+        );
+        // Our cgroup outside the mount's root: not usable.
+        let cg = "1:cpu,cpuacct:/elsewhere\n";
+        assert!(discover(mi, cg, |_| None).controllers.is_empty());
+    }
+
+    #[test]
+    fn limit_files_per_version() {
+        let l = CgroupLimits {
+            memory_bytes: Some(1 << 30),
+            pids: Some(64),
+            cpus: Some(1.5),
+        };
+        let v1: Vec<_> = Controller::ALL
+            .iter()
+            .flat_map(|c| limit_writes(1, *c, &l))
+            .collect();
+        assert!(v1.contains(&("memory.limit_in_bytes", (1u64 << 30).to_string(), true)));
+        assert!(v1.contains(&("pids.max", "64".into(), true)));
+        assert!(v1.contains(&("cpu.cfs_quota_us", "150000".into(), true)));
+        let v2: Vec<_> = Controller::ALL
+            .iter()
+            .flat_map(|c| limit_writes(2, *c, &l))
+            .collect();
+        assert!(v2.contains(&("memory.max", (1u64 << 30).to_string(), true)));
+        assert!(v2.contains(&("memory.swap.max", "0".into(), false)));
+        assert!(v2.contains(&("cpu.max", "150000 100000".into(), true)));
+        let none = CgroupLimits {
+            memory_bytes: None,
+            pids: None,
+            cpus: None,
+        };
+        assert!(limit_writes(2, Controller::Memory, &none).is_empty());
+    }
+
+    #[test]
+    fn v2_subtree_is_written_in_a_fake_cgroupfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("system.slice/paddock.service");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let mi = format!(
+            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let layout = discover(&mi, "0::/system.slice/paddock.service\n", |d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+        });
+        let (set, failed) = CgroupSet::create(&layout, "paddock-1");
+        assert!(failed.is_empty(), "{failed:?}");
+        // A real cgroupfs keeps "+memory +pids +cpu"; a plain file keeps the last write.
+        assert!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control"))
+                .unwrap()
+                .starts_with('+')
+        );
+        let limits = CgroupLimits {
+            memory_bytes: Some(1000),
+            pids: Some(7),
+            cpus: Some(2.0),
+        };
+        let cg = set.create_exec("x1", &limits).unwrap();
+        let d = own.join("paddock-1/x1");
+        assert_eq!(
+            std::fs::read_to_string(d.join("memory.max")).unwrap(),
+            "1000"
+        );
+        assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
+        assert_eq!(
+            std::fs::read_to_string(d.join("cpu.max")).unwrap(),
+            "200000 100000"
+        );
+        assert_eq!(cg.procs_files(), [d.join("cgroup.procs")]);
+        std::fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills(), 1);
+    }
+
+    #[test]
+    fn v1_subtree_is_written_in_a_fake_cgroupfs() {
+        let tmp = tempfile::tempdir().unwrap();
+        for c in ["memory/process_api/abc", "pids", "cpu"] {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+        }
+        let t = tmp.path().display();
+        let mi = format!(
+            "35 31 0:32 / {t}/memory rw - cgroup cgroup rw,memory\n39 31 0:36 / {t}/pids rw - cgroup cgroup rw,pids\n32 31 0:29 / {t}/cpu rw - cgroup cgroup rw,cpu\n"
+        );
+        let layout = discover(&mi, HYBRID_CG, |_| None);
+        let (set, failed) = CgroupSet::create(&layout, "paddock-9");
+        assert!(failed.is_empty());
+        let cg = set
+            .create_exec(
+                "x2",
+                &CgroupLimits {
+                    memory_bytes: Some(5),
+                    pids: Some(6),
+                    cpus: Some(0.5),
+                },
+            )
+            .unwrap();
+        let mem = tmp.path().join("memory/process_api/abc/paddock-9/x2");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            "5"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("pids/paddock-9/x2/pids.max")).unwrap(),
+            "6"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("cpu/paddock-9/x2/cpu.cfs_quota_us")).unwrap(),
+            "50000"
+        );
+        assert_eq!(cg.procs_files().len(), 3);
+        std::fs::write(
+            mem.join("memory.oom_control"),
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills(), 2);
+    }
+
+    #[test]
+    fn oom_parsing() {
+        assert_eq!(parse_oom_kills("oom 3\noom_kill 2\n"), 2);
+        assert_eq!(parse_oom_kills("nothing"), 0);
+    }
+}

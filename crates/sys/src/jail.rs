@@ -1,0 +1,1050 @@
+//! Spawning one jailed command: the *apply* step.
+//!
+//! Design (one exec = one short-lived set of namespaces):
+//!
+//! 1. The parent (a long-lived spawner thread of the runtime) prepares everything — C
+//!    strings, argv/envp pointer arrays, the mount ops, the landlock plan, the seccomp
+//!    program, rlimits — then calls `clone(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS
+//!    | NEWCGROUP [| NEWNET] | CLONE_PIDFD)` with no new stack (fork semantics).
+//! 2. The child is pid 1 of the new pid namespace: the exec's *init*. It waits on a sync
+//!    pipe while the parent writes its uid/gid maps and moves it into the exec's cgroups.
+//! 3. Init opens every bind source (`O_PATH`) while it still holds its original host
+//!    credentials, switches to the sandbox uid/gid (keeping its capabilities *inside* the new
+//!    user namespace), builds the root on a tmpfs, mounts a fresh procfs, sets the hostname,
+//!    brings `lo` up, `pivot_root`s into the new root and detaches the old one, creates the
+//!    landlock ruleset, applies rlimits, drops every capability, sets `no_new_privs` and makes
+//!    itself non-dumpable (its memory is a copy of Paddock's).
+//! 4. Init forks the shell, which points stdio at the pipes, `chdir`s to the cwd, restricts
+//!    itself with landlock and seccomp, and `execve`s `/bin/bash -c CMD`.
+//! 5. Init reaps every process of the namespace, reports the shell's wait status on the
+//!    status pipe as soon as the shell exits, and lives on while background processes remain.
+//!    Killing init (SIGKILL through its pidfd) makes the kernel kill the whole namespace, so
+//!    `setsid` or double-forked children cannot outlive a timeout or a reset.
+//!
+//! Invariant: between `clone` and `execve` the children only call raw syscalls on memory
+//! prepared before the clone. No allocation, no locking, no formatting, no panics.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::landlock::{LandlockPlan, ruleset_attr_size};
+use crate::mountplan::{MountOp, MountPlan, ms};
+use crate::process::{PidFd, WaitStatus};
+
+/// A resource limit to set in the jail (`RLIMIT_*`, soft, hard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// `libc::RLIMIT_*`.
+    pub resource: i32,
+    /// Soft and hard value (the jail sets both; lowering a hard limit needs no privilege).
+    pub value: u64,
+}
+
+/// Everything needed to spawn one jailed command.
+#[derive(Debug, Clone)]
+pub struct JailSpec {
+    /// The root to build.
+    pub mounts: MountPlan,
+    /// The landlock ruleset (`None`: landlock unavailable and allowed to be skipped).
+    pub landlock: Option<LandlockPlan>,
+    /// The seccomp program (from [`crate::seccomp::build_program`]).
+    pub seccomp: std::sync::Arc<seccompiler::BpfProgram>,
+    /// Host uid the sandbox runs as (mapped to itself).
+    pub uid: u32,
+    /// Host gid the sandbox runs as.
+    pub gid: u32,
+    /// Whether Paddock runs as root (then supplementary groups are dropped with setgroups;
+    /// otherwise setgroups must be denied before an unprivileged gid map can be written).
+    pub privileged: bool,
+    /// A new network namespace (loopback only) — `false` for `network: host`.
+    pub new_net: bool,
+    /// Hostname inside.
+    pub hostname: String,
+    /// Program to execute (absolute jail path).
+    pub program: String,
+    /// Its argv.
+    pub argv: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory (jail path).
+    pub cwd: String,
+    /// Limits.
+    pub rlimits: Vec<Rlimit>,
+    /// `cgroup.procs` files init is written to before it starts.
+    pub cgroup_procs: Vec<PathBuf>,
+    /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last_cap: u32,
+}
+
+/// Errors of spawning.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// A string contains NUL.
+    #[error("{what} contains a NUL byte")]
+    Nul {
+        /// Which.
+        what: &'static str,
+    },
+    /// A syscall in the parent failed.
+    #[error("{step}: {source}")]
+    Os {
+        /// What was being done.
+        step: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn os(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |source| SpawnError::Os { step, source }
+}
+
+/// Steps of the child, reported by number on the status pipe.
+pub const STEPS: &[&str] = &[
+    "wait for the parent",
+    "open a mount source",
+    "drop supplementary groups",
+    "switch to the sandbox gid",
+    "switch to the sandbox uid",
+    "make mounts private",
+    "mount the root tmpfs",
+    "create a directory in the jail",
+    "create a symlink in the jail",
+    "create a device mount point",
+    "bind mount",
+    "remount read-only",
+    "mount proc",
+    "set the hostname",
+    "bring up loopback",
+    "pivot_root",
+    "detach the old root",
+    "create the landlock ruleset",
+    "add a landlock rule",
+    "set a resource limit",
+    "drop the capability bounding set",
+    "clear ambient capabilities",
+    "drop capabilities",
+    "set no_new_privs",
+    "fork the shell",
+    "set up stdio",
+    "change to the working directory",
+    "restrict with landlock",
+    "install the seccomp filter",
+    "execute the shell",
+    "set the parent-death signal",
+    "make init non-dumpable",
+];
+
+const S_SYNC: u32 = 0;
+const S_OPEN_SRC: u32 = 1;
+const S_SETGROUPS: u32 = 2;
+const S_SETGID: u32 = 3;
+const S_SETUID: u32 = 4;
+const S_PRIVATE: u32 = 5;
+const S_TMPFS: u32 = 6;
+const S_MKDIR: u32 = 7;
+const S_SYMLINK: u32 = 8;
+const S_TOUCH: u32 = 9;
+const S_BIND: u32 = 10;
+const S_REMOUNT: u32 = 11;
+const S_PROC: u32 = 12;
+const S_HOSTNAME: u32 = 13;
+const S_LO: u32 = 14;
+const S_PIVOT: u32 = 15;
+const S_DETACH: u32 = 16;
+const S_LL_CREATE: u32 = 17;
+const S_LL_RULE: u32 = 18;
+const S_RLIMIT: u32 = 19;
+const S_BSET: u32 = 20;
+const S_AMBIENT: u32 = 21;
+const S_CAPSET: u32 = 22;
+const S_NNP: u32 = 23;
+const S_FORK: u32 = 24;
+const S_STDIO: u32 = 25;
+const S_CWD: u32 = 26;
+const S_LL_RESTRICT: u32 = 27;
+const S_SECCOMP: u32 = 28;
+const S_EXEC: u32 = 29;
+const S_PDEATHSIG: u32 = 30;
+const S_DUMPABLE: u32 = 31;
+
+const TAG_EXIT: u32 = 1;
+const TAG_SETUP: u32 = 2;
+
+/// A record read from the status pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusRecord {
+    /// The shell ended.
+    ShellExited(WaitStatus),
+    /// Setting up the jail failed at a step (see [`STEPS`]) with an errno.
+    SetupFailed {
+        /// Step name.
+        step: &'static str,
+        /// OS error number.
+        errno: i32,
+    },
+}
+
+impl StatusRecord {
+    /// Size of one record on the wire.
+    pub const LEN: usize = 12;
+
+    /// Decodes one record.
+    pub fn parse(b: &[u8; Self::LEN]) -> Option<Self> {
+        let tag = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        let a = i32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+        let c = i32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
+        match tag {
+            TAG_EXIT => Some(Self::ShellExited(WaitStatus::from_raw(a))),
+            TAG_SETUP => {
+                let step = usize::try_from(a)
+                    .ok()
+                    .and_then(|i| STEPS.get(i))
+                    .copied()
+                    .unwrap_or("unknown step");
+                Some(Self::SetupFailed { step, errno: c })
+            }
+            _ => None,
+        }
+    }
+
+    fn encode(tag: u32, a: i32, c: i32) -> [u8; Self::LEN] {
+        let mut out = [0u8; Self::LEN];
+        out[0..4].copy_from_slice(&tag.to_ne_bytes());
+        out[4..8].copy_from_slice(&a.to_ne_bytes());
+        out[8..12].copy_from_slice(&c.to_ne_bytes());
+        out
+    }
+}
+
+/// A running jail.
+#[derive(Debug)]
+pub struct JailChild {
+    /// The exec's init (pid 1 of its namespace).
+    pub init: PidFd,
+    /// Status records ([`StatusRecord`]); EOF when init is gone.
+    pub status: OwnedFd,
+    /// The shell's stdout (non-blocking).
+    pub stdout: OwnedFd,
+    /// The shell's stderr (non-blocking).
+    pub stderr: OwnedFd,
+}
+
+enum COp {
+    Tmpfs {
+        dst: CString,
+        flags: u64,
+        data: CString,
+    },
+    Mkdir {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+    Touch {
+        path: CString,
+    },
+    Bind {
+        source: usize,
+        dst: CString,
+        recursive: bool,
+    },
+    Remount {
+        dst: CString,
+        flags: u64,
+    },
+    Proc {
+        dst: CString,
+    },
+    Devpts {
+        dst: CString,
+    },
+}
+
+fn cstr(s: &str, what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Nul { what })
+}
+
+fn cpath(p: &Path, what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul { what })
+}
+
+/// The memory the child reads. Built before the clone; the child gets a private copy.
+struct Prepared {
+    sources: Vec<CString>,
+    source_fds: Vec<RawFd>,
+    ops: Vec<COp>,
+    staging: CString,
+    hostname: CString,
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+    ll_rules: Vec<(CString, u64)>,
+    ll: Option<(i32, u64, u64)>,
+    rlimits: Vec<Rlimit>,
+    uid: u32,
+    gid: u32,
+    privileged: bool,
+    new_net: bool,
+    cap_last_cap: u32,
+    dot: CString,
+    slash: CString,
+    dev_null: CString,
+    proc_s: CString,
+    tmpfs_s: CString,
+    devpts_s: CString,
+    devpts_data: CString,
+}
+
+fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
+    let mut ops = Vec::with_capacity(spec.mounts.ops.len());
+    for op in &spec.mounts.ops {
+        ops.push(match op {
+            MountOp::Tmpfs { dst, flags, data } => COp::Tmpfs {
+                dst: cpath(dst, "mount path")?,
+                flags: *flags,
+                data: cstr(data, "tmpfs options")?,
+            },
+            MountOp::Mkdir { path } => COp::Mkdir {
+                path: cpath(path, "mount path")?,
+            },
+            MountOp::Symlink { target, path } => COp::Symlink {
+                target: cstr(target, "symlink target")?,
+                path: cpath(path, "mount path")?,
+            },
+            MountOp::Touch { path } => COp::Touch {
+                path: cpath(path, "mount path")?,
+            },
+            MountOp::Bind {
+                source,
+                dst,
+                recursive,
+            } => COp::Bind {
+                source: *source,
+                dst: cpath(dst, "mount path")?,
+                recursive: *recursive,
+            },
+            MountOp::Remount { dst, flags } => COp::Remount {
+                dst: cpath(dst, "mount path")?,
+                flags: *flags,
+            },
+            MountOp::Proc { dst } => COp::Proc {
+                dst: cpath(dst, "mount path")?,
+            },
+            MountOp::Devpts { dst } => COp::Devpts {
+                dst: cpath(dst, "mount path")?,
+            },
+        });
+    }
+    let sources = spec
+        .mounts
+        .sources
+        .iter()
+        .map(|s| cpath(s, "mount source"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ll_rules = Vec::new();
+    let mut ll = None;
+    if let Some(p) = &spec.landlock {
+        for r in &p.rules {
+            ll_rules.push((cstr(&r.path, "landlock path")?, r.access));
+        }
+        ll = Some((p.abi, p.handled_fs, p.scoped));
+    }
+    let mut env = Vec::with_capacity(spec.env.len());
+    for (k, v) in &spec.env {
+        env.push(cstr(&format!("{k}={v}"), "environment")?);
+    }
+    Ok(Prepared {
+        source_fds: vec![-1; sources.len()],
+        sources,
+        ops,
+        staging: cpath(&spec.mounts.staging, "staging path")?,
+        hostname: cstr(&spec.hostname, "hostname")?,
+        program: cstr(&spec.program, "program")?,
+        argv: spec
+            .argv
+            .iter()
+            .map(|a| cstr(a, "command"))
+            .collect::<Result<Vec<_>, _>>()?,
+        env,
+        cwd: cstr(&spec.cwd, "cwd")?,
+        ll_rules,
+        ll,
+        rlimits: spec.rlimits.clone(),
+        uid: spec.uid,
+        gid: spec.gid,
+        privileged: spec.privileged,
+        new_net: spec.new_net,
+        cap_last_cap: spec.cap_last_cap,
+        dot: cstr(".", "path")?,
+        slash: cstr("/", "path")?,
+        dev_null: cstr("/dev/null", "path")?,
+        proc_s: cstr("proc", "fstype")?,
+        tmpfs_s: cstr("tmpfs", "fstype")?,
+        devpts_s: cstr("devpts", "fstype")?,
+        devpts_data: cstr("newinstance,ptmxmode=0666,mode=0620", "devpts options")?,
+    })
+}
+
+fn pipe_pair(step: &'static str) -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(os(step)(io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((above_stdio(r, step)?, above_stdio(w, step)?))
+}
+
+/// Moves a descriptor to >= 3, so the child can close everything else by ranges and use
+/// 0..=2 for the shell's stdio.
+fn above_stdio(fd: OwnedFd, step: &'static str) -> Result<OwnedFd, SpawnError> {
+    if fd.as_raw_fd() >= 3 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid descriptor.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if n < 0 {
+        return Err(os(step)(io::Error::last_os_error()));
+    }
+    // SAFETY: `n` is a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Spawns the jail. Call it from a thread that lives as long as the jails it starts: init's
+/// parent-death signal fires when *that thread* exits.
+pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
+    let mut p = prepare(spec)?;
+    let argv_ptrs: Vec<*const libc::c_char> = p
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let env_ptrs: Vec<*const libc::c_char> = p
+        .env
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(spec.seccomp.len()).map_err(|_| SpawnError::Os {
+            step: "seccomp program",
+            source: io::Error::other("too long"),
+        })?,
+        // seccompiler's sock_filter is #[repr(C)] with the kernel's layout (u16, u8, u8, u32).
+        filter: spec.seccomp.as_ptr() as *mut libc::sock_filter,
+    };
+    let (sync_r, sync_w) = pipe_pair("sync pipe")?;
+    let (status_r, status_w) = pipe_pair("status pipe")?;
+    let (out_r, out_w) = pipe_pair("stdout pipe")?;
+    let (err_r, err_w) = pipe_pair("stderr pipe")?;
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_PIDFD;
+    if spec.new_net {
+        flags |= libc::CLONE_NEWNET;
+    }
+    let fds = ChildFds {
+        sync_r: sync_r.as_raw_fd(),
+        status_w: status_w.as_raw_fd(),
+        out_w: out_w.as_raw_fd(),
+        err_w: err_w.as_raw_fd(),
+    };
+    let mut pidfd: libc::c_int = -1;
+    // SAFETY: clone with a NULL stack has fork semantics: the child runs on a private copy of
+    // this thread's stack and memory. CLONE_PIDFD stores the pidfd through the parent_tid
+    // pointer, which points at a live local. The child never returns from `child_main`.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut pidfd as *mut libc::c_int,
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls over
+        // the prepared memory and ends in execve or _exit.
+        unsafe { child_main(&mut p, &fds, &argv_ptrs, &env_ptrs, &fprog) }
+    }
+    if pid < 0 {
+        return Err(os("clone")(io::Error::last_os_error()));
+    }
+    let pid = i32::try_from(pid).map_err(|_| os("clone")(io::Error::other("pid out of range")))?;
+    // SAFETY: CLONE_PIDFD filled in a fresh descriptor owned by us.
+    let init = PidFd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid);
+    drop((sync_r, status_w, out_w, err_w));
+    let setup = (|| -> Result<(), SpawnError> {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        if !spec.privileged {
+            std::fs::write(proc.join("setgroups"), "deny").map_err(os("write setgroups"))?;
+        }
+        std::fs::write(proc.join("uid_map"), crate::uidmap::identity_map(spec.uid))
+            .map_err(os("write uid_map"))?;
+        std::fs::write(proc.join("gid_map"), crate::uidmap::identity_map(spec.gid))
+            .map_err(os("write gid_map"))?;
+        for f in &spec.cgroup_procs {
+            std::fs::write(f, pid.to_string()).map_err(os("join the exec cgroup"))?;
+        }
+        let one = [1u8];
+        // SAFETY: write one byte from a live buffer to our pipe.
+        if unsafe { libc::write(sync_w.as_raw_fd(), one.as_ptr().cast(), 1) } != 1 {
+            return Err(os("release the child")(io::Error::last_os_error()));
+        }
+        Ok(())
+    })();
+    drop(sync_w);
+    if let Err(e) = setup {
+        let _ = init.kill();
+        let _ = init.wait_blocking();
+        return Err(e);
+    }
+    set_nonblocking(&out_r).map_err(os("stdout pipe"))?;
+    set_nonblocking(&err_r).map_err(os("stderr pipe"))?;
+    set_nonblocking(&status_r).map_err(os("status pipe"))?;
+    Ok(JailChild {
+        init,
+        status: status_r,
+        stdout: out_r,
+        stderr: err_r,
+    })
+}
+
+struct ChildFds {
+    sync_r: RawFd,
+    status_w: RawFd,
+    out_w: RawFd,
+    err_w: RawFd,
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Writes a whole record; async-signal-safe.
+unsafe fn put_record(fd: RawFd, rec: &[u8; StatusRecord::LEN]) {
+    let mut off = 0usize;
+    while off < rec.len() {
+        // SAFETY: writing from a live stack buffer.
+        let n = unsafe { libc::write(fd, rec[off..].as_ptr().cast(), rec.len() - off) };
+        if n <= 0 {
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        off += n as usize;
+    }
+}
+
+/// Reports a failed step and exits.
+unsafe fn fail(fd: RawFd, step: u32, err: i32) -> ! {
+    let rec = StatusRecord::encode(TAG_SETUP, step as i32, err);
+    // SAFETY: see put_record; _exit never returns.
+    unsafe {
+        put_record(fd, &rec);
+        libc::_exit(126)
+    }
+}
+
+/// Formats `/proc/self/fd/N` into `buf` (NUL-terminated) without allocating.
+fn fd_path(buf: &mut [u8; 40], fd: RawFd) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 12];
+    let mut n = fd.max(0) as u32;
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[PREFIX.len() + i] = digits[len - 1 - i];
+    }
+    buf[PREFIX.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+#[repr(C)]
+struct LandlockRulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+#[repr(C, packed)]
+struct LandlockPathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// Init: builds the jail, forks the shell, reaps, reports.
+///
+/// # Safety
+/// Must only be called in the child right after `clone`, never returns.
+unsafe fn child_main(
+    p: &mut Prepared,
+    fds: &ChildFds,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    fprog: &libc::sock_fprog,
+) -> ! {
+    let st = fds.status_w;
+    macro_rules! check {
+        ($step:expr, $e:expr) => {
+            if $e < 0 {
+                fail(st, $step, errno())
+            }
+        };
+    }
+    // SAFETY (whole body): raw syscalls with pointers into `p`, `fds`, `argv`, `envp` and
+    // stack buffers, all alive until execve/_exit. Nothing allocates.
+    unsafe {
+        // Keep only our four descriptors: init must not hold Paddock's sockets and files open
+        // for as long as a background process keeps it alive.
+        let mut keep = [
+            fds.sync_r as u32,
+            fds.status_w as u32,
+            fds.out_w as u32,
+            fds.err_w as u32,
+        ];
+        keep.sort_unstable();
+        let mut lo = 0u32;
+        for k in keep {
+            if k > lo {
+                libc::syscall(libc::SYS_close_range, lo, k - 1, 0);
+            }
+            lo = k + 1;
+        }
+        libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0);
+
+        let mut b = [0u8; 1];
+        loop {
+            let n = libc::read(fds.sync_r, b.as_mut_ptr().cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            if n < 0 {
+                fail(st, S_SYNC, errno());
+            }
+            // The parent gave up (it could not write our maps): leave quietly.
+            libc::_exit(125);
+        }
+        libc::close(fds.sync_r);
+
+        for (i, src) in p.sources.iter().enumerate() {
+            let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+            check!(S_OPEN_SRC, fd);
+            p.source_fds[i] = fd;
+        }
+        if p.privileged {
+            check!(S_SETGROUPS, libc::setgroups(0, std::ptr::null()));
+        }
+        check!(S_SETGID, libc::setresgid(p.gid, p.gid, p.gid));
+        check!(S_SETUID, libc::setresuid(p.uid, p.uid, p.uid));
+
+        check!(
+            S_PRIVATE,
+            libc::mount(
+                std::ptr::null(),
+                p.slash.as_ptr(),
+                std::ptr::null(),
+                (ms::REC | ms::PRIVATE) as libc::c_ulong,
+                std::ptr::null()
+            )
+        );
+        let mut buf = [0u8; 40];
+        for op in &p.ops {
+            match op {
+                COp::Tmpfs { dst, flags, data } => check!(
+                    S_TMPFS,
+                    libc::mount(
+                        p.tmpfs_s.as_ptr(),
+                        dst.as_ptr(),
+                        p.tmpfs_s.as_ptr(),
+                        *flags as libc::c_ulong,
+                        data.as_ptr().cast()
+                    )
+                ),
+                COp::Mkdir { path } => {
+                    if libc::mkdir(path.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                        fail(st, S_MKDIR, errno());
+                    }
+                }
+                COp::Symlink { target, path } => {
+                    check!(S_SYMLINK, libc::symlink(target.as_ptr(), path.as_ptr()))
+                }
+                COp::Touch { path } => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o644,
+                    );
+                    check!(S_TOUCH, fd);
+                    libc::close(fd);
+                }
+                COp::Bind {
+                    source,
+                    dst,
+                    recursive,
+                } => {
+                    let fd = p.source_fds.get(*source).copied().unwrap_or(-1);
+                    let src = fd_path(&mut buf, fd);
+                    let flags = ms::BIND | if *recursive { ms::REC } else { 0 };
+                    check!(
+                        S_BIND,
+                        libc::mount(
+                            src,
+                            dst.as_ptr(),
+                            std::ptr::null(),
+                            flags as libc::c_ulong,
+                            std::ptr::null()
+                        )
+                    );
+                }
+                COp::Remount { dst, flags } => check!(
+                    S_REMOUNT,
+                    libc::mount(
+                        std::ptr::null(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        (ms::REMOUNT | ms::BIND | flags) as libc::c_ulong,
+                        std::ptr::null()
+                    )
+                ),
+                COp::Proc { dst } => check!(
+                    S_PROC,
+                    libc::mount(
+                        p.proc_s.as_ptr(),
+                        dst.as_ptr(),
+                        p.proc_s.as_ptr(),
+                        (ms::NOSUID | ms::NODEV | ms::NOEXEC) as libc::c_ulong,
+                        std::ptr::null()
+                    )
+                ),
+                COp::Devpts { dst } => {
+                    // A private pty instance is a convenience (interactive tools); the jail
+                    // is complete without it, so a failure here is not fatal.
+                    libc::mount(
+                        p.devpts_s.as_ptr(),
+                        dst.as_ptr(),
+                        p.devpts_s.as_ptr(),
+                        (ms::NOSUID | ms::NOEXEC) as libc::c_ulong,
+                        p.devpts_data.as_ptr().cast(),
+                    );
+                }
+            }
+        }
+        for fd in &p.source_fds {
+            libc::close(*fd);
+        }
+        check!(
+            S_HOSTNAME,
+            libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len())
+        );
+        if p.new_net {
+            check!(S_LO, loopback_up());
+        }
+        check!(S_PIVOT, libc::chdir(p.staging.as_ptr()));
+        check!(
+            S_PIVOT,
+            libc::syscall(libc::SYS_pivot_root, p.dot.as_ptr(), p.dot.as_ptr()) as i32
+        );
+        check!(S_DETACH, libc::umount2(p.dot.as_ptr(), libc::MNT_DETACH));
+        check!(S_DETACH, libc::chdir(p.slash.as_ptr()));
+
+        let mut ruleset: RawFd = -1;
+        if let Some((abi, handled, scoped)) = p.ll {
+            let attr = LandlockRulesetAttr {
+                handled_access_fs: handled,
+                handled_access_net: 0,
+                scoped,
+            };
+            let r = libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                &attr as *const LandlockRulesetAttr,
+                ruleset_attr_size(abi),
+                0u32,
+            );
+            check!(S_LL_CREATE, r as i32);
+            ruleset = r as RawFd;
+            for (path, access) in &p.ll_rules {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+                if fd < 0 {
+                    // A planned path that does not exist (no /dev/tty on this host): nothing
+                    // beneath it can be written anyway.
+                    continue;
+                }
+                let rule = LandlockPathBeneath {
+                    allowed_access: *access,
+                    parent_fd: fd,
+                };
+                let r = libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    ruleset,
+                    1 as libc::c_int, // LANDLOCK_RULE_PATH_BENEATH
+                    &rule as *const LandlockPathBeneath,
+                    0u32,
+                );
+                libc::close(fd);
+                check!(S_LL_RULE, r as i32);
+            }
+        }
+        for l in &p.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: l.value,
+                rlim_max: l.value,
+            };
+            check!(S_RLIMIT, libc::setrlimit(l.resource as _, &lim));
+        }
+        check!(
+            S_PDEATHSIG,
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0
+            )
+        );
+        for cap in 0..=p.cap_last_cap {
+            check!(
+                S_BSET,
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)
+            );
+        }
+        check!(
+            S_AMBIENT,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0
+            )
+        );
+        let hdr = CapHeader {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let data = [CapData {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        check!(
+            S_CAPSET,
+            libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) as i32
+        );
+        check!(S_NNP, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+        check!(S_DUMPABLE, libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0));
+
+        let shell = libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        );
+        check!(S_FORK, shell as i32);
+        if shell == 0 {
+            shell_main(p, fds, ruleset, argv, envp, fprog);
+        }
+        libc::close(fds.out_w);
+        libc::close(fds.err_w);
+        if ruleset >= 0 {
+            libc::close(ruleset);
+        }
+        loop {
+            let mut status: libc::c_int = 0;
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 {
+                if errno() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            if r as i64 == shell {
+                put_record(st, &StatusRecord::encode(TAG_EXIT, status, 0));
+            }
+        }
+        libc::_exit(0)
+    }
+}
+
+/// The shell child: stdio, cwd, landlock, seccomp, execve.
+unsafe fn shell_main(
+    p: &Prepared,
+    fds: &ChildFds,
+    ruleset: RawFd,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    fprog: &libc::sock_fprog,
+) -> ! {
+    let st = fds.status_w;
+    macro_rules! check {
+        ($step:expr, $e:expr) => {
+            if $e < 0 {
+                fail(st, $step, errno())
+            }
+        };
+    }
+    // SAFETY (whole body): raw syscalls over prepared memory; ends in execve or _exit.
+    unsafe {
+        // First, while the ruleset descriptor may still sit at 0..=2 (init closed those, so
+        // the kernel may have handed one out), before stdio is set up over them.
+        if ruleset >= 0 {
+            check!(
+                S_LL_RESTRICT,
+                libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) as i32
+            );
+            libc::close(ruleset);
+        }
+        let null = libc::open(p.dev_null.as_ptr(), libc::O_RDONLY);
+        check!(S_STDIO, null);
+        if null != 0 {
+            check!(S_STDIO, libc::dup2(null, 0));
+            libc::close(null);
+        }
+        check!(S_STDIO, libc::dup2(fds.out_w, 1));
+        check!(S_STDIO, libc::dup2(fds.err_w, 2));
+        libc::close(fds.out_w);
+        libc::close(fds.err_w);
+        libc::setsid();
+        check!(S_CWD, libc::chdir(p.cwd.as_ptr()));
+        check!(
+            S_SECCOMP,
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                fprog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0
+            )
+        );
+        libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        fail(st, S_EXEC, errno())
+    }
+}
+
+/// `ip link set lo up` with one ioctl pair on a throwaway socket.
+unsafe fn loopback_up() -> i32 {
+    // SAFETY: socket/ioctl/close on a local ifreq.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return -1;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            libc::close(s);
+            return -1;
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let r = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+        libc::close(s);
+        r
+    }
+}
+
+/// `/proc/sys/kernel/cap_last_cap` (40 when unreadable, the value of Linux 5.9+).
+pub fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = StatusRecord::encode(TAG_EXIT, 3 << 8, 0);
+        assert_eq!(
+            StatusRecord::parse(&r),
+            Some(StatusRecord::ShellExited(WaitStatus::Exited(3)))
+        );
+        let r = StatusRecord::encode(TAG_SETUP, S_BIND as i32, libc::EPERM);
+        assert_eq!(
+            StatusRecord::parse(&r),
+            Some(StatusRecord::SetupFailed {
+                step: "bind mount",
+                errno: libc::EPERM
+            })
+        );
+        let r = StatusRecord::encode(9, 0, 0);
+        assert_eq!(StatusRecord::parse(&r), None);
+        assert_eq!(STEPS.len() as u32, S_DUMPABLE + 1);
+    }
+
+    #[test]
+    fn fd_paths_format_without_allocation() {
+        let mut b = [0u8; 40];
+        for (fd, want) in [
+            (0, "/proc/self/fd/0"),
+            (7, "/proc/self/fd/7"),
+            (1234567, "/proc/self/fd/1234567"),
+        ] {
+            let p = fd_path(&mut b, fd);
+            // SAFETY: fd_path returns a NUL-terminated string inside `b`.
+            let s = unsafe { std::ffi::CStr::from_ptr(p) };
+            assert_eq!(s.to_str().unwrap(), want);
+        }
+    }
+}
