@@ -46,7 +46,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Text }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
     }
 }
 
@@ -141,7 +144,9 @@ pub fn load(
     path: Option<&Path>,
     vars: &dyn Fn(&str) -> Option<String>,
 ) -> Result<PaddockConfig, ConfigError> {
-    let from_env = vars(env::CONFIG_PATH).filter(|s| !s.is_empty()).map(PathBuf::from);
+    let from_env = vars(env::CONFIG_PATH)
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from);
     let path = path.map(Path::to_path_buf).or(from_env);
     let mut tree = match &path {
         Some(p) => read_file(p)?,
@@ -156,25 +161,34 @@ pub fn load(
 }
 
 fn read_file(path: &Path) -> Result<Value, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if text.trim().is_empty() {
         return Ok(Value::Object(serde_json::Map::new()));
     }
-    let value: Value = serde_norway::from_str(&text)
-        .map_err(|e| ConfigError::Yaml { path: path.to_path_buf(), message: e.to_string() })?;
+    let value: Value = serde_norway::from_str(&text).map_err(|e| ConfigError::Yaml {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     match value {
         Value::Object(_) => Ok(value),
         Value::Null => Ok(Value::Object(serde_json::Map::new())),
-        _ => Err(ConfigError::NotAMapping { path: path.to_path_buf() }),
+        _ => Err(ConfigError::NotAMapping {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
 fn apply_env(tree: &mut Value, vars: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
     for EnvVar { name, key, kind } in env::OVERRIDES {
         let Some(raw) = vars(name) else { continue };
-        let value = env::typed_value(*kind, &raw)
-            .map_err(|message| ConfigError::Env { name, key, message })?;
+        let value = env::typed_value(*kind, &raw).map_err(|message| ConfigError::Env {
+            name,
+            key,
+            message,
+        })?;
         set_key(tree, key, value).map_err(|message| ConfigError::Env { name, key, message })?;
     }
     Ok(())
@@ -185,7 +199,10 @@ fn set_key(tree: &mut Value, key: &str, value: Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         let Value::Object(map) = node else {
-            return Err(format!("the file sets {} to a non-mapping value", parts[..i].join(".")));
+            return Err(format!(
+                "the file sets {} to a non-mapping value",
+                parts[..i].join(".")
+            ));
         };
         if i + 1 == parts.len() {
             map.insert((*part).to_owned(), value);
@@ -201,7 +218,10 @@ fn set_key(tree: &mut Value, key: &str, value: Value) -> Result<(), String> {
 fn from_tree(tree: Value) -> Result<PaddockConfig, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|e| {
         let key = e.path().to_string();
-        ConfigError::Invalid { key, message: e.into_inner().to_string() }
+        ConfigError::Invalid {
+            key,
+            message: e.into_inner().to_string(),
+        }
     })
 }
 
@@ -254,7 +274,10 @@ mod tests {
         assert!(e.contains("unknown field `data_dri`"), "{e}");
         let (_d, p) = file("log:\n  levle: x\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
-        assert!(e.starts_with("invalid configuration at log:") || e.contains("log"), "{e}");
+        assert!(
+            e.starts_with("invalid configuration at log:") || e.contains("log"),
+            "{e}"
+        );
         assert!(e.contains("levle"), "{e}");
         let (_d, p) = file("tools:\n  bash_output_max_chars: lots\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
@@ -264,15 +287,26 @@ mod tests {
     #[test]
     fn bad_inputs_say_where() {
         let (_d, p) = file("listen: [1, 2\n");
-        assert!(matches!(load(Some(&p), &no_env), Err(ConfigError::Yaml { .. })));
+        assert!(matches!(
+            load(Some(&p), &no_env),
+            Err(ConfigError::Yaml { .. })
+        ));
         let (_d, p) = file("- a\n- b\n");
-        assert!(matches!(load(Some(&p), &no_env), Err(ConfigError::NotAMapping { .. })));
+        assert!(matches!(
+            load(Some(&p), &no_env),
+            Err(ConfigError::NotAMapping { .. })
+        ));
         let e = load(Some(Path::new("/nonexistent/paddock.yaml")), &no_env).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/paddock.yaml"));
-        let e = load(None, &|k| (k == "PADDOCK_BASH_TIMEOUT_SECS").then(|| "soon".to_owned()))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("PADDOCK_BASH_TIMEOUT_SECS") && e.contains("tools.bash_timeout_secs"), "{e}");
+        let e = load(None, &|k| {
+            (k == "PADDOCK_BASH_TIMEOUT_SECS").then(|| "soon".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("PADDOCK_BASH_TIMEOUT_SECS") && e.contains("tools.bash_timeout_secs"),
+            "{e}"
+        );
         let (_d, p) = file("backend: docker\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
         assert!(e.contains("backend") && e.contains("docker"), "{e}");
@@ -280,7 +314,10 @@ mod tests {
 
     #[test]
     fn api_key_sources() {
-        let c = load(None, &|k| (k == "PROVISIONER_API_KEY").then(|| "deer".to_owned())).unwrap();
+        let c = load(None, &|k| {
+            (k == "PROVISIONER_API_KEY").then(|| "deer".to_owned())
+        })
+        .unwrap();
         assert_eq!(c.api_key.as_deref(), Some("deer"));
         // PADDOCK_API_KEY wins over DeerFlow's name.
         let c = load(None, &|k| match k {

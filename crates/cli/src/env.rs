@@ -31,21 +31,81 @@ pub const CONFIG_PATH: &str = "PADDOCK_CONFIG";
 
 /// Overrides, applied in order (a later entry for the same key wins).
 pub const OVERRIDES: &[EnvVar] = &[
-    EnvVar { name: "PADDOCK_DATA_DIR", key: "data_dir", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_LISTEN", key: "listen", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_PUBLIC_URL", key: "public_url", kind: EnvKind::Str },
-    EnvVar { name: "PROVISIONER_API_KEY", key: "api_key", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_API_KEY", key: "api_key", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_API_KEY_FILE", key: "api_key_file", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_BACKEND", key: "backend", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_LOG", key: "log.level", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_LOG_FORMAT", key: "log.format", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_ISOLATION", key: "sandbox.isolation", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_NETWORK", key: "sandbox.network", kind: EnvKind::Str },
-    EnvVar { name: "PADDOCK_EXEC_TIMEOUT_SECS", key: "sandbox.exec_timeout_secs", kind: EnvKind::Float },
-    EnvVar { name: "PADDOCK_MAX_CACHED_SANDBOXES", key: "sandbox.max_cached_sandboxes", kind: EnvKind::Uint },
-    EnvVar { name: "PADDOCK_AGENT_MAX_BODY_BYTES", key: "agent.max_body_bytes", kind: EnvKind::Uint },
-    EnvVar { name: "PADDOCK_BASH_TIMEOUT_SECS", key: "tools.bash_timeout_secs", kind: EnvKind::Float },
+    EnvVar {
+        name: "PADDOCK_DATA_DIR",
+        key: "data_dir",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_LISTEN",
+        key: "listen",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_PUBLIC_URL",
+        key: "public_url",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PROVISIONER_API_KEY",
+        key: "api_key",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_API_KEY",
+        key: "api_key",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_API_KEY_FILE",
+        key: "api_key_file",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_BACKEND",
+        key: "backend",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_LOG",
+        key: "log.level",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_LOG_FORMAT",
+        key: "log.format",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_ISOLATION",
+        key: "sandbox.isolation",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_NETWORK",
+        key: "sandbox.network",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "PADDOCK_EXEC_TIMEOUT_SECS",
+        key: "sandbox.exec_timeout_secs",
+        kind: EnvKind::Float,
+    },
+    EnvVar {
+        name: "PADDOCK_MAX_CACHED_SANDBOXES",
+        key: "sandbox.max_cached_sandboxes",
+        kind: EnvKind::Uint,
+    },
+    EnvVar {
+        name: "PADDOCK_AGENT_MAX_BODY_BYTES",
+        key: "agent.max_body_bytes",
+        kind: EnvKind::Uint,
+    },
+    EnvVar {
+        name: "PADDOCK_BASH_TIMEOUT_SECS",
+        key: "tools.bash_timeout_secs",
+        kind: EnvKind::Float,
+    },
 ];
 
 /// Parses `raw` as `kind` into a JSON value, or says why not.
@@ -79,11 +139,20 @@ mod tests {
 
     #[test]
     fn typing() {
-        assert_eq!(typed_value(EnvKind::Uint, "12").unwrap(), serde_json::json!(12));
+        assert_eq!(
+            typed_value(EnvKind::Uint, "12").unwrap(),
+            serde_json::json!(12)
+        );
         assert!(typed_value(EnvKind::Uint, "-1").is_err());
-        assert_eq!(typed_value(EnvKind::Float, "1.5").unwrap(), serde_json::json!(1.5));
+        assert_eq!(
+            typed_value(EnvKind::Float, "1.5").unwrap(),
+            serde_json::json!(1.5)
+        );
         assert!(typed_value(EnvKind::Float, "inf").is_err());
-        assert_eq!(typed_value(EnvKind::Bool, "Yes").unwrap(), serde_json::json!(true));
+        assert_eq!(
+            typed_value(EnvKind::Bool, "Yes").unwrap(),
+            serde_json::json!(true)
+        );
         assert!(typed_value(EnvKind::Bool, "maybe").is_err());
     }
 
@@ -93,6 +162,10 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), OVERRIDES.len());
-        assert!(OVERRIDES.iter().all(|e| e.name.chars().all(|c| c.is_ascii_uppercase() || c == '_')));
+        assert!(
+            OVERRIDES
+                .iter()
+                .all(|e| e.name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        );
     }
 }

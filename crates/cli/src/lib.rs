@@ -89,7 +89,10 @@ fn run_config(cmd: ConfigCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            report(&e.into(), Some("every key is documented in docs/configuration.md"));
+            report(
+                &e.into(),
+                Some("every key is documented in docs/configuration.md"),
+            );
             ExitCode::from(EXIT_USAGE)
         }
     }

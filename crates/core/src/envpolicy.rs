@@ -43,8 +43,10 @@ pub fn scrub<I>(base: I, extra: &BTreeMap<String, String>) -> BTreeMap<String, S
 where
     I: IntoIterator<Item = (String, String)>,
 {
-    let mut env: BTreeMap<String, String> =
-        base.into_iter().filter(|(k, _)| !is_secret_name(k)).collect();
+    let mut env: BTreeMap<String, String> = base
+        .into_iter()
+        .filter(|(k, _)| !is_secret_name(k))
+        .collect();
     for (k, v) in extra {
         env.insert(k.clone(), v.clone());
     }

@@ -71,7 +71,9 @@ pub enum SandboxError {
         path: String,
     },
     /// The file is not UTF-8 text.
-    #[error("{path} is not a UTF-8 text file (it looks binary); download it instead of reading it as text")]
+    #[error(
+        "{path} is not a UTF-8 text file (it looks binary); download it instead of reading it as text"
+    )]
     NotText {
         /// The virtual path.
         path: String,
@@ -99,7 +101,9 @@ pub enum SandboxError {
         path: String,
     },
     /// `expect_unique` and the string occurs more than once.
-    #[error("string to replace occurs {count} times in {path}; give more context or set replace_all")]
+    #[error(
+        "string to replace occurs {count} times in {path}; give more context or set replace_all"
+    )]
     Ambiguous {
         /// The virtual path.
         path: String,
@@ -206,12 +210,18 @@ impl SandboxError {
 
     /// `InvalidPath` with the path shown safely.
     pub fn invalid_path(path: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidPath { path: shown(path), reason: reason.into() }
+        Self::InvalidPath {
+            path: shown(path),
+            reason: reason.into(),
+        }
     }
 
     /// `InvalidArgument` for `field`.
     pub fn invalid_argument(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.into(), message: message.into() }
+        Self::InvalidArgument {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 
     /// Maps an OS error on `path` (virtual) to the closest variant. The OS error's text is
@@ -224,14 +234,22 @@ impl SandboxError {
             K::NotADirectory => Self::NotADirectory { path },
             K::IsADirectory => Self::IsADirectory { path },
             K::ReadOnlyFilesystem => Self::ReadOnly { path },
-            K::PermissionDenied => Self::Io { op: op.into(), path, message: "permission denied".into() },
+            K::PermissionDenied => Self::Io {
+                op: op.into(),
+                path,
+                message: "permission denied".into(),
+            },
             _ if err.raw_os_error() == Some(40) => Self::SymlinkLoop { path },
             _ => {
                 let message = match err.raw_os_error() {
                     Some(code) => std::io::Error::from_raw_os_error(code).to_string(),
                     None => err.kind().to_string(),
                 };
-                Self::Io { op: op.into(), path, message }
+                Self::Io {
+                    op: op.into(),
+                    path,
+                    message,
+                }
             }
         }
     }
@@ -239,7 +257,10 @@ impl SandboxError {
 
 impl From<IdError> for SandboxError {
     fn from(e: IdError) -> Self {
-        Self::InvalidId { field: e.field.into(), rule: e.rule.into() }
+        Self::InvalidId {
+            field: e.field.into(),
+            rule: e.rule.into(),
+        }
     }
 }
 
@@ -249,7 +270,11 @@ mod tests {
 
     #[test]
     fn round_trips_on_the_wire() {
-        let e = SandboxError::TooLarge { path: "/mnt/user-data/x".into(), size: 10, limit: 5 };
+        let e = SandboxError::TooLarge {
+            path: "/mnt/user-data/x".into(),
+            size: 10,
+            limit: 5,
+        };
         let j = serde_json::to_string(&e).unwrap();
         assert!(j.contains("\"kind\":\"too_large\""));
         let back: SandboxError = serde_json::from_str(&j).unwrap();
@@ -263,7 +288,12 @@ mod tests {
             "/mnt/user-data/workspace/a",
             &std::io::Error::from_raw_os_error(libc_enoent()),
         );
-        assert_eq!(e, SandboxError::NotFound { path: "/mnt/user-data/workspace/a".into() });
+        assert_eq!(
+            e,
+            SandboxError::NotFound {
+                path: "/mnt/user-data/workspace/a".into()
+            }
+        );
         let e = SandboxError::from_io("open", "/x", &std::io::Error::from_raw_os_error(40));
         assert_eq!(e.code(), "symlink_loop");
     }

@@ -202,14 +202,21 @@ mod tests {
         assert!(SandboxId::new("a-b").is_ok());
         assert!(SandboxId::new("x".repeat(53)).is_ok());
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(54), "a/b"] {
-            assert_eq!(SandboxId::new(bad).unwrap_err().field, "sandbox_id", "{bad}");
+            assert_eq!(
+                SandboxId::new(bad).unwrap_err().field,
+                "sandbox_id",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn error_message_names_field_and_rule() {
         let e = ThreadId::new("a/b").unwrap_err();
-        assert_eq!(e.to_string(), "invalid thread_id \"a/b\": must match ^[A-Za-z0-9_-]{1,64}$");
+        assert_eq!(
+            e.to_string(),
+            "invalid thread_id \"a/b\": must match ^[A-Za-z0-9_-]{1,64}$"
+        );
         let long = "y".repeat(500);
         let e = UserId::new(long).unwrap_err();
         assert!(e.to_string().len() < 200);

@@ -104,7 +104,12 @@ impl DataLayout {
         let err = |what: &'static str| {
             let user = user.to_string();
             let thread = thread.to_string();
-            move |source| LayoutError { what, user, thread, source }
+            move |source| LayoutError {
+                what,
+                user,
+                thread,
+                source,
+            }
         };
         for (what, path) in [
             ("workspace", &dirs.workspace),
@@ -128,12 +133,27 @@ mod tests {
         let u = UserId::new("u1").unwrap();
         let t = ThreadId::new("t1").unwrap();
         let d = l.thread_dirs(&u, &t);
-        assert_eq!(d.workspace, Path::new("/d/users/u1/threads/t1/user-data/workspace"));
-        assert_eq!(d.uploads, Path::new("/d/users/u1/threads/t1/user-data/uploads"));
-        assert_eq!(d.outputs, Path::new("/d/users/u1/threads/t1/user-data/outputs"));
-        assert_eq!(d.acp_workspace, Path::new("/d/users/u1/threads/t1/acp-workspace"));
+        assert_eq!(
+            d.workspace,
+            Path::new("/d/users/u1/threads/t1/user-data/workspace")
+        );
+        assert_eq!(
+            d.uploads,
+            Path::new("/d/users/u1/threads/t1/user-data/uploads")
+        );
+        assert_eq!(
+            d.outputs,
+            Path::new("/d/users/u1/threads/t1/user-data/outputs")
+        );
+        assert_eq!(
+            d.acp_workspace,
+            Path::new("/d/users/u1/threads/t1/acp-workspace")
+        );
         assert_eq!(l.skills_dir(), Path::new("/d/skills"));
-        assert_eq!(l.user_custom_skills_dir(&u), Path::new("/d/users/u1/skills/custom"));
+        assert_eq!(
+            l.user_custom_skills_dir(&u),
+            Path::new("/d/users/u1/skills/custom")
+        );
         assert_eq!(l.legacy_threads_dir(), Path::new("/d/threads"));
     }
 
@@ -148,7 +168,10 @@ mod tests {
         let d2 = l.ensure_thread_dirs(&u, &t).unwrap();
         assert_eq!(d, d2);
         assert!(d.uploads.is_dir() && d.outputs.is_dir() && d.acp_workspace.is_dir());
-        assert_eq!(std::fs::read_to_string(d.workspace.join("keep")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(d.workspace.join("keep")).unwrap(),
+            "x"
+        );
     }
 
     #[test]

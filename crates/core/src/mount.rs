@@ -36,7 +36,9 @@ pub const CUSTOM_SKILLS: &str = "/mnt/skills/custom";
 /// Container paths no custom mount may take or nest under.
 pub const RESERVED_PREFIXES: &[&str] = &[USER_DATA, SKILLS, ACP_WORKSPACE];
 /// System directories no custom mount may shadow (`/lib*` is matched by prefix).
-pub const SYSTEM_DIRS: &[&str] = &["/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/tmp"];
+pub const SYSTEM_DIRS: &[&str] = &[
+    "/proc", "/sys", "/dev", "/usr", "/etc", "/bin", "/sbin", "/tmp",
+];
 /// Default cap on custom mounts.
 pub const DEFAULT_MAX_CUSTOM_MOUNTS: usize = 16;
 
@@ -174,7 +176,11 @@ pub fn validate_custom_mounts(
     specs: &[MountSpec],
     policy: &MountPolicy,
 ) -> Result<Vec<Mount>, MountError> {
-    let max = if policy.max_mounts == 0 { DEFAULT_MAX_CUSTOM_MOUNTS } else { policy.max_mounts };
+    let max = if policy.max_mounts == 0 {
+        DEFAULT_MAX_CUSTOM_MOUNTS
+    } else {
+        policy.max_mounts
+    };
     let err = |index: usize, spec: &MountSpec, rule| MountError {
         index,
         container_path: shown(&spec.container_path),
@@ -190,7 +196,8 @@ pub fn validate_custom_mounts(
         .collect();
     let mut out: Vec<Mount> = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
-        let container = validate_container_path(&spec.container_path).map_err(|r| err(i, spec, r))?;
+        let container =
+            validate_container_path(&spec.container_path).map_err(|r| err(i, spec, r))?;
         if out.iter().any(|m| m.container == container) {
             return Err(err(i, spec, MountRule::Duplicate));
         }
@@ -221,7 +228,9 @@ pub fn validate_custom_mounts(
 
 fn validate_container_path(raw: &str) -> Result<VirtualPath, MountRule> {
     if raw.split('/').any(|s| s == "..") {
-        return Err(MountRule::ContainerPathInvalid("may not contain '..'".into()));
+        return Err(MountRule::ContainerPathInvalid(
+            "may not contain '..'".into(),
+        ));
     }
     let vp = VirtualPath::parse(raw).map_err(|e| match e {
         SandboxError::InvalidPath { reason, .. } => MountRule::ContainerPathInvalid(reason),
@@ -231,7 +240,8 @@ fn validate_container_path(raw: &str) -> Result<VirtualPath, MountRule> {
         return Err(MountRule::ContainerPathTooBroad);
     }
     for reserved in RESERVED_PREFIXES {
-        let r = VirtualPath::parse(reserved).map_err(|e| MountRule::ContainerPathInvalid(e.to_string()))?;
+        let r = VirtualPath::parse(reserved)
+            .map_err(|e| MountRule::ContainerPathInvalid(e.to_string()))?;
         if vp.starts_with(&r) {
             return Err(MountRule::ContainerPathReserved(reserved));
         }
@@ -352,9 +362,15 @@ impl MountTable {
             }
         }
         mounts.sort_by(|a, b| {
-            b.container.depth().cmp(&a.container.depth()).then(a.container.cmp(&b.container))
+            b.container
+                .depth()
+                .cmp(&a.container.depth())
+                .then(a.container.cmp(&b.container))
         });
-        Ok(Self { mounts, host_mask: OnceLock::new() })
+        Ok(Self {
+            mounts,
+            host_mask: OnceLock::new(),
+        })
     }
 
     /// The standard table of a thread (SPEC section 3): creates the thread's directories,
@@ -370,23 +386,61 @@ impl MountTable {
         let skills = layout.skills_dir();
         let custom_skills = layout.user_custom_skills_dir(user);
         for (what, dir) in [("skills", &skills), ("custom skills", &custom_skills)] {
-            std::fs::create_dir_all(dir).map_err(|source| MountTableError::Resolve { what, source })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|source| MountTableError::Resolve { what, source })?;
         }
         let canon = |what: &'static str, p: &Path| {
             std::fs::canonicalize(p).map_err(|source| MountTableError::Resolve { what, source })
         };
-        let vp = |s: &str| VirtualPath::parse(s).map_err(|e| MountTableError::Resolve {
-            what: "virtual",
-            source: std::io::Error::other(e.to_string()),
-        });
+        let vp = |s: &str| {
+            VirtualPath::parse(s).map_err(|e| MountTableError::Resolve {
+                what: "virtual",
+                source: std::io::Error::other(e.to_string()),
+            })
+        };
         let mut mounts = vec![
-            Mount { container: vp(USER_DATA)?, host: canon("user-data", &dirs.user_data)?, read_only: false, kind: MountKind::UserData },
-            Mount { container: vp(WORKSPACE)?, host: canon("workspace", &dirs.workspace)?, read_only: false, kind: MountKind::Workspace },
-            Mount { container: vp(UPLOADS)?, host: canon("uploads", &dirs.uploads)?, read_only: false, kind: MountKind::Uploads },
-            Mount { container: vp(OUTPUTS)?, host: canon("outputs", &dirs.outputs)?, read_only: false, kind: MountKind::Outputs },
-            Mount { container: vp(ACP_WORKSPACE)?, host: canon("acp-workspace", &dirs.acp_workspace)?, read_only: true, kind: MountKind::AcpWorkspace },
-            Mount { container: vp(SKILLS)?, host: canon("skills", &skills)?, read_only: true, kind: MountKind::Skills },
-            Mount { container: vp(CUSTOM_SKILLS)?, host: canon("custom skills", &custom_skills)?, read_only: true, kind: MountKind::CustomSkills },
+            Mount {
+                container: vp(USER_DATA)?,
+                host: canon("user-data", &dirs.user_data)?,
+                read_only: false,
+                kind: MountKind::UserData,
+            },
+            Mount {
+                container: vp(WORKSPACE)?,
+                host: canon("workspace", &dirs.workspace)?,
+                read_only: false,
+                kind: MountKind::Workspace,
+            },
+            Mount {
+                container: vp(UPLOADS)?,
+                host: canon("uploads", &dirs.uploads)?,
+                read_only: false,
+                kind: MountKind::Uploads,
+            },
+            Mount {
+                container: vp(OUTPUTS)?,
+                host: canon("outputs", &dirs.outputs)?,
+                read_only: false,
+                kind: MountKind::Outputs,
+            },
+            Mount {
+                container: vp(ACP_WORKSPACE)?,
+                host: canon("acp-workspace", &dirs.acp_workspace)?,
+                read_only: true,
+                kind: MountKind::AcpWorkspace,
+            },
+            Mount {
+                container: vp(SKILLS)?,
+                host: canon("skills", &skills)?,
+                read_only: true,
+                kind: MountKind::Skills,
+            },
+            Mount {
+                container: vp(CUSTOM_SKILLS)?,
+                host: canon("custom skills", &custom_skills)?,
+                read_only: true,
+                kind: MountKind::CustomSkills,
+            },
         ];
         mounts.extend(custom);
         Ok(Self::new(mounts)?)
@@ -409,12 +463,16 @@ impl MountTable {
 
     /// Mounts whose container path is a direct child of `vp` (listed as virtual children).
     pub fn child_mounts<'a>(&'a self, vp: &'a VirtualPath) -> impl Iterator<Item = &'a Mount> + 'a {
-        self.mounts.iter().filter(move |m| m.container.parent().as_ref() == Some(vp))
+        self.mounts
+            .iter()
+            .filter(move |m| m.container.parent().as_ref() == Some(vp))
     }
 
     /// Whether any mount lies strictly below `vp`.
     pub fn has_nested(&self, vp: &VirtualPath) -> bool {
-        self.mounts.iter().any(|m| &m.container != vp && m.container.starts_with(vp))
+        self.mounts
+            .iter()
+            .any(|m| &m.container != vp && m.container.starts_with(vp))
     }
 
     /// Lexical resolution: validates and normalises `raw`, finds its mount, and refuses a
@@ -431,9 +489,19 @@ impl MountTable {
         }
         let mount = self
             .mount_for(&lexed.normalized)
-            .ok_or_else(|| SandboxError::Unmapped { path: lexed.normalized.to_string() })?;
-        let rel = lexed.normalized.strip_prefix(&mount.container).unwrap_or_default().to_owned();
-        Ok(Located { vpath: lexed.normalized, mount, rel })
+            .ok_or_else(|| SandboxError::Unmapped {
+                path: lexed.normalized.to_string(),
+            })?;
+        let rel = lexed
+            .normalized
+            .strip_prefix(&mount.container)
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Located {
+            vpath: lexed.normalized,
+            mount,
+            rel,
+        })
     }
 
     /// Resolves `raw` through the filesystem with `walker`, following symlinks in the
@@ -449,9 +517,17 @@ impl MountTable {
         let io = |e: std::io::Error| SandboxError::from_io("resolve", &shown_path, &e);
         let containment = loc.mount;
         let base_depth = containment.container.depth();
-        let mut cur: Vec<String> = containment.container.segments().map(str::to_owned).collect();
-        let mut queue: std::collections::VecDeque<String> =
-            loc.rel.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+        let mut cur: Vec<String> = containment
+            .container
+            .segments()
+            .map(str::to_owned)
+            .collect();
+        let mut queue: std::collections::VecDeque<String> = loc
+            .rel
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
         w.reset();
         w.push_mount(containment).map_err(io)?;
         let mut hops = 0usize;
@@ -471,7 +547,8 @@ impl MountTable {
                 _ => {}
             }
             let is_last = queue.is_empty();
-            let next = VirtualPath::from_segments(cur.iter().map(String::as_str).chain([c.as_str()]));
+            let next =
+                VirtualPath::from_segments(cur.iter().map(String::as_str).chain([c.as_str()]));
             if let Some(nested) = self.mount_at(&next) {
                 w.push_mount(nested).map_err(io)?;
                 cur.push(c);
@@ -489,17 +566,26 @@ impl MountTable {
                     }
                     if target.starts_with('/') {
                         // Absolute targets are virtual paths: they must stay in this mount.
-                        let t = lex(&target).map_err(|_| SandboxError::Escape { path: shown_path.clone() })?;
+                        let t = lex(&target).map_err(|_| SandboxError::Escape {
+                            path: shown_path.clone(),
+                        })?;
                         let Some(rest) = t.normalized.strip_prefix(&containment.container) else {
                             return Err(SandboxError::Escape { path: shown_path });
                         };
-                        let mut spliced: std::collections::VecDeque<String> =
-                            rest.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                        let mut spliced: std::collections::VecDeque<String> = rest
+                            .split('/')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_owned)
+                            .collect();
                         spliced.extend(queue.drain(..));
                         queue = spliced;
                         w.reset();
                         w.push_mount(containment).map_err(io)?;
-                        cur = containment.container.segments().map(str::to_owned).collect();
+                        cur = containment
+                            .container
+                            .segments()
+                            .map(str::to_owned)
+                            .collect();
                     } else {
                         for seg in target.rsplit('/') {
                             queue.push_front(seg.to_owned());
@@ -522,7 +608,9 @@ impl MountTable {
                     w.descend(&c).map_err(io)?;
                     cur.push(c);
                 }
-                Node::File | Node::Other | Node::Symlink(_) | Node::Missing | Node::Dir if !is_last => {
+                Node::File | Node::Other | Node::Symlink(_) | Node::Missing | Node::Dir
+                    if !is_last =>
+                {
                     return Err(SandboxError::NotADirectory { path: shown_path });
                 }
                 node => {
@@ -537,12 +625,20 @@ impl MountTable {
             Some((name, node)) => Target::Entry { name, node },
             None => Target::Current,
         };
-        Ok(Walked { vpath, mount, target })
+        Ok(Walked {
+            vpath,
+            mount,
+            target,
+        })
     }
 
     /// Resolves `raw` to a host path with a path-based walker (std::fs). Race-free
     /// callers use `paddock-fsops`; this is for `isolation: none` and for tests.
-    pub fn resolve_host(&self, raw: &str, opts: WalkOptions) -> Result<(PathBuf, Walked<'_>), SandboxError> {
+    pub fn resolve_host(
+        &self,
+        raw: &str,
+        opts: WalkOptions,
+    ) -> Result<(PathBuf, Walked<'_>), SandboxError> {
         let mut w = StdWalker::default();
         let walked = self.walk(raw, opts, &mut w)?;
         let top = w.top().cloned().unwrap_or_default();
@@ -556,7 +652,9 @@ impl MountTable {
     /// Refuses a write to `walked` when its owning mount is read-only.
     pub fn check_writable(walked: &Walked<'_>) -> Result<(), SandboxError> {
         if walked.mount.read_only {
-            Err(SandboxError::ReadOnly { path: walked.vpath.to_string() })
+            Err(SandboxError::ReadOnly {
+                path: walked.vpath.to_string(),
+            })
         } else {
             Ok(())
         }
@@ -576,7 +674,11 @@ impl MountTable {
         let (m, _) = best?;
         let rel = host.strip_prefix(&m.host).ok()?;
         let rel = rel.to_str()?;
-        if rel.is_empty() { Some(m.container.clone()) } else { m.container.join(rel).ok() }
+        if rel.is_empty() {
+            Some(m.container.clone())
+        } else {
+            m.container.join(rel).ok()
+        }
     }
 
     fn host_roots_longest_first(&self) -> Vec<(&str, &VirtualPath)> {
@@ -586,7 +688,7 @@ impl MountTable {
             .filter_map(|m| m.host.to_str().map(|h| (h, &m.container)))
             .filter(|(h, _)| *h != "/")
             .collect();
-        roots.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        roots.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         roots
     }
 
@@ -602,7 +704,9 @@ impl MountTable {
             let alt: Vec<String> = roots.iter().map(|(h, _)| regex::escape(h)).collect();
             Regex::new(&alt.join("|")).ok()
         });
-        let Some(re) = re else { return Cow::Borrowed(text) };
+        let Some(re) = re else {
+            return Cow::Borrowed(text);
+        };
         if !re.is_match(text) {
             return Cow::Borrowed(text);
         }
@@ -618,10 +722,9 @@ impl MountTable {
                     continue;
                 }
                 let end = start + host.len();
-                let boundary = text[end..]
-                    .chars()
-                    .next()
-                    .is_none_or(|c| c == '/' || !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')));
+                let boundary = text[end..].chars().next().is_none_or(|c| {
+                    c == '/' || !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
+                });
                 if boundary {
                     out.push_str(&text[pos..start]);
                     out.push_str(container.as_str());
@@ -646,9 +749,11 @@ impl MountTable {
     /// `isolation: none`, where commands run on the host). Every rewritten path is
     /// resolved first, so one that escapes its mount refuses the whole command.
     pub fn rewrite_command(&self, command: &str) -> Result<String, SandboxError> {
-        const DELIMS: &[char] = &[' ', '\t', '\n', '\r', '"', '\'', '`', ';', '&', '|', '<', '>', '(', ')'];
+        const DELIMS: &[char] = &[
+            ' ', '\t', '\n', '\r', '"', '\'', '`', ';', '&', '|', '<', '>', '(', ')',
+        ];
         let mut containers: Vec<&Mount> = self.mounts.iter().collect();
-        containers.sort_by(|a, b| b.container.as_str().len().cmp(&a.container.as_str().len()));
+        containers.sort_by_key(|m| std::cmp::Reverse(m.container.as_str().len()));
         let mut out = String::with_capacity(command.len());
         let mut i = 0;
         let bytes = command.as_bytes();
@@ -662,18 +767,28 @@ impl MountTable {
                 let hit = containers.iter().find(|m| {
                     let c = m.container.as_str();
                     rest.starts_with(c)
-                        && rest[c.len()..].chars().next().is_none_or(|n| n == '/' || DELIMS.contains(&n))
+                        && rest[c.len()..]
+                            .chars()
+                            .next()
+                            .is_none_or(|n| n == '/' || DELIMS.contains(&n))
                 });
                 if hit.is_some() {
                     let end = rest.find(DELIMS).unwrap_or(rest.len());
                     let token = &rest[..end];
-                    let opts = WalkOptions { follow_final: false, create_parents: false };
+                    let opts = WalkOptions {
+                        follow_final: false,
+                        create_parents: false,
+                    };
                     let host = match self.resolve_host(token, opts) {
                         Ok((h, _)) => h,
                         // A path that does not exist yet is fine: the command may create it.
                         Err(SandboxError::NotFound { .. }) => {
                             let l = self.locate(token)?;
-                            if l.rel.is_empty() { l.mount.host.clone() } else { l.mount.host.join(&l.rel) }
+                            if l.rel.is_empty() {
+                                l.mount.host.clone()
+                            } else {
+                                l.mount.host.join(&l.rel)
+                            }
                         }
                         Err(e) => return Err(e),
                     };
@@ -718,7 +833,9 @@ impl Walker for StdWalker {
             Err(e) => Err(e),
             Ok(md) if md.file_type().is_symlink() => {
                 let t = std::fs::read_link(&p)?;
-                Ok(Node::Symlink(t.to_str().map(str::to_owned).unwrap_or_default()))
+                Ok(Node::Symlink(
+                    t.to_str().map(str::to_owned).unwrap_or_default(),
+                ))
             }
             Ok(md) if md.is_dir() => Ok(Node::Dir),
             Ok(md) if md.is_file() => Ok(Node::File),

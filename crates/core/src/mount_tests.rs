@@ -28,7 +28,11 @@ fn fx() -> Fx {
         vec![],
     )
     .unwrap();
-    Fx { _tmp: tmp, root, table }
+    Fx {
+        _tmp: tmp,
+        root,
+        table,
+    }
 }
 
 fn ws(f: &Fx) -> PathBuf {
@@ -42,7 +46,10 @@ fn code(r: Result<impl std::fmt::Debug, SandboxError>) -> &'static str {
     }
 }
 
-const FOLLOW: WalkOptions = WalkOptions { follow_final: true, create_parents: false };
+const FOLLOW: WalkOptions = WalkOptions {
+    follow_final: true,
+    create_parents: false,
+};
 
 #[test]
 fn longest_prefix_on_segments() {
@@ -55,7 +62,10 @@ fn longest_prefix_on_segments() {
     let l = f.table.locate("/mnt/skills/custom/x").unwrap();
     assert_eq!(l.mount.kind, MountKind::CustomSkills);
     assert_eq!(code(f.table.locate("/mnt/user-data-x/a")), "access_denied");
-    assert!(matches!(f.table.locate("/mnt/user-data-x/a"), Err(SandboxError::Unmapped { .. })));
+    assert!(matches!(
+        f.table.locate("/mnt/user-data-x/a"),
+        Err(SandboxError::Unmapped { .. })
+    ));
     assert_eq!(code(f.table.locate("/mnt/skillsx")), "access_denied");
     assert_eq!(code(f.table.locate("/etc/passwd")), "access_denied");
     assert_eq!(code(f.table.locate("/mnt")), "access_denied");
@@ -72,7 +82,10 @@ fn dotdot_may_not_leave_the_starting_mount() {
         "/mnt/user-data/workspace/../../../etc/passwd",
         "/..",
     ] {
-        assert!(matches!(f.table.locate(p), Err(SandboxError::Escape { .. })), "{p}");
+        assert!(
+            matches!(f.table.locate(p), Err(SandboxError::Escape { .. })),
+            "{p}"
+        );
     }
 }
 
@@ -91,17 +104,29 @@ fn walk_follows_symlinks_inside_the_mount() {
     std::fs::write(ws(&f).join("d/f.txt"), "x").unwrap();
     symlink("d/f.txt", ws(&f).join("rel")).unwrap();
     symlink("/mnt/user-data/workspace/d", ws(&f).join("abs")).unwrap();
-    let (host, w) = f.table.resolve_host("/mnt/user-data/workspace/rel", FOLLOW).unwrap();
+    let (host, w) = f
+        .table
+        .resolve_host("/mnt/user-data/workspace/rel", FOLLOW)
+        .unwrap();
     assert_eq!(host, ws(&f).join("d/f.txt"));
     assert_eq!(w.vpath.as_str(), "/mnt/user-data/workspace/d/f.txt");
-    let (host, _) = f.table.resolve_host("/mnt/user-data/workspace/abs/f.txt", FOLLOW).unwrap();
+    let (host, _) = f
+        .table
+        .resolve_host("/mnt/user-data/workspace/abs/f.txt", FOLLOW)
+        .unwrap();
     assert_eq!(host, ws(&f).join("d/f.txt"));
     // Not following the final symlink names the link itself.
     let (_, w) = f
         .table
         .resolve_host("/mnt/user-data/workspace/rel", WalkOptions::default())
         .unwrap();
-    assert!(matches!(w.target, Target::Entry { node: Node::Symlink(_), .. }));
+    assert!(matches!(
+        w.target,
+        Target::Entry {
+            node: Node::Symlink(_),
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -152,7 +177,10 @@ fn read_only_through_symlink_into_nested_mount() {
     // The nested mount shadows outer/ro: the link lands in the read-only mount.
     assert_eq!(host, base.join("ro/f"));
     assert_eq!(w.mount.container.as_str(), "/data/ro");
-    assert!(matches!(MountTable::check_writable(&w), Err(SandboxError::ReadOnly { .. })));
+    assert!(matches!(
+        MountTable::check_writable(&w),
+        Err(SandboxError::ReadOnly { .. })
+    ));
     let (_, w) = table.resolve_host("/data/inner", FOLLOW).unwrap();
     assert!(MountTable::check_writable(&w).is_ok());
 }
@@ -160,10 +188,16 @@ fn read_only_through_symlink_into_nested_mount() {
 #[test]
 fn create_parents_refused_in_read_only_mount() {
     let f = fx();
-    let opts = WalkOptions { follow_final: true, create_parents: true };
+    let opts = WalkOptions {
+        follow_final: true,
+        create_parents: true,
+    };
     let r = f.table.resolve_host("/mnt/skills/new/dir/f", opts);
     assert!(matches!(r, Err(SandboxError::ReadOnly { .. })));
-    let (host, _) = f.table.resolve_host("/mnt/user-data/outputs/a/b/c.txt", opts).unwrap();
+    let (host, _) = f
+        .table
+        .resolve_host("/mnt/user-data/outputs/a/b/c.txt", opts)
+        .unwrap();
     assert!(host.parent().unwrap().is_dir());
 }
 
@@ -190,7 +224,10 @@ fn custom_mount_validation() {
     std::fs::create_dir_all(allowed.join("d")).unwrap();
     std::fs::create_dir_all(&outside).unwrap();
     symlink(&outside, allowed.join("sneaky")).unwrap();
-    let policy = MountPolicy { allowed_host_roots: vec![allowed.clone()], max_mounts: 0 };
+    let policy = MountPolicy {
+        allowed_host_roots: vec![allowed.clone()],
+        max_mounts: 0,
+    };
     let spec = |host: &Path, c: &str| MountSpec {
         host_path: host.to_string_lossy().into_owned(),
         container_path: c.into(),
@@ -200,27 +237,73 @@ fn custom_mount_validation() {
     assert_eq!(ok[0].container.as_str(), "/mnt/data");
     let rule = |specs: Vec<MountSpec>| validate_custom_mounts(&specs, &policy).unwrap_err().rule;
     let d = allowed.join("d");
-    assert_eq!(rule(vec![spec(&outside, "/mnt/x")]), MountRule::HostPathNotAllowed);
-    assert_eq!(rule(vec![spec(&allowed.join("sneaky"), "/mnt/x")]), MountRule::HostPathNotAllowed);
-    assert_eq!(rule(vec![spec(&allowed.join("missing"), "/mnt/x")]), MountRule::HostPathMissing);
-    assert_eq!(rule(vec![spec(Path::new("rel"), "/mnt/x")]), MountRule::HostPathNotAbsolute);
+    assert_eq!(
+        rule(vec![spec(&outside, "/mnt/x")]),
+        MountRule::HostPathNotAllowed
+    );
+    assert_eq!(
+        rule(vec![spec(&allowed.join("sneaky"), "/mnt/x")]),
+        MountRule::HostPathNotAllowed
+    );
+    assert_eq!(
+        rule(vec![spec(&allowed.join("missing"), "/mnt/x")]),
+        MountRule::HostPathMissing
+    );
+    assert_eq!(
+        rule(vec![spec(Path::new("rel"), "/mnt/x")]),
+        MountRule::HostPathNotAbsolute
+    );
     assert_eq!(rule(vec![spec(&d, "/")]), MountRule::ContainerPathTooBroad);
-    assert_eq!(rule(vec![spec(&d, "/mnt")]), MountRule::ContainerPathTooBroad);
-    assert_eq!(rule(vec![spec(&d, "/mnt/user-data/x")]), MountRule::ContainerPathReserved(USER_DATA));
-    assert_eq!(rule(vec![spec(&d, "/mnt/skills")]), MountRule::ContainerPathReserved(SKILLS));
-    assert_eq!(rule(vec![spec(&d, "/mnt/acp-workspace/y")]), MountRule::ContainerPathReserved(ACP_WORKSPACE));
-    assert_eq!(rule(vec![spec(&d, "/usr/local")]), MountRule::ContainerPathSystem("/usr".into()));
-    assert_eq!(rule(vec![spec(&d, "/lib64")]), MountRule::ContainerPathSystem("/lib64".into()));
-    assert_eq!(rule(vec![spec(&d, "/tmp")]), MountRule::ContainerPathSystem("/tmp".into()));
-    assert!(matches!(rule(vec![spec(&d, "relative")]), MountRule::ContainerPathInvalid(_)));
-    assert!(matches!(rule(vec![spec(&d, "/mnt/a/../user-data")]), MountRule::ContainerPathInvalid(_)));
-    assert_eq!(rule(vec![spec(&d, "/mnt/a"), spec(&d, "/mnt/a/")]), MountRule::Duplicate);
+    assert_eq!(
+        rule(vec![spec(&d, "/mnt")]),
+        MountRule::ContainerPathTooBroad
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/mnt/user-data/x")]),
+        MountRule::ContainerPathReserved(USER_DATA)
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/mnt/skills")]),
+        MountRule::ContainerPathReserved(SKILLS)
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/mnt/acp-workspace/y")]),
+        MountRule::ContainerPathReserved(ACP_WORKSPACE)
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/usr/local")]),
+        MountRule::ContainerPathSystem("/usr".into())
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/lib64")]),
+        MountRule::ContainerPathSystem("/lib64".into())
+    );
+    assert_eq!(
+        rule(vec![spec(&d, "/tmp")]),
+        MountRule::ContainerPathSystem("/tmp".into())
+    );
+    assert!(matches!(
+        rule(vec![spec(&d, "relative")]),
+        MountRule::ContainerPathInvalid(_)
+    ));
+    assert!(matches!(
+        rule(vec![spec(&d, "/mnt/a/../user-data")]),
+        MountRule::ContainerPathInvalid(_)
+    ));
+    assert_eq!(
+        rule(vec![spec(&d, "/mnt/a"), spec(&d, "/mnt/a/")]),
+        MountRule::Duplicate
+    );
     let many: Vec<MountSpec> = (0..17).map(|i| spec(&d, &format!("/mnt/m{i}"))).collect();
     assert_eq!(rule(many), MountRule::TooMany { max: 16 });
     let none = MountPolicy::default();
     let e = validate_custom_mounts(&[spec(&d, "/mnt/data")], &none).unwrap_err();
     assert_eq!(e.rule, MountRule::NoAllowedRoots);
-    assert!(e.to_string().starts_with("mount 0 (/mnt/data): no allowed_host_roots"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("mount 0 (/mnt/data): no allowed_host_roots"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -241,7 +324,10 @@ fn masking_host_paths() {
         "see /mnt/user-data/workspace/a.txt and /mnt/user-data/workspace and \
          /mnt/user-data/workspace-old/x and /mnt/user-data/uploads/y\n"
     );
-    assert!(matches!(f.table.mask_host_paths("nothing here"), std::borrow::Cow::Borrowed(_)));
+    assert!(matches!(
+        f.table.mask_host_paths("nothing here"),
+        std::borrow::Cow::Borrowed(_)
+    ));
 }
 
 #[test]
@@ -257,12 +343,18 @@ fn command_rewriting_for_host_mode() {
     let f = fx();
     let cmd = f
         .table
-        .rewrite_command("cat /mnt/user-data/workspace/a.txt > /mnt/user-data/outputs/b; echo /mnt/user-data-x")
+        .rewrite_command(
+            "cat /mnt/user-data/workspace/a.txt > /mnt/user-data/outputs/b; echo /mnt/user-data-x",
+        )
         .unwrap();
     let w = ws(&f);
     assert!(cmd.contains(&format!("cat {}/a.txt", w.display())), "{cmd}");
     assert!(cmd.ends_with("echo /mnt/user-data-x"), "{cmd}");
-    assert!(f.table.rewrite_command("cat /mnt/user-data/workspace/../../../etc/passwd").is_err());
+    assert!(
+        f.table
+            .rewrite_command("cat /mnt/user-data/workspace/../../../etc/passwd")
+            .is_err()
+    );
 }
 
 #[test]

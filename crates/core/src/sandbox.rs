@@ -45,7 +45,9 @@ pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, SandboxError>>
 /// Validates an environment variable name: `^[A-Za-z_][A-Za-z0-9_]*$`.
 pub fn validate_env_key(key: &str) -> Result<(), SandboxError> {
     let mut chars = key.chars();
-    let ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    let ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
     if ok {
         Ok(())
@@ -83,27 +85,36 @@ pub struct ExecRequest {
 impl ExecRequest {
     /// A request for `command` with defaults.
     pub fn new(command: impl Into<String>) -> Self {
-        Self { command: command.into(), ..Self::default() }
+        Self {
+            command: command.into(),
+            ..Self::default()
+        }
     }
 
     /// Validates fields every backend must refuse the same way.
     pub fn validate(&self) -> Result<(), SandboxError> {
         if self.command.contains('\0') {
-            return Err(SandboxError::invalid_argument("command", "contains a NUL byte"));
+            return Err(SandboxError::invalid_argument(
+                "command",
+                "contains a NUL byte",
+            ));
         }
         for (k, v) in &self.env {
             validate_env_key(k)?;
             if v.contains('\0') {
-                return Err(SandboxError::invalid_argument("env", format!("value of {k} contains a NUL byte")));
-            }
-        }
-        if let Some(t) = self.timeout_secs {
-            if !(t.is_finite() && t > 0.0 && t <= 86_400.0) {
                 return Err(SandboxError::invalid_argument(
-                    "timeout",
-                    "must be a number of seconds greater than 0 and at most 86400",
+                    "env",
+                    format!("value of {k} contains a NUL byte"),
                 ));
             }
+        }
+        if let Some(t) = self.timeout_secs
+            && !(t.is_finite() && t > 0.0 && t <= 86_400.0)
+        {
+            return Err(SandboxError::invalid_argument(
+                "timeout",
+                "must be a number of seconds greater than 0 and at most 86400",
+            ));
         }
         Ok(())
     }
@@ -191,7 +202,9 @@ pub struct ExecOutcome {
 
 /// The marker appended to a capped stream.
 pub fn truncation_marker(kept: u64, total: u64) -> String {
-    format!("\n... [output truncated after {kept} of {total} bytes; remaining output discarded] ...")
+    format!(
+        "\n... [output truncated after {kept} of {total} bytes; remaining output discarded] ..."
+    )
 }
 
 impl ExecOutcome {
@@ -252,7 +265,10 @@ pub struct ReadText {
 impl ReadText {
     /// A whole-file read.
     pub fn new(path: impl Into<String>) -> Self {
-        Self { path: path.into(), ..Self::default() }
+        Self {
+            path: path.into(),
+            ..Self::default()
+        }
     }
 
     /// Validates the range: lines are 1-based and `start <= end`.
@@ -263,10 +279,13 @@ impl ReadText {
         if self.end_line == Some(0) {
             return Err(SandboxError::invalid_argument("end_line", "must be >= 1"));
         }
-        if let (Some(s), Some(e)) = (self.start_line, self.end_line) {
-            if s > e {
-                return Err(SandboxError::invalid_argument("start_line", "is greater than end_line"));
-            }
+        if let (Some(s), Some(e)) = (self.start_line, self.end_line)
+            && s > e
+        {
+            return Err(SandboxError::invalid_argument(
+                "start_line",
+                "is greater than end_line",
+            ));
         }
         Ok(())
     }
@@ -309,7 +328,10 @@ pub struct FileStream {
 
 impl std::fmt::Debug for FileStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileStream").field("len", &self.len).field("file_size", &self.file_size).finish()
+        f.debug_struct("FileStream")
+            .field("len", &self.len)
+            .field("file_size", &self.file_size)
+            .finish()
     }
 }
 
@@ -462,7 +484,12 @@ fn default_glob_max() -> usize {
 impl Glob {
     /// Defaults for `path` and `pattern`.
     pub fn new(path: impl Into<String>, pattern: impl Into<String>) -> Self {
-        Self { path: path.into(), pattern: pattern.into(), include_dirs: false, max_results: DEFAULT_GLOB_MAX_RESULTS }
+        Self {
+            path: path.into(),
+            pattern: pattern.into(),
+            include_dirs: false,
+            max_results: DEFAULT_GLOB_MAX_RESULTS,
+        }
     }
 }
 
@@ -610,7 +637,11 @@ pub trait Sandbox: Send + Sync {
     async fn write_text(&self, req: WriteText) -> Result<WriteOutcome, SandboxError>;
 
     /// Writes bytes from a stream (atomic unless appending).
-    async fn write_bytes(&self, req: WriteBytes, body: ByteStream) -> Result<WriteOutcome, SandboxError>;
+    async fn write_bytes(
+        &self,
+        req: WriteBytes,
+        body: ByteStream,
+    ) -> Result<WriteOutcome, SandboxError>;
 
     /// Facts about one path (symlinks followed).
     async fn stat(&self, path: &str) -> Result<Entry, SandboxError>;
@@ -658,32 +689,78 @@ mod tests {
 
     #[test]
     fn outcome_marks_truncation() {
-        let exit = ExecExit { exit_code: Some(0), stdout_dropped: 10, ..Default::default() };
+        let exit = ExecExit {
+            exit_code: Some(0),
+            stdout_dropped: 10,
+            ..Default::default()
+        };
         let o = ExecOutcome::from_parts(b"abc", b"", exit);
         assert!(o.stdout_truncated && !o.stderr_truncated);
-        assert!(o.stdout.ends_with("[output truncated after 3 of 13 bytes; remaining output discarded] ..."));
+        assert!(
+            o.stdout.ends_with(
+                "[output truncated after 3 of 13 bytes; remaining output discarded] ..."
+            )
+        );
     }
 
     #[test]
     fn shell_status() {
-        assert_eq!(ExecExit { timed_out: true, signal: Some(9), ..Default::default() }.shell_status(), 124);
-        assert_eq!(ExecExit { signal: Some(9), ..Default::default() }.shell_status(), 137);
-        assert_eq!(ExecExit { exit_code: Some(3), ..Default::default() }.shell_status(), 3);
+        assert_eq!(
+            ExecExit {
+                timed_out: true,
+                signal: Some(9),
+                ..Default::default()
+            }
+            .shell_status(),
+            124
+        );
+        assert_eq!(
+            ExecExit {
+                signal: Some(9),
+                ..Default::default()
+            }
+            .shell_status(),
+            137
+        );
+        assert_eq!(
+            ExecExit {
+                exit_code: Some(3),
+                ..Default::default()
+            }
+            .shell_status(),
+            3
+        );
     }
 
     #[test]
     fn read_range_validation() {
-        let r = ReadText { path: "/x".into(), start_line: Some(3), end_line: Some(2) };
+        let r = ReadText {
+            path: "/x".into(),
+            start_line: Some(3),
+            end_line: Some(2),
+        };
         assert!(r.validate().is_err());
-        let r = ReadText { path: "/x".into(), start_line: Some(0), end_line: None };
+        let r = ReadText {
+            path: "/x".into(),
+            start_line: Some(0),
+            end_line: None,
+        };
         assert!(r.validate().unwrap_err().to_string().contains("start_line"));
     }
 
     #[test]
     fn exec_events_on_the_wire() {
-        let e = ExecEvent::Stdout { data: Bytes::from_static(b"hi") };
-        assert_eq!(serde_json::to_string(&e).unwrap(), r#"{"type":"stdout","data":"hi"}"#);
-        let x = ExecEvent::Exit(ExecExit { exit_code: Some(0), ..Default::default() });
+        let e = ExecEvent::Stdout {
+            data: Bytes::from_static(b"hi"),
+        };
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"type":"stdout","data":"hi"}"#
+        );
+        let x = ExecEvent::Exit(ExecExit {
+            exit_code: Some(0),
+            ..Default::default()
+        });
         let j = serde_json::to_string(&x).unwrap();
         assert!(j.starts_with(r#"{"type":"exit","exit_code":0"#), "{j}");
         let back: ExecEvent = serde_json::from_str(&j).unwrap();

@@ -109,7 +109,11 @@ impl VirtualPath {
 
     /// The last segment (`None` for the root).
     pub fn file_name(&self) -> Option<&str> {
-        if self.is_root() { None } else { self.0.rsplit('/').next() }
+        if self.is_root() {
+            None
+        } else {
+            self.0.rsplit('/').next()
+        }
     }
 
     pub(crate) fn from_segments<'a>(segs: impl IntoIterator<Item = &'a str>) -> Self {
@@ -134,7 +138,10 @@ pub(crate) fn lex(raw: &str) -> Result<Lexed, SandboxError> {
         return Err(SandboxError::invalid_path(raw, "is empty"));
     }
     if !raw.starts_with('/') {
-        return Err(SandboxError::invalid_path(raw, "must be absolute (start with '/')"));
+        return Err(SandboxError::invalid_path(
+            raw,
+            "must be absolute (start with '/')",
+        ));
     }
     if raw.len() > MAX_PATH_LEN {
         return Err(SandboxError::invalid_path(
@@ -152,7 +159,9 @@ pub(crate) fn lex(raw: &str) -> Result<Lexed, SandboxError> {
                     before_dotdot = Some(VirtualPath::from_segments(stack.iter().copied()));
                 }
                 if stack.pop().is_none() {
-                    return Err(SandboxError::Escape { path: crate::error::shown(raw) });
+                    return Err(SandboxError::Escape {
+                        path: crate::error::shown(raw),
+                    });
                 }
             }
             s => {
@@ -166,7 +175,10 @@ pub(crate) fn lex(raw: &str) -> Result<Lexed, SandboxError> {
             }
         }
     }
-    Ok(Lexed { normalized: VirtualPath::from_segments(stack), before_dotdot })
+    Ok(Lexed {
+        normalized: VirtualPath::from_segments(stack),
+        before_dotdot,
+    })
 }
 
 impl fmt::Display for VirtualPath {
@@ -221,8 +233,14 @@ mod tests {
         assert_eq!(p("/"), "/");
         assert_eq!(p("//"), "/");
         assert_eq!(p("/mnt/user-data/"), "/mnt/user-data");
-        assert_eq!(p("/mnt//user-data/./workspace/"), "/mnt/user-data/workspace");
-        assert_eq!(p("/mnt/user-data/workspace/a/../b"), "/mnt/user-data/workspace/b");
+        assert_eq!(
+            p("/mnt//user-data/./workspace/"),
+            "/mnt/user-data/workspace"
+        );
+        assert_eq!(
+            p("/mnt/user-data/workspace/a/../b"),
+            "/mnt/user-data/workspace/b"
+        );
         assert_eq!(p("/a/b/../../c"), "/c");
     }
 
@@ -238,9 +256,19 @@ mod tests {
             assert_eq!(VirtualPath::parse(raw).unwrap_err().code(), code, "{raw:?}");
         }
         let long = format!("/{}", "a/".repeat(2100));
-        assert!(VirtualPath::parse(&long).unwrap_err().to_string().contains("longer than"));
+        assert!(
+            VirtualPath::parse(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than")
+        );
         let seg = format!("/{}", "a".repeat(256));
-        assert!(VirtualPath::parse(&seg).unwrap_err().to_string().contains("segment"));
+        assert!(
+            VirtualPath::parse(&seg)
+                .unwrap_err()
+                .to_string()
+                .contains("segment")
+        );
     }
 
     #[test]
@@ -251,7 +279,10 @@ mod tests {
         let y = VirtualPath::parse("/mnt/user-data/y/z").unwrap();
         assert_eq!(y.strip_prefix(&base), Some("y/z"));
         assert_eq!(base.strip_prefix(&base), Some(""));
-        assert_eq!(y.strip_prefix(&VirtualPath::root()), Some("mnt/user-data/y/z"));
+        assert_eq!(
+            y.strip_prefix(&VirtualPath::root()),
+            Some("mnt/user-data/y/z")
+        );
     }
 
     #[test]
@@ -269,7 +300,10 @@ mod tests {
     fn lex_reports_dotdot_prefix() {
         let l = lex("/mnt/user-data/workspace/../uploads").unwrap();
         assert_eq!(l.normalized.as_str(), "/mnt/user-data/uploads");
-        assert_eq!(l.before_dotdot.unwrap().as_str(), "/mnt/user-data/workspace");
+        assert_eq!(
+            l.before_dotdot.unwrap().as_str(),
+            "/mnt/user-data/workspace"
+        );
     }
 
     proptest! {
