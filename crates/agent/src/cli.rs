@@ -1,0 +1,146 @@
+//! `paddock agent`: serve one sandbox's agent API on a TCP address.
+//!
+//! Invariant: the server never starts unauthenticated by accident: a token comes from
+//! `--token-file` or `PADDOCK_AGENT_TOKEN`, and serving without one needs the explicit
+//! `--insecure-no-auth`. The bound address is printed on stdout as exactly one line
+//! `listening on http://ADDR` (so a caller can bind port 0 and read it), logs go to
+//! stderr, and SIGTERM/SIGINT stop the server gracefully.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use paddock_core::Sandbox;
+
+use crate::{AgentConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, app};
+
+/// The environment variable holding the token when no `--token-file` is given.
+pub const TOKEN_ENV: &str = "PADDOCK_AGENT_TOKEN";
+
+/// Arguments of `paddock agent`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Address to listen on (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// File holding the secret (surrounding whitespace ignored); else $PADDOCK_AGENT_TOKEN.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Serve without any authentication (only behind another authenticating proxy).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Paddock's data directory.
+    #[arg(long, default_value = "/var/lib/paddock")]
+    pub data_dir: PathBuf,
+    /// The user whose thread is served.
+    #[arg(long, default_value = "default")]
+    pub user: String,
+    /// The thread served.
+    #[arg(long, default_value = "default")]
+    pub thread: String,
+    /// Largest JSON request body in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Largest upload in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+}
+
+/// A standalone parser for binaries that serve only the agent.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "paddock-agent",
+    about = "Serve one Paddock sandbox's agent API"
+)]
+pub struct AgentCli {
+    /// The arguments.
+    #[command(flatten)]
+    pub args: AgentArgs,
+}
+
+/// Reads the token as configured: the file, else the environment, else none (only
+/// allowed with `--insecure-no-auth`).
+pub fn resolve_token(args: &AgentArgs) -> anyhow::Result<Option<String>> {
+    let token = match &args.token_file {
+        Some(f) => {
+            let raw = std::fs::read_to_string(f)
+                .with_context(|| format!("could not read the token file {}", f.display()))?;
+            Some(raw.trim().to_owned())
+        }
+        None => std::env::var(TOKEN_ENV).ok().map(|t| t.trim().to_owned()),
+    };
+    match token {
+        Some(t) if t.is_empty() => anyhow::bail!(
+            "the agent token is empty\n\nhint: write a long random secret to the token file"
+        ),
+        Some(t) if t.contains('/') || t.chars().any(char::is_control) => {
+            anyhow::bail!(
+                "the agent token may not contain '/' or control characters (it is used as a URL path segment)"
+            )
+        }
+        Some(t) => Ok(Some(t)),
+        None if args.insecure_no_auth => Ok(None),
+        None => anyhow::bail!(
+            "no agent token configured\n\nhint: pass --token-file FILE or set {TOKEN_ENV}; --insecure-no-auth serves without one"
+        ),
+    }
+}
+
+/// The agent configuration the arguments describe.
+pub fn config_from(args: &AgentArgs) -> anyhow::Result<AgentConfig> {
+    Ok(AgentConfig {
+        token: resolve_token(args)?,
+        max_body_bytes: args.max_body_bytes,
+        max_upload_bytes: args.max_upload_bytes,
+        ..AgentConfig::default()
+    })
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "could not listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Serves `sandbox` as configured by `args` until SIGTERM/SIGINT.
+pub async fn run_agent_with(args: &AgentArgs, sandbox: Arc<dyn Sandbox>) -> anyhow::Result<()> {
+    let config = config_from(args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("could not read the bound address")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on http://{addr}").context("could not write to stdout")?;
+        out.flush().context("could not write to stdout")?;
+    }
+    tracing::info!(%addr, auth = config.token.is_some(), "agent API serving");
+    axum::serve(listener, app(sandbox, config))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the agent server failed")
+}
