@@ -72,9 +72,90 @@ pub struct PaddockConfig {
     pub backend: BackendKind,
     /// Logging.
     pub log: LogConfig,
+    /// The local runtime (isolation, network, limits, uids, environment).
+    pub sandbox: paddock_runtime::RuntimeOptions,
+    /// Custom mounts and the host roots they may come from.
+    pub mounts: MountsConfig,
+    /// Control-plane lifecycle.
+    pub server: ServerConfig,
+    /// The in-sandbox agent API.
+    pub agent: AgentSection,
     /// The LLM tool layer's limits.
-    #[serde(skip_serializing)]
     pub tools: paddock_tools::ToolsConfig,
+}
+
+/// `mounts:` — operator-configured custom mounts (SPEC section 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountsConfig {
+    /// Host directories custom mounts (from this file or from create requests) may use.
+    pub allowed_host_roots: Vec<PathBuf>,
+    /// Most custom mounts per sandbox.
+    pub max_custom_mounts: usize,
+    /// Mounts every sandbox gets.
+    pub custom: Vec<paddock_core::MountSpec>,
+}
+
+impl Default for MountsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_host_roots: Vec::new(),
+            max_custom_mounts: paddock_core::mount::DEFAULT_MAX_CUSTOM_MOUNTS,
+            custom: Vec::new(),
+        }
+    }
+}
+
+impl MountsConfig {
+    /// The policy for validation.
+    pub fn policy(&self) -> paddock_core::MountPolicy {
+        paddock_core::MountPolicy {
+            allowed_host_roots: self.allowed_host_roots.clone(),
+            max_mounts: self.max_custom_mounts,
+        }
+    }
+}
+
+/// `server:` — lifecycle of `paddock serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Most live sandboxes; further creates get 429 with Retry-After.
+    pub max_sandboxes: usize,
+    /// Seconds without activity after which a sandbox with no running process is reaped
+    /// (0 disables reaping). User data always stays.
+    pub idle_timeout_secs: u64,
+    /// Seconds between reaper passes.
+    pub reap_interval_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_sandboxes: 500,
+            idle_timeout_secs: 600,
+            reap_interval_secs: 30,
+        }
+    }
+}
+
+/// `agent:` — limits of the in-sandbox HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Largest JSON request body, bytes.
+    pub max_body_bytes: u64,
+    /// Largest upload, bytes (streamed to disk, never buffered whole).
+    pub max_upload_bytes: u64,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 << 20,
+            max_upload_bytes: 1 << 30,
+        }
+    }
 }
 
 impl Default for PaddockConfig {
@@ -87,6 +168,10 @@ impl Default for PaddockConfig {
             api_key_file: None,
             backend: BackendKind::Local,
             log: LogConfig::default(),
+            sandbox: paddock_runtime::RuntimeOptions::default(),
+            mounts: MountsConfig::default(),
+            server: ServerConfig::default(),
+            agent: AgentSection::default(),
             tools: paddock_tools::ToolsConfig::default(),
         }
     }
@@ -157,6 +242,10 @@ pub fn load(
     if cfg.api_key.as_deref() == Some("") {
         cfg.api_key = None;
     }
+    cfg.sandbox.validate().map_err(|e| ConfigError::Invalid {
+        key: format!("sandbox.{}", e.key),
+        message: e.message,
+    })?;
     Ok(cfg)
 }
 
@@ -307,6 +396,18 @@ mod tests {
             e.contains("PADDOCK_BASH_TIMEOUT_SECS") && e.contains("tools.bash_timeout_secs"),
             "{e}"
         );
+        let (_d, p) = file("sandbox:\n  limits:\n    memroy: 1\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("sandbox.limits") && e.contains("memroy"), "{e}");
+        let (_d, p) = file("sandbox:\n  sandbox_uid: 0\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("sandbox.sandbox_uid"), "{e}");
+        let e = load(None, &|k| {
+            (k == "PADDOCK_ISOLATION").then(|| "maybe".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sandbox.isolation"), "{e}");
         let (_d, p) = file("backend: docker\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
         assert!(e.contains("backend") && e.contains("docker"), "{e}");
@@ -327,5 +428,41 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.api_key.as_deref(), Some("pad"));
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    /// docs/configuration.md shows every key with its default: the block must parse with
+    /// `deny_unknown_fields` and equal the built-in defaults, so the doc cannot drift.
+    #[test]
+    fn documented_defaults_match_the_code() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let start = doc.find("```yaml\n").expect("yaml block") + "```yaml\n".len();
+        let end = start + doc[start..].find("```").expect("end of block");
+        let block = &doc[start..end];
+        let from_doc: Value = serde_norway::from_str(block).expect("doc yaml parses");
+        let cfg = from_tree(from_doc.clone()).expect("doc yaml is a valid config");
+        let shown = serde_json::to_value(&cfg).expect("serialise");
+        let defaults = serde_json::to_value(PaddockConfig::default()).expect("serialise");
+        assert_eq!(
+            shown, defaults,
+            "docs/configuration.md defaults differ from the code"
+        );
+        // Every documented top-level key exists, and every key of the code is documented.
+        let Value::Object(doc_keys) = &from_doc else {
+            panic!("mapping")
+        };
+        let Value::Object(code_keys) = &defaults else {
+            panic!("mapping")
+        };
+        for k in code_keys.keys() {
+            assert!(doc_keys.contains_key(k), "{k} is not documented");
+        }
+        for var in crate::env::OVERRIDES {
+            assert!(doc.contains(var.name), "{} is not documented", var.name);
+        }
     }
 }
