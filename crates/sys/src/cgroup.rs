@@ -98,12 +98,11 @@ pub fn discover(
         match *fstype {
             "cgroup" => {
                 for c in Controller::ALL {
-                    if opts.split(',').any(|o| o == c.name()) {
-                        if let Some(ours) = v1_paths.get(c.name()) {
-                            if let Some(dir) = join_below(Path::new(&point), root, ours) {
-                                layout.controllers.insert(c, Location { version: 1, dir });
-                            }
-                        }
+                    if opts.split(',').any(|o| o == c.name())
+                        && let Some(ours) = v1_paths.get(c.name())
+                        && let Some(dir) = join_below(Path::new(&point), root, ours)
+                    {
+                        layout.controllers.insert(c, Location { version: 1, dir });
                     }
                 }
             }
@@ -111,8 +110,10 @@ pub fn discover(
             _ => {}
         }
     }
-    if let (Some((point, root)), Some(ours)) = (v2_mount, v2_path) {
-        if let Some(dir) = join_below(&point, &root, &ours) {
+    if let (Some((point, root)), Some(ours)) = (v2_mount, v2_path)
+        && let Some(dir) = join_below(&point, &root, &ours)
+    {
+        {
             let avail = read_controllers(&dir).unwrap_or_default();
             for c in Controller::ALL {
                 if !layout.controllers.contains_key(&c)

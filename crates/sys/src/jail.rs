@@ -645,8 +645,8 @@ unsafe fn child_main(
             }
         };
     }
-    // SAFETY (whole body): raw syscalls with pointers into `p`, `fds`, `argv`, `envp` and
-    // stack buffers, all alive until execve/_exit. Nothing allocates.
+    // SAFETY: raw syscalls with pointers into `p`, `fds`, `argv`, `envp` and stack buffers,
+    // all alive until execve/_exit. Nothing allocates.
     unsafe {
         // Keep only our four descriptors: init must not hold Paddock's sockets and files open
         // for as long as a background process keeps it alive.
@@ -941,7 +941,7 @@ unsafe fn shell_main(
             }
         };
     }
-    // SAFETY (whole body): raw syscalls over prepared memory; ends in execve or _exit.
+    // SAFETY: raw syscalls over prepared memory; ends in execve or _exit.
     unsafe {
         // First, while the ruleset descriptor may still sit at 0..=2 (init closed those, so
         // the kernel may have handed one out), before stdio is set up over them.

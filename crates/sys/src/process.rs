@@ -53,10 +53,8 @@ impl PidFd {
         }
         let raw = RawFd::try_from(r).map_err(|_| io::Error::other("pidfd out of range"))?;
         // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(raw) },
-            pid,
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(Self { fd, pid })
     }
 
     /// The pid (in Paddock's pid namespace).
@@ -139,6 +137,26 @@ impl PidFd {
     }
 }
 
+/// Waits without blocking a thread until the process behind `pidfd` exits, then reaps it.
+/// Needs a tokio runtime with I/O enabled.
+pub async fn wait_exit(pidfd: std::sync::Arc<PidFd>) -> io::Result<WaitStatus> {
+    // SAFETY: the Arc keeps the descriptor open for as long as the AsyncFd holds it, and
+    // nothing closes or replaces it while registered (OwnedFd closes only on the last drop).
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(
+            pidfd.clone(),
+            tokio::io::Interest::READABLE,
+        )?
+    };
+    loop {
+        if let Some(s) = pidfd.try_wait()? {
+            return Ok(s);
+        }
+        let mut guard = afd.readable().await?;
+        guard.clear_ready();
+    }
+}
+
 impl AsRawFd for PidFd {
     fn as_raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
@@ -155,6 +173,19 @@ pub fn euid() -> u32 {
 pub fn egid() -> u32 {
     // SAFETY: getegid has no failure mode.
     unsafe { libc::getegid() }
+}
+
+/// The hard limit of an rlimit resource (`u64::MAX` for infinity).
+pub fn rlimit_hard(resource: i32) -> io::Result<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills a valid out-pointer.
+    if unsafe { libc::getrlimit(resource as _, &mut r) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r.rlim_max)
 }
 
 /// Kills a whole process group (`isolation: none`).

@@ -1,5 +1,6 @@
 //! Spawns real jails with `paddock_sys::jail::spawn` and checks what the command sees.
 //! Needs user namespaces; skips loudly (or fails under CI=true) without them.
+#![allow(clippy::unwrap_used)]
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};

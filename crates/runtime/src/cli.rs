@@ -1,0 +1,448 @@
+//! The `paddock exec` and `paddock doctor` commands as library functions; the `paddock`
+//! binary only parses its top level and calls these.
+//!
+//! Exit codes of `exec`: the command's own code, 128+signal when it was killed, 124 on
+//! timeout, 2 for a usage error (the message names the field), 126 when the command could
+//! not be started, 1 when the runtime itself is unavailable (the message carries a hint).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use futures_util::StreamExt;
+use paddock_core::sandbox::{ExecEvent, ExecRequest, truncation_marker};
+use paddock_core::{Sandbox, SandboxError, ThreadId, UserId};
+use paddock_sys::cgroup::Controller;
+use paddock_sys::probe::{Action, probe, probe_cgroup};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use crate::options::{Isolation, Network, RuntimeOptions};
+use crate::provider::LocalProvider;
+
+/// `paddock exec`: run one command in a thread's sandbox.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// Paddock's data directory.
+    #[arg(long, env = "PADDOCK_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// User id (`^[A-Za-z0-9_-]{1,128}$`).
+    #[arg(long, default_value = "default")]
+    pub user: String,
+    /// Thread id (`^[A-Za-z0-9_-]{1,64}$`).
+    #[arg(long)]
+    pub thread: String,
+    /// Wall-clock timeout in seconds (default: the configured one, 600).
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Network of the sandbox.
+    #[arg(long, value_enum)]
+    pub network: Option<Network>,
+    /// Isolation mode.
+    #[arg(long, value_enum)]
+    pub isolation: Option<Isolation>,
+    /// The command. One argument is passed to the shell as is; several are quoted and joined.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// `paddock doctor`: which kernel features the runtime can use here.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DoctorArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Quotes one word for a POSIX shell.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-./=:,@%+".contains(&b))
+    {
+        return s.to_owned();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The command string for `words`.
+pub fn command_string(words: &[String]) -> String {
+    if words.len() == 1 {
+        return words[0].clone();
+    }
+    words
+        .iter()
+        .map(|w| shell_quote(w))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn usage(msg: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {msg}");
+    2
+}
+
+/// Runs `paddock exec` with the default options (overridden by the flags).
+pub async fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
+    run_exec_with(args, RuntimeOptions::default()).await
+}
+
+/// Runs `paddock exec` with `opts` from the configuration file (the flags override them).
+pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::Result<i32> {
+    let user = match UserId::new(&args.user) {
+        Ok(u) => u,
+        Err(e) => return Ok(usage(e)),
+    };
+    let thread = match ThreadId::new(&args.thread) {
+        Ok(t) => t,
+        Err(e) => return Ok(usage(e)),
+    };
+    if args.command.is_empty() {
+        return Ok(usage("no command given (put it after --)"));
+    }
+    if let Some(n) = args.network {
+        opts.network = n;
+    }
+    if let Some(i) = args.isolation {
+        opts.isolation = i;
+    }
+    let mut req = ExecRequest::new(command_string(&args.command));
+    req.timeout_secs = args.timeout;
+    if let Err(e) = req.validate() {
+        return Ok(usage(e));
+    }
+    let provider = match LocalProvider::new(&args.data_dir, opts, Vec::new()) {
+        Ok(p) => p,
+        Err(crate::RuntimeError::Options(e)) => return Ok(usage(e)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let sb = match provider.acquire(&user, &thread).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(1);
+        }
+    };
+    let code = match stream_to_stdio(sb.as_ref(), req).await {
+        Ok(code) => code,
+        Err(e @ (SandboxError::InvalidArgument { .. } | SandboxError::InvalidPath { .. })) => {
+            usage(e)
+        }
+        Err(e @ SandboxError::Spawn { .. }) => {
+            eprintln!("error: {e}");
+            126
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    };
+    drop(sb);
+    provider.shutdown();
+    Ok(code)
+}
+
+/// Streams a command's output to this process's stdout/stderr; returns the shell status.
+pub async fn stream_to_stdio(sb: &dyn Sandbox, req: ExecRequest) -> Result<i32, SandboxError> {
+    let mut stream = sb.exec_stream(req).await?;
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    let (mut out_len, mut err_len) = (0u64, 0u64);
+    while let Some(ev) = stream.next().await {
+        match ev? {
+            ExecEvent::Stdout { data } => {
+                out_len += data.len() as u64;
+                let _ = out.write_all(&data).await;
+                let _ = out.flush().await;
+            }
+            ExecEvent::Stderr { data } => {
+                err_len += data.len() as u64;
+                let _ = err.write_all(&data).await;
+                let _ = err.flush().await;
+            }
+            ExecEvent::Exit(exit) => {
+                if exit.stdout_dropped > 0 {
+                    let _ = out
+                        .write_all(
+                            truncation_marker(out_len, out_len + exit.stdout_dropped).as_bytes(),
+                        )
+                        .await;
+                    let _ = out.write_all(b"\n").await;
+                    let _ = out.flush().await;
+                }
+                if exit.stderr_dropped > 0 {
+                    let _ = err
+                        .write_all(
+                            truncation_marker(err_len, err_len + exit.stderr_dropped).as_bytes(),
+                        )
+                        .await;
+                    let _ = err.write_all(b"\n").await;
+                }
+                if exit.timed_out {
+                    let _ = err
+                        .write_all(b"paddock: command timed out and was killed\n")
+                        .await;
+                }
+                if exit.oom_killed {
+                    let _ = err
+                        .write_all(
+                            b"paddock: the memory limit was exceeded and a process was killed\n",
+                        )
+                        .await;
+                }
+                let _ = err.flush().await;
+                return Ok(exit.shell_status());
+            }
+        }
+    }
+    Err(SandboxError::Internal {
+        message: "command stream ended without an exit record".into(),
+    })
+}
+
+/// One row of `paddock doctor`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// The feature.
+    pub feature: String,
+    /// Whether `isolation: isolated` needs it.
+    pub required: bool,
+    /// Whether the probe succeeded.
+    pub ok: bool,
+    /// What the probe saw.
+    pub detail: String,
+    /// What to do when it is missing.
+    pub hint: String,
+}
+
+/// Runs every probe.
+pub fn checks() -> Vec<Check> {
+    let u = libc::CLONE_NEWUSER;
+    let mut out = Vec::new();
+    let mut add = |feature: &str, required: bool, r: Result<String, String>, hint: &str| {
+        let ok = r.is_ok();
+        let detail = match r {
+            Ok(d) | Err(d) => d,
+        };
+        out.push(Check {
+            feature: feature.into(),
+            required,
+            ok,
+            detail,
+            hint: if ok { String::new() } else { hint.into() },
+        });
+    };
+    let p = |flags: i32, a: Action, what: &str| {
+        probe(flags, a)
+            .map(|()| what.to_owned())
+            .map_err(|e| e.to_string())
+    };
+    add(
+        "user namespace",
+        true,
+        p(u, Action::Nothing, "created"),
+        "enable unprivileged user namespaces (user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1, no AppArmor userns restriction)",
+    );
+    add(
+        "mount namespace",
+        true,
+        p(u | libc::CLONE_NEWNS, Action::Tmpfs, "tmpfs mounted inside"),
+        "the kernel or a container forbids mounts in user namespaces",
+    );
+    add(
+        "pid namespace + procfs",
+        true,
+        p(
+            u | libc::CLONE_NEWNS | libc::CLONE_NEWPID,
+            Action::Proc,
+            "fresh /proc mounted",
+        ),
+        "an over-mounted /proc blocks mounting a fresh one",
+    );
+    add(
+        "network namespace",
+        true,
+        p(u | libc::CLONE_NEWNET, Action::Loopback, "loopback up"),
+        "enable CONFIG_NET_NS, or run with network: host",
+    );
+    add(
+        "ipc namespace",
+        true,
+        p(u | libc::CLONE_NEWIPC, Action::Nothing, "created"),
+        "enable CONFIG_IPC_NS",
+    );
+    add(
+        "uts namespace",
+        true,
+        p(u | libc::CLONE_NEWUTS, Action::Nothing, "created"),
+        "enable CONFIG_UTS_NS",
+    );
+    add(
+        "pivot_root",
+        true,
+        p(
+            u | libc::CLONE_NEWNS,
+            Action::PivotRoot,
+            "pivoted into a tmpfs",
+        ),
+        "the root filesystem must allow pivot_root (not a ramfs initramfs)",
+    );
+    add(
+        "seccomp",
+        true,
+        p(0, Action::Seccomp, "filter installed, keyctl refused"),
+        "enable CONFIG_SECCOMP_FILTER",
+    );
+    let abi = paddock_sys::landlock::kernel_abi();
+    add(
+        "landlock",
+        false,
+        p(
+            0,
+            Action::Landlock,
+            &format!("ABI {abi}, restriction enforced"),
+        )
+        .map_err(|e| format!("ABI {abi}: {e}")),
+        "boot with lsm=...,landlock (Linux 5.13+); the jail runs without this layer otherwise",
+    );
+    for c in Controller::ALL {
+        let hint = match c {
+            Controller::Memory => {
+                "no memory cgroup: RLIMIT_AS is used and OOM kills are not reported; delegate a cgroup to Paddock"
+            }
+            Controller::Pids => {
+                "no pids cgroup: RLIMIT_NPROC (per host uid) is used; delegate a cgroup to Paddock"
+            }
+            Controller::Cpu => "no cpu cgroup: cpu is not limited; delegate a cgroup to Paddock",
+        };
+        add(
+            &format!("cgroup {}", c.name()),
+            false,
+            probe_cgroup(c).map(|v| format!("v{v}, child cgroup created and removed")),
+            hint,
+        );
+    }
+    add(
+        "overlayfs in a user namespace",
+        false,
+        p(u | libc::CLONE_NEWNS, Action::Overlay, "overlay mounted"),
+        "not used by the runtime today",
+    );
+    out
+}
+
+/// Runs `paddock doctor`: 0 when every required feature works, 1 otherwise.
+pub fn run_doctor(args: DoctorArgs) -> anyhow::Result<i32> {
+    let checks = checks();
+    let ok = checks.iter().all(|c| c.ok || !c.required);
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        #[derive(Serialize)]
+        struct Report<'a> {
+            ok: bool,
+            checks: &'a [Check],
+        }
+        serde_json::to_writer_pretty(
+            &mut stdout,
+            &Report {
+                ok,
+                checks: &checks,
+            },
+        )?;
+        writeln!(stdout)?;
+    } else {
+        write!(stdout, "{}", render_table(&checks))?;
+        if ok {
+            writeln!(stdout, "\nisolation: isolated is available")?;
+        } else {
+            writeln!(
+                stdout,
+                "\nisolation: isolated is NOT available: a required feature is missing (see the hints above)"
+            )?;
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
+}
+
+/// The human table.
+pub fn render_table(checks: &[Check]) -> String {
+    let w = checks
+        .iter()
+        .map(|c| c.feature.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    let mut s = format!(
+        "{:<w$}  {:<8}  {:<8}  detail\n",
+        "feature", "status", "needed"
+    );
+    for c in checks {
+        let status = if c.ok { "ok" } else { "missing" };
+        let needed = if c.required { "required" } else { "optional" };
+        s.push_str(&format!(
+            "{:<w$}  {:<8}  {:<8}  {}\n",
+            c.feature, status, needed, c.detail
+        ));
+        if !c.ok {
+            s.push_str(&format!("{:<w$}  hint: {}\n", "", c.hint));
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc"), "abc");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            command_string(&["echo $HOME | wc".into()]),
+            "echo $HOME | wc"
+        );
+        assert_eq!(
+            command_string(&["sh".into(), "-c".into(), "echo $HOME".into()]),
+            "sh -c 'echo $HOME'"
+        );
+    }
+
+    #[test]
+    fn table_shows_hints_only_for_missing() {
+        let t = render_table(&[
+            Check {
+                feature: "a".into(),
+                required: true,
+                ok: true,
+                detail: "fine".into(),
+                hint: String::new(),
+            },
+            Check {
+                feature: "b".into(),
+                required: false,
+                ok: false,
+                detail: "nope".into(),
+                hint: "do x".into(),
+            },
+        ]);
+        assert!(t.contains("a        ok        required  fine"), "{t}");
+        assert!(t.contains("hint: do x"));
+        assert_eq!(t.matches("hint:").count(), 1);
+    }
+
+    #[test]
+    fn doctor_probes_this_kernel() {
+        let c = checks();
+        assert!(c.len() >= 13);
+        if std::env::var("CI").as_deref() == Ok("true") {
+            for x in c.iter().filter(|x| x.required) {
+                assert!(x.ok, "{} is required: {}", x.feature, x.detail);
+            }
+        }
+    }
+}

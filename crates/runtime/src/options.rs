@@ -1,0 +1,265 @@
+//! `RuntimeOptions`: the `sandbox:` section of `paddock.yaml` as far as the local runtime is
+//! concerned. Every key is optional; [`RuntimeOptions::default`] holds the documented
+//! defaults, and unknown keys are refused so a typo never silently weakens a sandbox.
+//! Invariant: a value accepted by [`RuntimeOptions::validate`] can be applied as is.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How commands are isolated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Namespaces, pivot_root, uid mapping, no capabilities, seccomp, landlock, cgroups
+    /// (the default). Fails loudly when the kernel cannot provide it; never degrades.
+    #[default]
+    Isolated,
+    /// Plain host processes with virtual paths rewritten to host paths (DeerFlow's local
+    /// mode). No isolation at all: an explicit, logged opt-in for hosts without namespaces.
+    None,
+}
+
+impl Isolation {
+    /// The name used in `SandboxInfo.isolation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Isolated => "isolated",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Network access of sandboxed commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A private network namespace with only loopback (the default).
+    #[default]
+    None,
+    /// The host's network (no network namespace): an explicit opt-in.
+    Host,
+}
+
+/// Resource limits of one command (and everything it starts). `0` disables a limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Memory in bytes (default 2 GiB). cgroup `memory` where available (the kernel
+    /// OOM-kills and the exec reports `oom_killed`), else `RLIMIT_AS`.
+    pub memory_bytes: u64,
+    /// Processes and threads (default 512). cgroup `pids` where available, else
+    /// `RLIMIT_NPROC` (which counts per host uid: use `uid_range` for per-sandbox counts).
+    pub pids: u64,
+    /// CPUs (default 2.0; fractions allowed). cgroup `cpu` quota; no fallback.
+    pub cpus: f64,
+    /// Size of the sandbox's private `/tmp` (and `/dev/shm`) tmpfs (default 256 MiB).
+    pub tmp_size_bytes: u64,
+    /// Open files per process, `RLIMIT_NOFILE` (default 1024; capped at Paddock's own hard limit).
+    pub nofile: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 2 << 30,
+            pids: 512,
+            cpus: 2.0,
+            tmp_size_bytes: 256 << 20,
+            nofile: 1024,
+        }
+    }
+}
+
+/// A range of host uids/gids; each sandbox gets a stable one from `hash(user, thread)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UidRange {
+    /// First id (must not be 0).
+    pub start: u32,
+    /// Number of ids.
+    pub count: u32,
+}
+
+/// Options of the local runtime.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeOptions {
+    /// `isolated` (default) or `none`.
+    pub isolation: Isolation,
+    /// `none` (default: loopback only) or `host`.
+    pub network: Network,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Default wall-clock timeout of a command, seconds (600). A request may ask for another.
+    pub exec_timeout_secs: f64,
+    /// Cap on each of stdout and stderr, bytes (10 MiB); a request may only lower it.
+    pub output_cap_bytes: u64,
+    /// Host uid sandboxes run as when Paddock is root (951000). Ignored when Paddock is not
+    /// root: then sandboxes run as Paddock's own uid, the only one it can map.
+    pub sandbox_uid: u32,
+    /// Host gid sandboxes run as when Paddock is root (951000).
+    pub sandbox_gid: u32,
+    /// When set (and Paddock is root), each sandbox gets its own uid = gid from this range,
+    /// chosen by a stable hash of (user, thread).
+    pub uid_range: Option<UidRange>,
+    /// Extra environment for every command (secret-looking names are dropped, see
+    /// `paddock_core::envpolicy`); request variables are layered on top.
+    pub environment: BTreeMap<String, String>,
+    /// Sandboxes kept in memory by the provider (256); eviction loses nothing on disk.
+    pub max_cached_sandboxes: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            isolation: Isolation::Isolated,
+            network: Network::None,
+            limits: Limits::default(),
+            exec_timeout_secs: paddock_core::sandbox::DEFAULT_EXEC_TIMEOUT_SECS,
+            output_cap_bytes: paddock_core::sandbox::DEFAULT_OUTPUT_CAP_BYTES,
+            sandbox_uid: paddock_sys::uidmap::DEFAULT_SANDBOX_ID,
+            sandbox_gid: paddock_sys::uidmap::DEFAULT_SANDBOX_ID,
+            uid_range: None,
+            environment: BTreeMap::new(),
+            max_cached_sandboxes: 256,
+        }
+    }
+}
+
+/// An invalid option, named by its key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid sandbox.{key}: {message}")]
+pub struct OptionsError {
+    /// The key (`limits.cpus`, `environment`, …).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl RuntimeOptions {
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        let err = |key: &str, message: String| {
+            Err(OptionsError {
+                key: key.into(),
+                message,
+            })
+        };
+        if !(self.exec_timeout_secs.is_finite()
+            && self.exec_timeout_secs > 0.0
+            && self.exec_timeout_secs <= 86_400.0)
+        {
+            return err(
+                "exec_timeout_secs",
+                "must be greater than 0 and at most 86400".into(),
+            );
+        }
+        if self.output_cap_bytes == 0 {
+            return err("output_cap_bytes", "must be at least 1".into());
+        }
+        if !(self.limits.cpus.is_finite() && self.limits.cpus >= 0.0) {
+            return err(
+                "limits.cpus",
+                "must be a number >= 0 (0 disables the limit)".into(),
+            );
+        }
+        if self.sandbox_uid == 0 {
+            return err("sandbox_uid", "must not be 0 (host root)".into());
+        }
+        if self.sandbox_gid == 0 {
+            return err("sandbox_gid", "must not be 0 (host root)".into());
+        }
+        if let Some(r) = self.uid_range
+            && (r.start == 0 || r.count == 0 || r.start.checked_add(r.count).is_none())
+        {
+            return err(
+                "uid_range",
+                "needs start >= 1, count >= 1 and start + count < 2^32".into(),
+            );
+        }
+        for (k, v) in &self.environment {
+            if let Err(e) = paddock_core::sandbox::validate_env_key(k) {
+                return err("environment", e.to_string());
+            }
+            if v.contains('\0') {
+                return err("environment", format!("value of {k} contains a NUL byte"));
+            }
+        }
+        if self.max_cached_sandboxes == 0 {
+            return err("max_cached_sandboxes", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_documented_values() {
+        let o = RuntimeOptions::default();
+        assert_eq!(o.isolation, Isolation::Isolated);
+        assert_eq!(o.network, Network::None);
+        assert_eq!(o.limits.memory_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(o.limits.pids, 512);
+        assert_eq!(o.limits.cpus, 2.0);
+        assert_eq!(o.limits.tmp_size_bytes, 256 * 1024 * 1024);
+        assert_eq!(o.output_cap_bytes, 10 * 1024 * 1024);
+        assert_eq!(o.exec_timeout_secs, 600.0);
+        assert_eq!(o.sandbox_uid, 951_000);
+        assert_eq!(o.max_cached_sandboxes, 256);
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn parses_yaml_and_refuses_unknown_keys() {
+        let o: RuntimeOptions = serde_json::from_str(
+            r#"{"isolation":"none","network":"host","limits":{"pids":64},"uid_range":{"start":100000,"count":1000}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.isolation, Isolation::None);
+        assert_eq!(o.network, Network::Host);
+        assert_eq!(o.limits.pids, 64);
+        assert_eq!(
+            o.limits.memory_bytes,
+            2 << 30,
+            "other limits keep their defaults"
+        );
+        let e = serde_json::from_str::<RuntimeOptions>(r#"{"isolaton":"none"}"#).unwrap_err();
+        assert!(e.to_string().contains("isolaton"), "{e}");
+        let e = serde_json::from_str::<RuntimeOptions>(r#"{"limits":{"memory":1}}"#).unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let mut o = RuntimeOptions::default();
+        o.environment.insert("BAD-KEY".into(), "x".into());
+        assert_eq!(o.validate().unwrap_err().key, "environment");
+        let o = RuntimeOptions {
+            sandbox_uid: 0,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(o.validate().unwrap_err().key, "sandbox_uid");
+        let o = RuntimeOptions {
+            exec_timeout_secs: -1.0,
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(o.validate().unwrap_err().key, "exec_timeout_secs");
+        let mut o = RuntimeOptions::default();
+        o.limits.cpus = f64::NAN;
+        assert!(
+            o.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("invalid sandbox.limits.cpus")
+        );
+        let o = RuntimeOptions {
+            uid_range: Some(UidRange { start: 1, count: 0 }),
+            ..RuntimeOptions::default()
+        };
+        assert_eq!(o.validate().unwrap_err().key, "uid_range");
+    }
+}

@@ -1,0 +1,283 @@
+//! The process-wide part of the local runtime: options, the data layout, and — for
+//! `isolated` — the facts and artefacts every jail shares (host system directories, the
+//! compiled seccomp program, the landlock ABI, the cgroup subtree) and the spawner thread.
+//!
+//! Invariant: a [`Runtime`] with `isolation: isolated` exists only after the kernel was
+//! probed and can provide every required layer; otherwise construction fails with a hint.
+//! The spawner is one long-lived thread because init's parent-death signal is tied to the
+//! thread that cloned it: a pool thread exiting would kill every sandbox it had started.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use paddock_core::DataLayout;
+use paddock_sys::cgroup::{CgroupSet, Controller};
+use paddock_sys::jail::{JailChild, JailSpec, SpawnError};
+use paddock_sys::mountplan::HostFacts;
+use paddock_sys::probe::{Action, probe};
+
+use crate::options::{Isolation, Network, RuntimeOptions};
+
+/// Errors creating the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad options.
+    #[error(transparent)]
+    Options(#[from] crate::options::OptionsError),
+    /// A kernel feature `isolated` needs is missing.
+    #[error("isolation: isolated is not available: {feature} failed ({detail})\n\nhint: {hint}")]
+    Unsupported {
+        /// The feature.
+        feature: &'static str,
+        /// The probe's error.
+        detail: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// Something else on the host.
+    #[error("{what}: {source}")]
+    Host {
+        /// What failed.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared state of the isolated mode.
+#[derive(Debug)]
+pub(crate) struct JailBase {
+    pub facts: HostFacts,
+    pub seccomp: Arc<paddock_sys::seccomp::BpfProgram>,
+    pub landlock_abi: i32,
+    pub cgroups: CgroupSet,
+    pub cap_last_cap: u32,
+    pub privileged: bool,
+    pub shell: &'static str,
+    pub nofile_hard: u64,
+}
+
+/// The runtime shared by every sandbox of one provider.
+#[derive(Debug)]
+pub struct Runtime {
+    pub(crate) opts: RuntimeOptions,
+    pub(crate) layout: DataLayout,
+    pub(crate) jail: Option<JailBase>,
+    exec_counter: AtomicU64,
+}
+
+/// The shell sandboxed commands run in: bash when the host's /usr has it.
+fn pick_shell() -> &'static str {
+    if std::path::Path::new("/bin/bash").exists() {
+        "/bin/bash"
+    } else {
+        "/bin/sh"
+    }
+}
+
+/// Required probes of `isolated`: (feature, clone flags, action, hint).
+fn required_probes(network: Network) -> Vec<(&'static str, i32, Action, &'static str)> {
+    let ns = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let mut v = vec![
+        (
+            "user namespaces",
+            libc::CLONE_NEWUSER,
+            Action::Nothing,
+            "enable unprivileged user namespaces (sysctl user.max_user_namespaces > 0; on Debian kernel.unprivileged_userns_clone=1; check AppArmor's userns restriction), or run with isolation: none",
+        ),
+        (
+            "mount, pid, ipc and uts namespaces with pivot_root",
+            ns,
+            Action::PivotRoot,
+            "the kernel or a container runtime forbids mounts in a user namespace; run Paddock outside such a container or with isolation: none",
+        ),
+        (
+            "procfs in a new pid namespace",
+            ns,
+            Action::Proc,
+            "a masked /proc prevents mounting a fresh one; run Paddock with an unmasked /proc",
+        ),
+        (
+            "seccomp filters",
+            0,
+            Action::Seccomp,
+            "the kernel needs CONFIG_SECCOMP_FILTER",
+        ),
+    ];
+    if network == Network::None {
+        v.push((
+            "network namespaces",
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNET,
+            Action::Loopback,
+            "network namespaces are required for network: none; enable CONFIG_NET_NS or set network: host",
+        ));
+    }
+    v
+}
+
+impl Runtime {
+    /// Builds the runtime for `data_dir`, probing the kernel for `isolated`.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        opts: RuntimeOptions,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        opts.validate()?;
+        let layout = DataLayout::new(data_dir.into());
+        let jail = match opts.isolation {
+            Isolation::None => {
+                tracing::warn!(
+                    "sandbox isolation is `none`: commands run as plain host processes with Paddock's privileges; \
+                     use it only where namespaces are unavailable"
+                );
+                None
+            }
+            Isolation::Isolated => Some(Self::jail_base(&opts)?),
+        };
+        Ok(Arc::new(Self {
+            opts,
+            layout,
+            jail,
+            exec_counter: AtomicU64::new(0),
+        }))
+    }
+
+    fn jail_base(opts: &RuntimeOptions) -> Result<JailBase, RuntimeError> {
+        for (feature, flags, action, hint) in required_probes(opts.network) {
+            if let Err(e) = probe(flags, action) {
+                return Err(RuntimeError::Unsupported {
+                    feature,
+                    detail: e.to_string(),
+                    hint,
+                });
+            }
+        }
+        let facts = HostFacts::gather().map_err(|source| RuntimeError::Host {
+            what: "inspect system directories",
+            source,
+        })?;
+        let seccomp = paddock_sys::seccomp::build_program().map_err(|e| RuntimeError::Unsupported {
+            feature: "seccomp filters",
+            detail: e.to_string(),
+            hint: "this CPU architecture is not supported by the filter compiler; use isolation: none",
+        })?;
+        let landlock_abi = paddock_sys::landlock::kernel_abi();
+        if landlock_abi < 1 {
+            tracing::warn!(
+                "landlock is not available on this kernel: the jail runs without its landlock layer (namespaces, uid, seccomp and read-only mounts still apply)"
+            );
+        } else if let Err(e) = probe(0, Action::Landlock) {
+            tracing::warn!(
+                "landlock ABI {landlock_abi} is reported but restricting failed ({e}); continuing without it"
+            );
+        }
+        let layout = paddock_sys::cgroup::discover_self();
+        let (cgroups, failed) =
+            CgroupSet::create(&layout, &format!("paddock-{}", std::process::id()));
+        for (c, e) in failed {
+            tracing::warn!(
+                "cgroup controller {} is unusable ({e}); falling back to rlimits for it",
+                c.name()
+            );
+        }
+        for c in Controller::ALL {
+            if !cgroups.has(c) {
+                tracing::warn!(
+                    "no usable cgroup {} controller: {}",
+                    c.name(),
+                    match c {
+                        Controller::Memory =>
+                            "memory is limited with RLIMIT_AS and OOM kills are not reported",
+                        Controller::Pids =>
+                            "processes are limited with RLIMIT_NPROC (per host uid)",
+                        Controller::Cpu => "cpu is not limited",
+                    }
+                );
+            }
+        }
+        Ok(JailBase {
+            facts,
+            seccomp: Arc::new(seccomp),
+            landlock_abi,
+            cgroups,
+            cap_last_cap: paddock_sys::jail::cap_last_cap(),
+            privileged: paddock_sys::process::euid() == 0,
+            shell: pick_shell(),
+            nofile_hard: paddock_sys::process::rlimit_hard(libc::RLIMIT_NOFILE as i32)
+                .unwrap_or(1024),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RuntimeOptions {
+        &self.opts
+    }
+
+    /// The data layout.
+    pub fn layout(&self) -> &DataLayout {
+        &self.layout
+    }
+
+    /// The isolation mode.
+    pub fn isolation(&self) -> Isolation {
+        if self.jail.is_some() {
+            Isolation::Isolated
+        } else {
+            Isolation::None
+        }
+    }
+
+    pub(crate) fn next_exec_id(&self) -> u64 {
+        self.exec_counter.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(j) = &self.jail {
+            j.cgroups.remove();
+        }
+    }
+}
+
+struct Job {
+    spec: JailSpec,
+    reply: tokio::sync::oneshot::Sender<Result<JailChild, SpawnError>>,
+}
+
+static SPAWNER: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
+
+/// Spawns a jail on the spawner thread.
+pub(crate) async fn spawn_jail(spec: JailSpec) -> Result<JailChild, String> {
+    let tx = SPAWNER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Job>();
+            std::thread::Builder::new()
+                .name("paddock-spawner".into())
+                .spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        let r = paddock_sys::jail::spawn(&job.spec);
+                        if let Err(Ok(child)) = job.reply.send(r) {
+                            // The caller went away: do not leave the jail running.
+                            let _ = child.init.kill();
+                            let _ = child.init.wait_blocking();
+                        }
+                    }
+                })
+                .map(|_| tx)
+                .map_err(|e| format!("could not start the spawner thread: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    tx.send(Job { spec, reply })
+        .map_err(|_| "the spawner thread is gone".to_owned())?;
+    rx.await
+        .map_err(|_| "the spawner thread dropped the request".to_owned())?
+        .map_err(|e| e.to_string())
+}

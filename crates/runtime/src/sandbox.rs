@@ -1,0 +1,755 @@
+//! `LocalSandbox`: one (user, thread) sandbox on this host. Commands run in a fresh jail per
+//! exec (see `paddock_sys::jail`), file operations go through `paddock-fsops` over the same
+//! mount table, so a path means the same thing to a command and to the file API.
+//!
+//! Choice of namespaces: each exec gets its own user/mount/pid/ipc/uts(/net) namespaces,
+//! torn down with it. Nothing lives between execs except files, which keeps an exec cheap
+//! (one clone, no setns dance) and a sandbox with no running command costs nothing. The
+//! price: a server started with `cmd &` keeps running (until reset, shutdown or eviction) but
+//! is reachable only from inside that exec's network namespace, so with `network: none` the
+//! next exec cannot connect to it; with `network: host` it can.
+//!
+//! Invariants: every running exec is registered in `live` until its process tree is gone,
+//! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use paddock_core::mount::{Mount, MountKind, WORKSPACE, WalkOptions};
+use paddock_core::sandbox::*;
+use paddock_core::{MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualPath};
+use paddock_fsops::{FsOps, FsOptions};
+use paddock_sys::PidFd;
+use paddock_sys::cgroup::{CgroupLimits, Controller, ExecCgroup};
+use paddock_sys::jail::{JailSpec, Rlimit, StatusRecord};
+use paddock_sys::landlock::LandlockPlan;
+use paddock_sys::mountplan::{
+    DataBind, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
+};
+use paddock_sys::process::WaitStatus;
+use tokio::io::AsyncReadExt;
+
+use crate::drive::{Control, ShellEnd, drive};
+use crate::options::{Isolation, Network};
+use crate::runtime::{Runtime, spawn_jail};
+
+/// The reference's id format for a thread's local sandbox.
+pub fn sandbox_id(user: &UserId, thread: &ThreadId) -> String {
+    format!("local:{user}:{thread}")
+}
+
+/// Parses `local:{user}:{thread}`.
+pub fn parse_sandbox_id(id: &str) -> Option<(UserId, ThreadId)> {
+    let rest = id.strip_prefix("local:")?;
+    let (u, t) = rest.split_once(':')?;
+    Some((UserId::new(u).ok()?, ThreadId::new(t).ok()?))
+}
+
+enum Live {
+    /// The init of an exec's pid namespace.
+    Jail(Arc<PidFd>),
+    /// A process group (`isolation: none`).
+    Group(i32),
+}
+
+struct JailTemplate {
+    mounts: MountPlan,
+    landlock: Option<LandlockPlan>,
+}
+
+/// Removes the exec's cgroup when the last holder (driver or reaper) is done with it.
+struct CgroupGuard(ExecCgroup);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+/// One thread's sandbox.
+pub struct LocalSandbox {
+    id: String,
+    rt: Arc<Runtime>,
+    table: Arc<MountTable>,
+    fs: FsOps,
+    ids: (u32, u32),
+    jail: Option<JailTemplate>,
+    live: Arc<Mutex<HashMap<u64, Live>>>,
+}
+
+impl std::fmt::Debug for LocalSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalSandbox")
+            .field("id", &self.id)
+            .field("uid", &self.ids.0)
+            .finish()
+    }
+}
+
+fn internal(message: impl Into<String>) -> SandboxError {
+    SandboxError::Internal {
+        message: message.into(),
+    }
+}
+
+/// Chowns `dir` and everything below it (not following symlinks) when `dir` is not already
+/// owned by `uid:gid`. A thread created before a uid change, or by an older Paddock, becomes
+/// writable by its sandbox again; the common case costs one stat.
+fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(dir)?;
+    if md.uid() == uid && md.gid() == gid {
+        return Ok(());
+    }
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        paddock_sys::process::lchown(&d, uid, gid)?;
+        if std::fs::symlink_metadata(&d)?.is_dir() {
+            for e in std::fs::read_dir(&d)? {
+                stack.push(e?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+impl LocalSandbox {
+    /// Prepares the thread's directories, ownership and jail plan (blocking filesystem work).
+    pub(crate) fn prepare(
+        rt: Arc<Runtime>,
+        user: &UserId,
+        thread: &ThreadId,
+        custom: Vec<Mount>,
+    ) -> Result<Self, SandboxError> {
+        let table = MountTable::for_thread(rt.layout(), user, thread, custom).map_err(|e| {
+            tracing::error!(error = %e, "could not prepare the thread's directories");
+            SandboxError::Unavailable {
+                message: format!("could not prepare the directories of thread {thread}"),
+            }
+        })?;
+        let o = rt.options();
+        let range = o.uid_range.map(|r| paddock_sys::uidmap::IdRange {
+            start: r.start,
+            count: r.count,
+        });
+        let ids = paddock_sys::uidmap::choose_ids(
+            paddock_sys::process::euid(),
+            paddock_sys::process::egid(),
+            (o.sandbox_uid, o.sandbox_gid),
+            range,
+            user.as_str(),
+            thread.as_str(),
+        )
+        .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?;
+        let mut owner = None;
+        let jail = match &rt.jail {
+            None => None,
+            Some(base) => {
+                if base.privileged {
+                    owner = Some(ids);
+                    for m in table.mounts() {
+                        if matches!(
+                            m.kind,
+                            MountKind::UserData
+                                | MountKind::Workspace
+                                | MountKind::Uploads
+                                | MountKind::Outputs
+                        ) {
+                            chown_tree(&m.host, ids.0, ids.1).map_err(|e| {
+                                tracing::error!(error = %e, path = %m.host.display(), "chown of thread data failed");
+                                internal(format!("could not give {} to the sandbox user", m.container))
+                            })?;
+                        }
+                    }
+                }
+                // Mount points of nested mounts must exist in the parent's host directory:
+                // a read-only parent cannot get them from inside the jail.
+                for m in table.mounts() {
+                    let parent = table
+                        .mounts()
+                        .iter()
+                        .filter(|p| {
+                            p.container != m.container && m.container.starts_with(&p.container)
+                        })
+                        .max_by_key(|p| p.container.depth());
+                    if let Some(p) = parent {
+                        let rel = m.container.strip_prefix(&p.container).unwrap_or_default();
+                        std::fs::create_dir_all(p.host.join(rel)).map_err(|e| {
+                            tracing::error!(error = %e, "could not create a mount point");
+                            internal(format!(
+                                "could not create the mount point of {}",
+                                m.container
+                            ))
+                        })?;
+                    }
+                }
+                let mut binds = Vec::new();
+                for m in table.mounts() {
+                    let flags = paddock_sys::process::statvfs_flags(&m.host).map_err(|_| {
+                        internal(format!(
+                            "could not inspect the directory of {}",
+                            m.container
+                        ))
+                    })?;
+                    binds.push(DataBind {
+                        host: m.host.clone(),
+                        jail: m.container.to_string(),
+                        read_only: m.read_only,
+                        locked: locked_flags_from_statvfs(flags),
+                    });
+                }
+                let mounts = plan_mounts(&MountInputs {
+                    facts: base.facts.clone(),
+                    binds,
+                    tmp_size_bytes: o.limits.tmp_size_bytes,
+                    staging: "/tmp".into(),
+                })
+                .map_err(|e| SandboxError::invalid_argument("mounts", e.to_string()))?;
+                let landlock = paddock_sys::landlock::plan(
+                    base.landlock_abi,
+                    &mounts.writable_dirs,
+                    &mounts.device_files,
+                );
+                Some(JailTemplate { mounts, landlock })
+            }
+        };
+        let table = Arc::new(table);
+        let fs = FsOps::new(
+            table.clone(),
+            FsOptions {
+                owner,
+                ..FsOptions::default()
+            },
+        );
+        Ok(Self {
+            id: sandbox_id(user, thread),
+            rt,
+            table,
+            fs,
+            ids,
+            jail,
+            live: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    /// The sandbox id (`local:{user}:{thread}`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The host (uid, gid) its commands run as.
+    pub fn host_ids(&self) -> (u32, u32) {
+        self.ids
+    }
+
+    /// Its mount table.
+    pub fn mount_table(&self) -> &MountTable {
+        &self.table
+    }
+
+    /// Host pids of the inits of running execs (isolated) or process-group ids (none).
+    pub fn running(&self) -> Vec<i32> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.values()
+            .map(|l| match l {
+                Live::Jail(p) => p.pid(),
+                Live::Group(g) => *g,
+            })
+            .collect()
+    }
+
+    /// Kills every running command of this sandbox, including background processes.
+    pub fn kill_all(&self) {
+        let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, l) in live {
+            match l {
+                Live::Jail(p) => {
+                    let _ = p.kill();
+                }
+                Live::Group(g) => {
+                    let _ = paddock_sys::process::kill_process_group(g, libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn cwd(&self, req: &ExecRequest) -> Result<VirtualPath, SandboxError> {
+        let raw = req.cwd.as_deref().unwrap_or(WORKSPACE);
+        let loc = self
+            .table
+            .locate(raw)
+            .map_err(|e| SandboxError::invalid_argument("cwd", e.to_string()))?;
+        Ok(loc.vpath)
+    }
+
+    fn limits(&self, req: &ExecRequest) -> (Duration, u64) {
+        let o = self.rt.options();
+        let t = req.timeout_secs.unwrap_or(o.exec_timeout_secs);
+        let cap = req
+            .max_output_bytes
+            .map_or(o.output_cap_bytes, |m| m.min(o.output_cap_bytes));
+        (Duration::from_secs_f64(t), cap)
+    }
+
+    async fn exec_isolated(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
+        let (Some(base), Some(tpl)) = (&self.rt.jail, &self.jail) else {
+            return Err(internal("isolated exec without a jail"));
+        };
+        let cwd = self.cwd(&req)?;
+        let (timeout, cap) = self.limits(&req);
+        let o = self.rt.options();
+        let env = crate::env::isolated_env(&o.environment, &req.env);
+        let n = self.rt.next_exec_id();
+        let nz = |v: u64| (v > 0).then_some(v);
+        let lim = CgroupLimits {
+            memory_bytes: nz(o.limits.memory_bytes),
+            pids: nz(o.limits.pids),
+            cpus: (o.limits.cpus > 0.0).then_some(o.limits.cpus),
+        };
+        let cgroup = if base.cgroups.bases.is_empty() {
+            None
+        } else {
+            let cg = base
+                .cgroups
+                .create_exec(&format!("x{n}"), &lim)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not create the exec's cgroup");
+                    SandboxError::Spawn {
+                        message: "could not create the command's cgroup".into(),
+                    }
+                })?;
+            Some(Arc::new(CgroupGuard(cg)))
+        };
+        let has = |c: Controller| cgroup.as_ref().is_some_and(|g| g.0.has(c));
+        let mut rlimits = vec![Rlimit {
+            resource: libc::RLIMIT_CORE as i32,
+            value: 0,
+        }];
+        if o.limits.nofile > 0 {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_NOFILE as i32,
+                value: o.limits.nofile.min(base.nofile_hard),
+            });
+        }
+        if let (Some(p), false) = (lim.pids, has(Controller::Pids)) {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_NPROC as i32,
+                value: p,
+            });
+        }
+        if let (Some(m), false) = (lim.memory_bytes, has(Controller::Memory)) {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_AS as i32,
+                value: m,
+            });
+        }
+        let spec = JailSpec {
+            mounts: tpl.mounts.clone(),
+            landlock: tpl.landlock.clone(),
+            seccomp: base.seccomp.clone(),
+            uid: self.ids.0,
+            gid: self.ids.1,
+            privileged: base.privileged,
+            new_net: o.network == Network::None,
+            hostname: "sandbox".into(),
+            program: base.shell.into(),
+            argv: vec![
+                base.shell.rsplit('/').next().unwrap_or("sh").into(),
+                "-c".into(),
+                req.command.clone(),
+            ],
+            env: env.into_iter().collect(),
+            cwd: cwd.to_string(),
+            rlimits,
+            cgroup_procs: cgroup
+                .as_ref()
+                .map(|g| g.0.procs_files())
+                .unwrap_or_default(),
+            cap_last_cap: base.cap_last_cap,
+        };
+        let child = spawn_jail(spec).await.map_err(|message| {
+            tracing::error!(%message, "jail spawn failed");
+            SandboxError::Spawn { message }
+        })?;
+        let init = Arc::new(child.init);
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(n, Live::Jail(init.clone()));
+        let pipe = |fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| internal(format!("pipe: {e}")))
+        };
+        let (out, err, mut status) = (
+            pipe(child.stdout)?,
+            pipe(child.stderr)?,
+            pipe(child.status)?,
+        );
+        // Reaper: when init is gone the whole namespace is gone; unregister and clean up.
+        {
+            let live = Arc::downgrade(&self.live);
+            let init = init.clone();
+            let cg = cgroup.clone();
+            tokio::spawn(async move {
+                let _ = paddock_sys::process::wait_exit(init).await;
+                if let Some(live) = live.upgrade() {
+                    live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+                }
+                drop(cg);
+            });
+        }
+        let shell = Box::pin(async move {
+            let mut rec = [0u8; StatusRecord::LEN];
+            match status.read_exact(&mut rec).await {
+                Ok(_) => match StatusRecord::parse(&rec) {
+                    Some(StatusRecord::ShellExited(WaitStatus::Exited(c))) => ShellEnd::Exited(c),
+                    Some(StatusRecord::ShellExited(WaitStatus::Signaled(s))) => {
+                        ShellEnd::Signaled(s)
+                    }
+                    Some(StatusRecord::SetupFailed { step, errno }) => {
+                        ShellEnd::SpawnFailed(format!(
+                            "{step} failed: {}",
+                            std::io::Error::from_raw_os_error(errno)
+                        ))
+                    }
+                    None => ShellEnd::Vanished,
+                },
+                Err(_) => ShellEnd::Vanished,
+            }
+        });
+        let killer = init.clone();
+        let oom_cg = cgroup.clone();
+        let ctl = Control {
+            shell,
+            kill: Box::new(move || {
+                let _ = killer.kill();
+            }),
+            oom_check: Box::new(move || oom_cg.as_ref().is_some_and(|g| g.0.oom_kills() > 0)),
+            map_output: None,
+        };
+        Ok(drive(out, err, ctl, timeout, cap))
+    }
+
+    async fn exec_host(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
+        let cwd = self.cwd(&req)?;
+        let (timeout, cap) = self.limits(&req);
+        let o = self.rt.options();
+        let command = self.table.rewrite_command(&req.command)?;
+        let (host_cwd, _) = self
+            .table
+            .resolve_host(
+                cwd.as_str(),
+                WalkOptions {
+                    follow_final: true,
+                    create_parents: false,
+                },
+            )
+            .map_err(|e| SandboxError::invalid_argument("cwd", e.to_string()))?;
+        let env = crate::env::host_env(std::env::vars(), &o.environment, &req.env);
+        let shell = if Path::new("/bin/bash").exists() {
+            "/bin/bash"
+        } else {
+            "/bin/sh"
+        };
+        let mut cmd = tokio::process::Command::new(shell);
+        cmd.arg("-c")
+            .arg(command)
+            .env_clear()
+            .envs(env)
+            .current_dir(host_cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| SandboxError::Spawn {
+            message: e.to_string(),
+        })?;
+        let pgid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| internal("child has no pid"))?;
+        let n = self.rt.next_exec_id();
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(n, Live::Group(pgid));
+        let (Some(out), Some(err)) = (child.stdout.take(), child.stderr.take()) else {
+            return Err(internal("missing pipes"));
+        };
+        let live = Arc::downgrade(&self.live);
+        let shell = Box::pin(async move {
+            let end = match child.wait().await {
+                Ok(st) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (st.code(), st.signal()) {
+                        (Some(c), _) => ShellEnd::Exited(c),
+                        (None, Some(s)) => ShellEnd::Signaled(s),
+                        _ => ShellEnd::Vanished,
+                    }
+                }
+                Err(_) => ShellEnd::Vanished,
+            };
+            // Background members of the group may live on: unregister once the group is empty.
+            tokio::spawn(async move {
+                while group_alive(pgid) {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                if let Some(live) = live.upgrade() {
+                    live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
+                }
+            });
+            end
+        });
+        let table = self.table.clone();
+        let ctl = Control {
+            shell,
+            kill: Box::new(move || {
+                let _ = paddock_sys::process::kill_process_group(pgid, libc::SIGKILL);
+            }),
+            oom_check: Box::new(|| false),
+            map_output: Some(Box::new(move |b: Bytes| match std::str::from_utf8(&b) {
+                Ok(s) => match table.mask_host_paths(s) {
+                    std::borrow::Cow::Borrowed(_) => b,
+                    std::borrow::Cow::Owned(o) => Bytes::from(o),
+                },
+                Err(_) => b,
+            })),
+        };
+        Ok(drive(out, err, ctl, timeout, cap))
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T, SandboxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&FsOps) -> Result<T, SandboxError> + Send + 'static,
+    {
+        let fs = self.fs.clone();
+        tokio::task::spawn_blocking(move || f(&fs))
+            .await
+            .map_err(|e| internal(format!("file task failed: {e}")))?
+    }
+}
+
+/// Whether any process of group `pgid` is alive (not a zombie).
+fn group_alive(pgid: i32) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // Fields after the command name: state, ppid, pgrp.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            return false;
+        };
+        let mut f = rest.split_whitespace();
+        let state = f.next();
+        let _ppid = f.next();
+        f.next().and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && state != Some("Z")
+    })
+}
+
+impl Drop for LocalSandbox {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Feeds an async byte stream to a blocking reader (`FsOps::write_from_reader`).
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, SandboxError>>,
+    cur: Bytes,
+    failed: Arc<Mutex<Option<SandboxError>>>,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => {
+                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return Err(std::io::Error::other("upload stream failed"));
+                }
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+#[async_trait]
+impl Sandbox for LocalSandbox {
+    fn info(&self) -> SandboxInfo {
+        let mut mounts: Vec<MountInfo> = self
+            .table
+            .mounts()
+            .iter()
+            .map(|m| MountInfo {
+                path: m.container.to_string(),
+                read_only: m.read_only,
+            })
+            .collect();
+        mounts.sort_by(|a, b| a.path.cmp(&b.path));
+        SandboxInfo {
+            id: self.id.clone(),
+            home_dir: WORKSPACE.into(),
+            backend: "local".into(),
+            isolation: self.rt.isolation().as_str().into(),
+            mounts,
+        }
+    }
+
+    async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
+        req.validate()?;
+        match self.rt.isolation() {
+            Isolation::Isolated => self.exec_isolated(req).await,
+            Isolation::None => self.exec_host(req).await,
+        }
+    }
+
+    async fn read_text(&self, req: ReadText) -> Result<TextContent, SandboxError> {
+        self.blocking(move |fs| fs.read_text(&req)).await
+    }
+
+    async fn read_bytes(&self, req: ReadBytes) -> Result<FileStream, SandboxError> {
+        let opened = self.blocking(move |fs| fs.open_read(&req)).await?;
+        let (len, file_size) = (opened.len, opened.file_size);
+        let shown = opened.vpath.to_string();
+        let file = tokio::fs::File::from_std(opened.file);
+        let stream = futures_util::stream::unfold(
+            (file, len, shown),
+            |(mut file, left, shown)| async move {
+                if left == 0 {
+                    return None;
+                }
+                let mut buf =
+                    vec![0u8; (64 * 1024).min(usize::try_from(left).unwrap_or(usize::MAX))];
+                match file.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((Ok(Bytes::from(buf)), (file, left - n as u64, shown)))
+                    }
+                    Err(e) => Some((
+                        Err(SandboxError::from_io("read", &shown, &e)),
+                        (file, 0, shown),
+                    )),
+                }
+            },
+        );
+        Ok(FileStream {
+            len,
+            file_size,
+            stream: Box::pin(stream),
+        })
+    }
+
+    async fn write_text(&self, req: WriteText) -> Result<WriteOutcome, SandboxError> {
+        self.blocking(move |fs| fs.write_text(&req)).await
+    }
+
+    async fn write_bytes(
+        &self,
+        req: WriteBytes,
+        mut body: ByteStream,
+    ) -> Result<WriteOutcome, SandboxError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let failed = Arc::new(Mutex::new(None));
+        let mut reader = ChannelReader {
+            rx,
+            cur: Bytes::new(),
+            failed: failed.clone(),
+        };
+        let task = self.blocking(move |fs| fs.write_from_reader(&req, &mut reader));
+        let feed = async move {
+            while let Some(item) = body.next().await {
+                if tx.send(item).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let (res, ()) = tokio::join!(task, feed);
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        res
+    }
+
+    async fn stat(&self, path: &str) -> Result<Entry, SandboxError> {
+        let path = path.to_owned();
+        self.blocking(move |fs| fs.stat(&path)).await
+    }
+
+    async fn list(&self, req: List) -> Result<Listing, SandboxError> {
+        self.blocking(move |fs| fs.list(&req)).await
+    }
+
+    async fn glob(&self, req: Glob) -> Result<GlobOutcome, SandboxError> {
+        self.blocking(move |fs| fs.glob(&req)).await
+    }
+
+    async fn grep(&self, req: Grep) -> Result<GrepOutcome, SandboxError> {
+        self.blocking(move |fs| fs.grep(&req)).await
+    }
+
+    async fn str_replace(&self, req: StrReplace) -> Result<ReplaceOutcome, SandboxError> {
+        self.blocking(move |fs| fs.str_replace(&req)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let u = UserId::new("alice").unwrap();
+        let t = ThreadId::new("t-1").unwrap();
+        let id = sandbox_id(&u, &t);
+        assert_eq!(id, "local:alice:t-1");
+        assert_eq!(parse_sandbox_id(&id), Some((u, t)));
+        assert_eq!(parse_sandbox_id("local:a"), None);
+        assert_eq!(parse_sandbox_id("local:a:b/c"), None);
+        assert_eq!(parse_sandbox_id("remote:a:b"), None);
+    }
+
+    #[test]
+    fn chown_tree_only_when_needed() {
+        if paddock_sys::process::euid() != 0 {
+            eprintln!("SKIPPED: chown needs root");
+            return;
+        }
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("ws");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/f"), "x").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
+        chown_tree(&d, 951_123, 951_124).unwrap();
+        assert_eq!(std::fs::metadata(d.join("sub/f")).unwrap().uid(), 951_123);
+        assert_eq!(
+            std::fs::symlink_metadata(d.join("link")).unwrap().uid(),
+            951_123
+        );
+        assert_eq!(
+            std::fs::metadata("/etc/passwd").unwrap().uid(),
+            0,
+            "symlink target untouched"
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! The isolated runtime end to end: exec semantics, streaming, limits, provider behaviour.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use paddock_core::sandbox::{ExecEvent, ExecRequest, ReadText, WriteText};
+use paddock_core::{Sandbox, ThreadId, UserId};
+use paddock_runtime::{LocalProvider, RuntimeOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_exec() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t1").await;
+    let o = run(&sb, "echo out; echo err >&2; pwd; exit 3").await;
+    assert_eq!(o.stdout, "out\n/mnt/user-data/workspace\n");
+    assert_eq!(o.stderr, "err\n");
+    assert_eq!(o.exit.exit_code, Some(3));
+    assert!(!o.exit.timed_out);
+    let o = run(&sb, "kill -9 $$").await;
+    assert_eq!(o.exit.signal, Some(9));
+    assert_eq!(o.exit.shell_status(), 137);
+    let mut r = ExecRequest::new("echo $FOO; echo $HOME; env | grep -c . ");
+    r.env.insert("FOO".into(), "bar".into());
+    let o = sb.exec(r).await.unwrap();
+    assert!(
+        o.stdout.starts_with("bar\n/mnt/user-data/workspace\n"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_written_by_commands_and_the_api_agree() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t2").await;
+    let o = run(
+        &sb,
+        "mkdir -p sub && echo from-shell > sub/a.txt && echo ok",
+    )
+    .await;
+    assert_eq!(o.stdout, "ok\n", "{}", o.stderr);
+    let t = sb
+        .read_text(ReadText::new("/mnt/user-data/workspace/sub/a.txt"))
+        .await
+        .unwrap();
+    assert_eq!(t.content, "from-shell\n");
+    sb.write_text(WriteText {
+        path: "/mnt/user-data/outputs/b.txt".into(),
+        content: "api".into(),
+        append: false,
+    })
+    .await
+    .unwrap();
+    let o = run(&sb, "cat /mnt/user-data/outputs/b.txt && echo more >> /mnt/user-data/outputs/b.txt && echo done").await;
+    assert_eq!(o.stdout, "apidone\n", "{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_output_as_it_comes() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t3").await;
+    let start = Instant::now();
+    let mut s = sb
+        .exec_stream(ExecRequest::new("echo first; sleep 1; echo second"))
+        .await
+        .unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    assert_eq!(
+        first,
+        ExecEvent::Stdout {
+            data: "first\n".into()
+        }
+    );
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "first chunk arrived after {:?}",
+        start.elapsed()
+    );
+    let mut rest = Vec::new();
+    while let Some(ev) = s.next().await {
+        rest.push(ev.unwrap());
+    }
+    assert!(matches!(rest.last(), Some(ExecEvent::Exit(x)) if x.exit_code == Some(0)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_kills_the_whole_namespace() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t4").await;
+    let start = Instant::now();
+    let o = run_t(&sb, "setsid sleep 300 & (sleep 301 &) ; sleep 302", 1.0).await;
+    assert!(o.exit.timed_out);
+    assert_eq!(o.exit.shell_status(), 124);
+    assert!(start.elapsed() < Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sb.running().is_empty(), "init still registered");
+    assert!(
+        !sleepers(&["300", "301", "302"]),
+        "a sleep survived the timeout"
+    );
+}
+
+fn sleepers(args: &[&str]) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| {
+                let s = String::from_utf8_lossy(&c).replace('\0', " ");
+                args.iter().any(|a| s.trim() == format!("sleep {a}"))
+            })
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_returns_promptly_and_dies_on_reset() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t5").await;
+    let start = Instant::now();
+    let o = run(&sb, "sleep 303 & echo started").await;
+    assert_eq!(o.stdout, "started\n");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(sleepers(&["303"]));
+    assert_eq!(sb.running().len(), 1);
+    drop(sb);
+    e.provider.reset();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!sleepers(&["303"]), "background process survived reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_is_capped_with_a_marker() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("t6").await;
+    let mut r = ExecRequest::new("head -c 3000000 /dev/zero | tr '\\0' a");
+    r.max_output_bytes = Some(1000);
+    let o = sb.exec(r).await.unwrap();
+    assert!(o.stdout_truncated);
+    assert_eq!(o.exit.stdout_dropped, 3_000_000 - 1000);
+    assert!(o.stdout.ends_with(
+        "[output truncated after 1000 of 3000000 bytes; remaining output discarded] ..."
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_acquire_gives_one_sandbox() {
+    if !isolated_supported() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let counter = inits.clone();
+    let provider = Arc::new(
+        LocalProvider::new(dir.path(), RuntimeOptions::default(), Vec::new())
+            .unwrap()
+            .with_init_hook(Arc::new(move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+            })),
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let p = provider.clone();
+        tasks.push(tokio::spawn(async move {
+            p.acquire(&UserId::default(), &ThreadId::new("same").unwrap())
+                .await
+                .unwrap()
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.push(t.await.unwrap());
+    }
+    assert_eq!(inits.load(Ordering::SeqCst), 1);
+    assert!(all.iter().all(|s| Arc::ptr_eq(s, &all[0])));
+    assert!(Arc::ptr_eq(
+        &provider.get("local:default:same").unwrap(),
+        &all[0]
+    ));
+    assert!(provider.get("local:default:other").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_evicts_without_losing_files() {
+    if !isolated_supported() {
+        return;
+    }
+    let opts = RuntimeOptions {
+        max_cached_sandboxes: 2,
+        ..RuntimeOptions::default()
+    };
+    let e = env_with(opts);
+    let a = e.sandbox("a").await;
+    run(&a, "echo keep > k").await;
+    drop(a);
+    e.sandbox("b").await;
+    e.sandbox("c").await;
+    assert_eq!(e.provider.cached(), 2);
+    assert!(e.provider.get("local:default:a").is_none());
+    let a = e.sandbox("a").await;
+    assert_eq!(run(&a, "cat k").await.stdout, "keep\n");
+}
