@@ -95,15 +95,26 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     (median, p90)
 }
 
-fn time<T>(mut f: impl FnMut() -> T) -> (Vec<Duration>, T) {
-    let mut last = f(); // warm-up (page cache, thread start-up)
-    let mut v = Vec::with_capacity(ITERATIONS);
+/// Times `ours` and `theirs` alternately (one warm-up each), so load from other processes
+/// on the machine hits both sides alike.
+fn time_pair<A, B>(
+    mut ours: impl FnMut() -> A,
+    mut theirs: impl FnMut() -> B,
+) -> ((Vec<Duration>, A), (Vec<Duration>, B)) {
+    let (mut a, mut b) = (ours(), theirs());
+    let (mut va, mut vb) = (
+        Vec::with_capacity(ITERATIONS),
+        Vec::with_capacity(ITERATIONS),
+    );
     for _ in 0..ITERATIONS {
         let t = Instant::now();
-        last = f();
-        v.push(t.elapsed());
+        a = ours();
+        va.push(t.elapsed());
+        let t = Instant::now();
+        b = theirs();
+        vb.push(t.elapsed());
     }
-    (v, last)
+    ((va, a), (vb, b))
 }
 
 fn rg(args: &[&str]) -> usize {
@@ -163,22 +174,25 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut grep_req = Grep::new("/mnt/user-data/workspace", PATTERN);
     grep_req.max_results = usize::MAX - 1;
-    let (pg, pg_out) = time(|| ops.grep(&grep_req));
+    let ((pg, pg_out), (rgg, rg_lines)) = time_pair(
+        || ops.grep(&grep_req),
+        || rg(&["-n", "-i", "--no-ignore", "--hidden", PATTERN, &ws_str]),
+    );
     let pg_out = pg_out?;
-    let (rgg, rg_lines) = time(|| rg(&["-n", "-i", "--no-ignore", "--hidden", PATTERN, &ws_str]));
 
     let mut glob_req = Glob::new("/mnt/user-data/workspace", GLOB);
     glob_req.max_results = usize::MAX - 1;
-    let (pgl, pgl_out) = time(|| ops.glob(&glob_req));
+    let ((pgl, pgl_out), (rgl, rgl_lines)) = time_pair(
+        || ops.glob(&glob_req),
+        || rg(&["--files", "--no-ignore", "--hidden", "-g", GLOB, &ws_str]),
+    );
     let pgl_out = pgl_out?;
-    let (rgl, rgl_lines) =
-        time(|| rg(&["--files", "--no-ignore", "--hidden", "-g", GLOB, &ws_str]));
 
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let mut o = std::io::stdout().lock();
     writeln!(
         o,
-        "\n{ITERATIONS} timed iterations each after one warm-up; {threads} CPUs available"
+        "\n{ITERATIONS} timed iterations each, paddock and rg alternating, after one warm-up; {threads} CPUs available"
     )?;
     writeln!(
         o,
