@@ -9,8 +9,8 @@
 
 use std::io::Read;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use grep_regex::RegexMatcherBuilder;
@@ -258,11 +258,13 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                 .map_or(2, usize::from)
                 .max(1);
             let (tx, rx) = mpsc::sync_channel::<Job>(workers * 16);
-            let rx = Mutex::new(rx);
+            // Only the workers hold the receiver: if they all died, `send` fails instead
+            // of blocking the walk forever on a full channel.
+            let rx = Arc::new(Mutex::new(rx));
             std::thread::scope(|s| -> Result<(), SandboxError> {
                 let handles: Vec<_> = (0..workers)
                     .map(|_| {
-                        let rx = &rx;
+                        let rx = Arc::clone(&rx);
                         let mut w = new_worker();
                         s.spawn(move || {
                             let mut out = Vec::new();
@@ -278,6 +280,7 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                         })
                     })
                     .collect();
+                drop(rx);
                 let walked = walk_tree(ops, root_fd, &root, &mut |dir, child| {
                     if child.kind != EntryKind::File {
                         return;

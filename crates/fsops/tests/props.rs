@@ -140,8 +140,11 @@ proptest! {
         let w = world(&entries);
         let fast = FsOps::new(w.table.clone(), FsOptions::default());
         let walk = FsOps::new(w.table.clone(), FsOptions { force_walk: true, ..FsOptions::default() });
-        for (m, segs) in &queries {
-            let raw = raw_path(*m, segs);
+        // Random paths, plus every created entry's own path (NAMES and QUERY_SEGS share
+        // their first indices), so successful resolutions are well represented.
+        let own = entries.iter().map(|(m, segs, _)| (*m, segs.clone()));
+        for (m, segs) in queries.iter().cloned().chain(own) {
+            let raw = raw_path(m, &segs);
             let start = w.table.locate(&raw).ok().map(|l| l.mount.container.clone());
 
             let a = fast.stat(&raw);
