@@ -25,6 +25,16 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the control plane: the DeerFlow-compatible provisioner API on 127.0.0.1:8002,
+    /// with each sandbox's agent API served under its capability URL.
+    Serve(ServeArgs),
+    /// Run one command in a thread's isolated sandbox; exits with its exit code
+    /// (128+signal when killed, 124 on timeout).
+    Exec(ExecCmd),
+    /// Check which kernel features the isolated runtime needs are available here.
+    Doctor(paddock_runtime::cli::DoctorArgs),
+    /// Serve one thread's sandbox over the AIO-compatible agent API (as inside a Pod).
+    Agent(AgentCmd),
     /// Show or check the resolved configuration (defaults < paddock.yaml < environment).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -37,6 +47,49 @@ pub enum ConfigCommand {
     Show(ConfigArgs),
     /// Validate the configuration and exit 0, or print what is wrong and exit 2.
     Check(ConfigArgs),
+}
+
+/// `paddock serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The config file (default: $PADDOCK_CONFIG, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:8002; port 0 picks a free one).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory (default ./.paddock).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The API key clients must send (else $PADDOCK_API_KEY, $PROVISIONER_API_KEY, the
+    /// config, or one generated into the data dir).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Base URL of sandbox URLs (default http://{listen}).
+    #[arg(long)]
+    pub public_url: Option<String>,
+}
+
+/// `paddock exec`.
+#[derive(Debug, clap::Args)]
+pub struct ExecCmd {
+    /// The config file whose `sandbox:` section applies (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What to run and where.
+    #[command(flatten)]
+    pub args: paddock_runtime::cli::ExecArgs,
+}
+
+/// `paddock agent`.
+#[derive(Debug, clap::Args)]
+pub struct AgentCmd {
+    /// The config file whose `sandbox:`, `mounts:` and `tools:` sections apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Listen address, token and thread.
+    #[command(flatten)]
+    pub args: paddock_agent::cli::AgentArgs,
 }
 
 /// Where the configuration comes from.
@@ -98,10 +151,204 @@ fn run_config(cmd: ConfigCommand) -> ExitCode {
     }
 }
 
+fn init_logging(level: &str, json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = if json {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
+}
+
+fn load_config(path: Option<&std::path::Path>) -> Result<config::PaddockConfig, ExitCode> {
+    config::load(path, &process_env).map_err(|e| {
+        report(
+            &e.into(),
+            Some("every key is documented in docs/configuration.md"),
+        );
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn tokio_rt() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            report(
+                &anyhow::Error::from(e).context("could not start the async runtime"),
+                None,
+            );
+            ExitCode::FAILURE
+        })
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
+}
+
+fn custom_mounts(cfg: &config::PaddockConfig) -> Result<Vec<paddock_core::Mount>, ExitCode> {
+    paddock_core::mount::validate_custom_mounts(&cfg.mounts.custom, &cfg.mounts.policy()).map_err(|e| {
+        eprintln!("error: invalid mounts.custom: {e}");
+        eprintln!("\nhint: custom mounts must live under mounts.allowed_host_roots (docs/configuration.md)");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
+    let mut cfg = load_config(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = args.data_dir {
+        cfg.data_dir = d;
+    }
+    if let Some(k) = args.api_key {
+        cfg.api_key = Some(k);
+    }
+    if let Some(u) = args.public_url {
+        cfg.public_url = Some(u);
+    }
+    init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
+    if cfg.backend != config::BackendKind::Local {
+        eprintln!(
+            "error: backend `{:?}` is not available in this build",
+            cfg.backend
+        );
+        eprintln!("\nhint: use `backend: local` (the default)");
+        return Err(ExitCode::from(EXIT_USAGE));
+    }
+    let base_mounts = custom_mounts(&cfg)?;
+    let api_key = match (&cfg.api_key, &cfg.api_key_file) {
+        (Some(k), _) => paddock_server::serve::ApiKeySource::Value(k.clone()),
+        (None, Some(f)) => paddock_server::serve::ApiKeySource::File(f.clone()),
+        (None, None) => paddock_server::serve::ApiKeySource::Generated,
+    };
+    let opts = paddock_server::serve::ServeOptions {
+        data_dir: cfg.data_dir.clone(),
+        listen: cfg.listen,
+        public_url: cfg.public_url.clone(),
+        api_key,
+        runtime: cfg.sandbox.clone(),
+        lifecycle: paddock_server::LifecycleConfig {
+            max_sandboxes: cfg.server.max_sandboxes,
+            idle_timeout: std::time::Duration::from_secs(cfg.server.idle_timeout_secs),
+            reap_interval: std::time::Duration::from_secs(cfg.server.reap_interval_secs.max(1)),
+        },
+        local: paddock_server::local::LocalConfig {
+            public_url: String::new(),
+            mount_policy: cfg.mounts.policy(),
+            base_mounts,
+            agent: paddock_agent::AgentConfig {
+                max_body_bytes: usize::try_from(cfg.agent.max_body_bytes).unwrap_or(usize::MAX),
+                max_upload_bytes: cfg.agent.max_upload_bytes,
+                ..paddock_agent::AgentConfig::default()
+            },
+            tools: cfg.tools.clone(),
+        },
+    };
+    let rt = tokio_rt()?;
+    let result = rt.block_on(paddock_server::serve::serve(opts, |addr, generated| {
+        println!("paddock serve listening on http://{addr}");
+        if let Some(p) = generated {
+            println!(
+                "api key generated and stored in {} (mode 0600)",
+                p.display()
+            );
+        }
+    }));
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            let hint = match &e {
+                paddock_server::serve::ServeError::Runtime(_) => {
+                    Some("run `paddock doctor` to see which kernel feature is missing")
+                }
+                paddock_server::serve::ServeError::Bind { .. } => {
+                    Some("pick another address with --listen")
+                }
+                _ => None,
+            };
+            report(&e.into(), hint);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
+    let cfg = load_config(cmd.config.as_deref())?;
+    init_logging(
+        &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
+        false,
+    );
+    let rt = tokio_rt()?;
+    match rt.block_on(paddock_runtime::cli::run_exec_with(cmd.args, cfg.sandbox)) {
+        Ok(code) => Ok(exit_code(code)),
+        Err(e) => {
+            report(&e, None);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn run_doctor(args: paddock_runtime::cli::DoctorArgs) -> ExitCode {
+    match paddock_runtime::cli::run_doctor(args) {
+        Ok(code) => exit_code(code),
+        Err(e) => {
+            report(&e, None);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
+    let cfg = load_config(cmd.config.as_deref())?;
+    init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
+    let args = cmd.args;
+    let user = paddock_core::UserId::new(&args.user).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let thread = paddock_core::ThreadId::new(&args.thread).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })?;
+    let custom = custom_mounts(&cfg)?;
+    let rt = tokio_rt()?;
+    let result: anyhow::Result<()> = rt.block_on(async {
+        let provider =
+            paddock_runtime::LocalProvider::new(&args.data_dir, cfg.sandbox.clone(), custom)?;
+        let sandbox = provider.acquire(&user, &thread).await?;
+        let dyn_sb: std::sync::Arc<dyn paddock_core::Sandbox> = sandbox;
+        let r = paddock_agent::cli::run_agent_with(&args, dyn_sb).await;
+        provider.shutdown();
+        r
+    });
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            report(&e, None);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// The binary's entry point.
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Config(c) => run_config(c),
-    }
+    let r = match cli.command {
+        Command::Config(c) => Ok(run_config(c)),
+        Command::Serve(a) => run_serve(a),
+        Command::Exec(a) => run_exec(a),
+        Command::Doctor(a) => Ok(run_doctor(a)),
+        Command::Agent(a) => run_agent(a),
+    };
+    r.unwrap_or_else(|code| code)
 }

@@ -121,7 +121,7 @@ fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
 
 impl LocalSandbox {
     /// Prepares the thread's directories, ownership and jail plan (blocking filesystem work).
-    pub(crate) fn prepare(
+    pub fn prepare(
         rt: Arc<Runtime>,
         user: &UserId,
         thread: &ThreadId,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -37,8 +37,9 @@ pub struct AppState {
     pub api_key: Arc<str>,
 }
 
-/// The control-plane router. Sandbox agent routes are merged in by the caller.
-pub fn app(state: AppState) -> Router {
+/// The control-plane router. `data_plane` (the local sandboxes' agent routes under
+/// `/s/{token}/...`) answers every path the control plane does not.
+pub fn app(state: AppState, data_plane: Option<Router>) -> Router {
     let api = Router::new()
         .route("/api/capabilities", get(capabilities))
         .route("/api/sandboxes", get(list).post(create))
@@ -47,13 +48,16 @@ pub fn app(state: AppState) -> Router {
             get(get_one).delete(delete_one),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new()
+    let router = Router::new()
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
-        .merge(api)
-        .fallback(api_not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .merge(api);
+    let router = match data_plane {
+        Some(dp) => router.fallback_service(dp),
+        None => router.fallback(api_not_found),
+    };
+    router
         .layer(middleware::from_fn_with_state(state.clone(), log_requests))
         .with_state(state)
 }

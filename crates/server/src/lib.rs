@@ -6,7 +6,9 @@ pub mod api;
 pub mod backend;
 pub mod error;
 pub mod lifecycle;
+pub mod local;
 pub mod metrics;
+pub mod serve;
 
 pub use api::{AppState, app};
 pub use backend::{Backend, BackendError, CreateSpec, SandboxRecord, SandboxStatus};

@@ -84,7 +84,7 @@ fn setup(backend: Arc<MemBackend>, cfg: LifecycleConfig) -> (Router, Arc<Lifecyc
         metrics,
         api_key: KEY.into(),
     };
-    (app(state), lifecycle)
+    (app(state, None), lifecycle)
 }
 
 async fn call(app: &Router, req: Request<Body>) -> (StatusCode, Value, axum::http::HeaderMap) {
