@@ -236,18 +236,27 @@ fn adopt_metadata(ops: &FsOps, r: &Resolved<'_>, tmp: &std::fs::File) -> Result<
         .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
     match existing {
         Some(st) => {
-            rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))
-                .map_err(|e| r.io_err("chmod", e))?;
             let same =
                 rustix::fs::fstat(fd).is_ok_and(|t| t.st_uid == st.st_uid && t.st_gid == st.st_gid);
             if !same {
-                rustix::fs::fchown(
+                let res = rustix::fs::fchown(
                     fd,
                     Some(Uid::from_raw(st.st_uid)),
                     Some(Gid::from_raw(st.st_gid)),
-                )
-                .map_err(|e| r.io_err("chown", e))?;
+                );
+                match res {
+                    Ok(()) => {}
+                    // Without privilege the owner cannot be kept; the write itself is allowed
+                    // (the caller could open the file), so go on with our own ownership.
+                    Err(rustix::io::Errno::PERM) => {
+                        tracing::debug!(path = %r.requested, "cannot keep the owner of a replaced file");
+                    }
+                    Err(e) => return Err(r.io_err("chown", e)),
+                }
             }
+            // After the chown, which clears set-id bits.
+            rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777))
+                .map_err(|e| r.io_err("chmod", e))?;
         }
         None => {
             if let Some((uid, gid)) = ops.options().owner {

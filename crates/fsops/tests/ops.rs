@@ -207,13 +207,11 @@ fn write_text_creates_parents_appends_and_chowns() {
         std::fs::read_to_string(f.ws.join("n1/n2/file.txt")).expect("read"),
         "z"
     );
-    if rustix::process::geteuid().is_root() {
+    if common::have_root("owner checks") {
         for p in ["n1", "n1/n2", "n1/n2/file.txt"] {
             let md = std::fs::metadata(f.ws.join(p)).expect("md");
             assert_eq!((md.uid(), md.gid()), (4242, 4343), "{p}");
         }
-    } else {
-        eprintln!("SKIPPED owner checks: not running as root (chown to another uid needs it)");
     }
     // Writing through a symlink writes its target, reported by its resolved path.
     let out = f
@@ -393,6 +391,26 @@ fn str_replace_semantics() {
             0o600,
             "mode kept across the atomic rewrite"
         );
+        if common::have_root("owner preservation checks") {
+            let fd = std::fs::File::open(f.ws.join("r.txt")).expect("open");
+            let (uid, gid) = (
+                rustix::fs::Uid::from_raw(4242),
+                rustix::fs::Gid::from_raw(4343),
+            );
+            rustix::fs::fchown(&fd, Some(uid), Some(gid)).expect("chown");
+            let mode = std::fs::Permissions::from_mode(0o2640);
+            std::fs::set_permissions(f.ws.join("r.txt"), mode).expect("chmod");
+            let out = ops
+                .str_replace(&req("q", "Q", false, false))
+                .expect("replace");
+            assert_eq!(out.replacements, 1);
+            let md = std::fs::metadata(f.ws.join("r.txt")).expect("md");
+            assert_eq!(
+                (md.uid(), md.gid(), md.mode() & 0o7777),
+                (4242, 4343, 0o2640),
+                "owner and set-id mode kept"
+            );
+        }
     }
 }
 

@@ -135,3 +135,17 @@ pub fn fixture() -> Fixture {
         srv_ro,
     }
 }
+
+/// Whether root-only checks can run. Without root: a loud skip locally, a failure in CI
+/// (`CI=true`), where the checks must run.
+pub fn have_root(what: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    let msg = format!("{what} needs root (chown to another uid); not running as root");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("SKIPPED: {msg}");
+    false
+}
