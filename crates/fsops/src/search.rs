@@ -48,6 +48,14 @@ impl PathMatcher {
         if pattern.contains('\0') {
             return Err(SandboxError::invalid_argument(field, "contains a NUL byte"));
         }
+        // `./x` means `x` relative to the root (relative paths never start with `./`).
+        let mut pattern = pattern;
+        while let Some(rest) = pattern.strip_prefix("./") {
+            pattern = rest;
+        }
+        if pattern.is_empty() {
+            return Err(SandboxError::invalid_argument(field, "is empty"));
+        }
         let variants: Vec<String> = if let Some(anchored) = pattern.strip_prefix('/') {
             vec![anchored.trim_start_matches('/').to_owned()]
         } else if pattern.starts_with("**/") {
@@ -344,6 +352,8 @@ mod tests {
             !m.is_match("src/sub/a.rs"),
             "literal_separator: * does not cross /"
         );
+        let m = PathMatcher::new("./src/*.rs", "pattern").expect("test setup");
+        assert!(m.is_match("src/a.rs") && m.is_match("x/src/a.rs"));
         let m = PathMatcher::new("/src/*.rs", "pattern").expect("test setup");
         assert!(m.is_match("src/a.rs") && !m.is_match("crates/x/src/a.rs"));
         let e = PathMatcher::new("a[", "pattern").expect_err("must fail");

@@ -568,16 +568,20 @@ fn race_dir_symlink_flip_never_leaks_outside() {
             }
             assert!(flips > 0);
         });
+        // (reads that saw the directory, reads refused while it was the symlink)
+        let mut seen = (0u32, 0u32);
         // 2,000 operations, rotating through read, list, grep and glob, half of them
         // through the fast path and half through the forced walk.
         for i in 0..2000 {
             let ops = f.ops(i % 8 < 4);
             match i % 4 {
-                0 => {
-                    if let Ok(t) = ops.read_text(&ReadText::new(format!("{WS}/race/f"))) {
+                0 => match ops.read_text(&ReadText::new(format!("{WS}/race/f"))) {
+                    Ok(t) => {
                         assert_eq!(t.content, "inside\n", "iteration {i}");
+                        seen.0 += 1;
                     }
-                }
+                    Err(_) => seen.1 += 1,
+                },
                 1 => {
                     if let Ok(l) = ops.list(&List::new(format!("{WS}/race"))) {
                         assert!(
@@ -619,6 +623,10 @@ fn race_dir_symlink_flip_never_leaks_outside() {
             }
         }
         stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "race: {} reads inside, {} refused while flipped",
+            seen.0, seen.1
+        );
     });
     assert_eq!(
         std::fs::read_to_string(f.outside.join("f")).expect("read"),
