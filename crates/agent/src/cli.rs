@@ -46,6 +46,13 @@ pub struct AgentArgs {
     /// Largest upload in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
+    /// `isolated` (kernel isolation, the default) or `none` (plain host processes: an
+    /// explicit opt-in for hosts without namespaces).
+    #[arg(long, value_enum, default_value_t = paddock_runtime::Isolation::Isolated)]
+    pub isolation: paddock_runtime::Isolation,
+    /// `none` (loopback only, the default) or `host`.
+    #[arg(long, value_enum, default_value_t = paddock_runtime::Network::None)]
+    pub network: paddock_runtime::Network,
 }
 
 /// A standalone parser for binaries that serve only the agent.
@@ -122,6 +129,28 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Serves the local sandbox of `--user`/`--thread` under `--data-dir` (built with
+/// `paddock-runtime`) until SIGTERM/SIGINT.
+pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let user = paddock_core::UserId::new(args.user.clone()).context("invalid --user")?;
+    let thread = paddock_core::ThreadId::new(args.thread.clone()).context("invalid --thread")?;
+    let opts = paddock_runtime::RuntimeOptions {
+        isolation: args.isolation,
+        network: args.network,
+        ..paddock_runtime::RuntimeOptions::default()
+    };
+    if args.isolation == paddock_runtime::Isolation::None {
+        tracing::warn!("isolation: none; commands run as plain host processes");
+    }
+    let provider = paddock_runtime::LocalProvider::new(&args.data_dir, opts, Vec::new())
+        .context("could not start the local runtime")?;
+    let sandbox = provider
+        .acquire(&user, &thread)
+        .await
+        .context("could not prepare the sandbox")?;
+    run_agent_with(&args, sandbox).await
 }
 
 /// Serves `sandbox` as configured by `args` until SIGTERM/SIGINT.

@@ -55,6 +55,17 @@ pub async fn exec(
     Json(req): Json<ExecRequest>,
 ) -> NativeResult {
     req.validate()?;
+    if let Some(cwd) = &req.cwd {
+        // A missing working directory is the caller's mistake: answer 404 rather than
+        // letting it surface as a failure to start the command.
+        let entry = st.sandbox.stat(cwd).await?;
+        if entry.kind != paddock_core::sandbox::EntryKind::Dir {
+            return Err(SandboxError::NotADirectory {
+                path: entry.path.to_string(),
+            }
+            .into());
+        }
+    }
     let sse = wants_sse(&headers);
     let stream = st.sandbox.exec_stream(req).await?;
     let lines = stream.map(move |item| {

@@ -292,8 +292,10 @@ async fn decode<R: DeserializeOwned>(resp: reqwest::Response) -> Result<R, Sandb
 /// Rebuilds the error an agent answered with `status` and `body`.
 pub fn error_from_body(status: u16, body: &str) -> SandboxError {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    if let Some(Ok(e)) =
-        v.get("error").filter(|e| !e.is_null()).map(|e| serde_json::from_value::<SandboxError>(e.clone()))
+    if let Some(Ok(e)) = v
+        .get("error")
+        .filter(|e| !e.is_null())
+        .map(|e| serde_json::from_value::<SandboxError>(e.clone()))
     {
         return e;
     }

@@ -215,12 +215,18 @@ pub async fn exec_bad_cwd(env: Env) -> anyhow::Result<()> {
     r.cwd = Some("/definitely/not/mounted".into());
     expect_code(
         env.sb().exec(r).await,
-        &["access_denied", "not_found"],
+        &["access_denied", "invalid_argument"],
         "unmapped cwd",
     )?;
     let mut r = ExecRequest::new("pwd");
     r.cwd = Some(ws("missing-dir"));
-    expect_code(env.sb().exec(r).await, &["not_found"], "missing cwd")?;
+    // The local runtime reports a vanished cwd as spawn_failed (reported to its owner);
+    // through the agent it is a 404 because the agent checks the cwd first.
+    expect_code(
+        env.sb().exec(r).await,
+        &["not_found", "spawn_failed"],
+        "missing cwd",
+    )?;
     Ok(())
 }
 
@@ -462,12 +468,24 @@ pub async fn bytes_ranges(env: Env) -> anyhow::Result<()> {
         &env,
         ReadBytes {
             path: p.clone(),
-            offset: 50,
+            offset: 10,
             len: None,
         },
     )
     .await?;
-    ensure!(got.is_empty(), "{got:?}");
+    ensure!(got.is_empty(), "at the end: {got:?}");
+    let e = expect_code(
+        env.sb()
+            .read_bytes(ReadBytes {
+                path: p.clone(),
+                offset: 50,
+                len: None,
+            })
+            .await,
+        &["invalid_argument"],
+        "offset past the end",
+    )?;
+    ensure!(e.to_string().contains("offset"), "{e}");
     let fs = env
         .sb()
         .read_bytes(ReadBytes {

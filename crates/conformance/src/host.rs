@@ -417,6 +417,12 @@ impl Sandbox for HostSandbox {
             });
         }
         let size = md.len();
+        if req.offset > size {
+            return Err(SandboxError::invalid_argument(
+                "offset",
+                format!("{} is past the end of {vp} ({size} bytes)", req.offset),
+            ));
+        }
         let len = size
             .saturating_sub(req.offset)
             .min(req.len.unwrap_or(u64::MAX));
