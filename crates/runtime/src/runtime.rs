@@ -65,8 +65,13 @@ pub struct Runtime {
     pub(crate) opts: RuntimeOptions,
     pub(crate) layout: DataLayout,
     pub(crate) jail: Option<JailBase>,
-    exec_counter: AtomicU64,
 }
+
+/// Exec numbers are process-wide: several runtimes in one process (tests, a server with two
+/// providers) share the cgroup hierarchy, and two execs must never share a cgroup.
+static EXEC_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Distinguishes the cgroup subtrees of several runtimes in one process.
+static RUNTIME_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The shell sandboxed commands run in: bash when the host's /usr has it.
 fn pick_shell() -> &'static str {
@@ -139,12 +144,7 @@ impl Runtime {
             }
             Isolation::Isolated => Some(Self::jail_base(&opts)?),
         };
-        Ok(Arc::new(Self {
-            opts,
-            layout,
-            jail,
-            exec_counter: AtomicU64::new(0),
-        }))
+        Ok(Arc::new(Self { opts, layout, jail }))
     }
 
     fn jail_base(opts: &RuntimeOptions) -> Result<JailBase, RuntimeError> {
@@ -177,8 +177,23 @@ impl Runtime {
             );
         }
         let layout = paddock_sys::cgroup::discover_self();
-        let (cgroups, failed) =
-            CgroupSet::create(&layout, &format!("paddock-{}", std::process::id()));
+        let swept = paddock_sys::cgroup::sweep_stale(&layout, |pid| {
+            paddock_sys::process::pid_exists(pid as i32)
+        });
+        if swept > 0 {
+            tracing::info!(
+                swept,
+                "removed cgroup subtrees of Paddock processes that are gone"
+            );
+        }
+        let (cgroups, failed) = CgroupSet::create(
+            &layout,
+            &format!(
+                "paddock-{}-{}",
+                std::process::id(),
+                RUNTIME_COUNTER.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         for (c, e) in failed {
             tracing::warn!(
                 "cgroup controller {} is unusable ({e}); falling back to rlimits for it",
@@ -233,7 +248,7 @@ impl Runtime {
     }
 
     pub(crate) fn next_exec_id(&self) -> u64 {
-        self.exec_counter.fetch_add(1, Ordering::Relaxed)
+        EXEC_COUNTER.fetch_add(1, Ordering::Relaxed)
     }
 }
 

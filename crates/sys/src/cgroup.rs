@@ -332,6 +332,51 @@ impl CgroupSet {
     }
 }
 
+/// Removes `paddock-{pid}[-{n}]` subtrees left behind by Paddock processes that are gone
+/// (a crash, or a test binary that exited with execs still running). Their jails died with
+/// them (init has a parent-death signal), so the directories are empty and can be removed.
+/// Returns how many subtrees were removed.
+pub fn sweep_stale(layout: &Layout, is_alive: impl Fn(u32) -> bool) -> usize {
+    let mut removed = 0;
+    let mut seen: Vec<&Path> = Vec::new();
+    for loc in layout.controllers.values() {
+        if seen.contains(&loc.dir.as_path()) {
+            continue;
+        }
+        seen.push(&loc.dir);
+        let Ok(rd) = std::fs::read_dir(&loc.dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(owner) = name.to_str().and_then(stale_owner) else {
+                continue;
+            };
+            if is_alive(owner) {
+                continue;
+            }
+            if let Ok(children) = std::fs::read_dir(e.path()) {
+                for c in children.flatten() {
+                    if c.path().is_dir() {
+                        let _ = std::fs::remove_dir(c.path());
+                    }
+                }
+            }
+            if std::fs::remove_dir(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+/// The pid in a subtree name `paddock-{pid}` or `paddock-{pid}-{n}`.
+pub fn stale_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("paddock-")?;
+    let pid = rest.split('-').next()?;
+    pid.parse().ok()
+}
+
 /// One exec's cgroup directories.
 #[derive(Debug, Clone, Default)]
 pub struct ExecCgroup {
@@ -570,6 +615,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.oom_kills(), 2);
+    }
+
+    #[test]
+    fn stale_subtrees_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("pids");
+        for d in [
+            "paddock-111-0/x1",
+            "paddock-222/x2",
+            "paddock-333-1",
+            "other",
+        ] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let mut layout = Layout::default();
+        layout.controllers.insert(
+            Controller::Pids,
+            Location {
+                version: 1,
+                dir: root.clone(),
+            },
+        );
+        assert_eq!(sweep_stale(&layout, |pid| pid == 333), 2);
+        assert!(!root.join("paddock-111-0").exists());
+        assert!(!root.join("paddock-222").exists());
+        assert!(root.join("paddock-333-1").exists(), "the owner is alive");
+        assert!(root.join("other").exists());
+        assert_eq!(stale_owner("paddock-12-3"), Some(12));
+        assert_eq!(stale_owner("paddock-probe-12"), None);
     }
 
     #[test]
