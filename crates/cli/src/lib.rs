@@ -321,10 +321,20 @@ fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
         ExitCode::from(EXIT_USAGE)
     })?;
     let custom = custom_mounts(&cfg)?;
+    let mut sandbox_opts = cfg.sandbox.clone();
+    // The flags' defaults equal the config defaults; a flag that differs was given.
+    if args.isolation != paddock_runtime::Isolation::default() {
+        sandbox_opts.isolation = args.isolation;
+    }
+    if args.network != paddock_runtime::Network::default() {
+        sandbox_opts.network = args.network;
+    }
+    if sandbox_opts.isolation == paddock_runtime::Isolation::None {
+        tracing::warn!("isolation: none — commands run as plain host processes");
+    }
     let rt = tokio_rt()?;
     let result: anyhow::Result<()> = rt.block_on(async {
-        let provider =
-            paddock_runtime::LocalProvider::new(&args.data_dir, cfg.sandbox.clone(), custom)?;
+        let provider = paddock_runtime::LocalProvider::new(&args.data_dir, sandbox_opts, custom)?;
         let sandbox = provider.acquire(&user, &thread).await?;
         let dyn_sb: std::sync::Arc<dyn paddock_core::Sandbox> = sandbox;
         let r = paddock_agent::cli::run_agent_with(&args, dyn_sb).await;

@@ -264,13 +264,12 @@ fn processes_with(marker: &str) -> Vec<u32> {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&cmd)
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline"))
+            && String::from_utf8_lossy(&cmd)
                 .replace('\0', " ")
                 .contains(marker)
-            {
-                pids.push(pid);
-            }
+        {
+            pids.push(pid);
         }
     }
     pids
@@ -330,4 +329,162 @@ fn unsafe_free_kill(pid: u32, sig: &str) -> i32 {
         .unwrap()
         .code()
         .unwrap_or(-1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sandboxes_are_reaped_unless_busy() {
+    let (tmp, data) = data_dir();
+    let cfg = tmp.path().join("paddock.yaml");
+    std::fs::write(
+        &cfg,
+        "server:\n  idle_timeout_secs: 1\n  reap_interval_secs: 1\n",
+    )
+    .unwrap();
+    let srv = start(
+        &data,
+        free_port(),
+        &["--api-key", "k-reap", "--config", cfg.to_str().unwrap()],
+    );
+    let base = srv.base.clone();
+    let mut urls = Vec::new();
+    for id in ["idle", "busy"] {
+        let (s, v) = api(
+            reqwest::Method::POST,
+            &format!("{base}/api/sandboxes"),
+            "k-reap",
+            Some(json!({"sandbox_id": id})),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+        urls.push(v["sandbox_url"].as_str().unwrap().to_owned());
+    }
+    aio_exec(&urls[1], "sleep 987652 >/dev/null 2>&1 &").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, _) = api(
+            reqwest::Method::GET,
+            &format!("{base}/api/sandboxes/idle"),
+            "k-reap",
+            None,
+        )
+        .await;
+        if s == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idle sandbox was not reaped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = api(
+        reqwest::Method::GET,
+        &format!("{base}/api/sandboxes/busy"),
+        "k-reap",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "a sandbox running a process is not idle");
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("paddock_sandboxes_reaped_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        data.join("users/default/threads/idle/user-data/workspace")
+            .is_dir(),
+        "data stays after a reap"
+    );
+    drop(srv);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_mounts_are_validated() {
+    let (tmp, data) = data_dir();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(allowed.join("shared")).unwrap();
+    std::fs::write(allowed.join("shared/readme.txt"), "shared data\n").unwrap();
+    let cfg = tmp.path().join("paddock.yaml");
+    std::fs::write(
+        &cfg,
+        format!("mounts:\n  allowed_host_roots: [{}]\n", allowed.display()),
+    )
+    .unwrap();
+    let srv = start(
+        &data,
+        free_port(),
+        &["--api-key", "k-m", "--config", cfg.to_str().unwrap()],
+    );
+    let base = srv.base.clone();
+    let shared = allowed.join("shared").to_string_lossy().into_owned();
+    let cases = [
+        (
+            json!([{"host_path": "/etc", "container_path": "/mnt/etc"}]),
+            "extra_mounts[0]",
+            "allowed_host_roots",
+        ),
+        (
+            json!([{"host_path": shared, "container_path": "/mnt/user-data/x"}]),
+            "extra_mounts[0]",
+            "reserved",
+        ),
+        (
+            json!([{"host_path": shared, "container_path": "/usr/lib/x"}]),
+            "extra_mounts[0]",
+            "system directory",
+        ),
+        (
+            json!([{"host_path": shared, "container_path": "/mnt/a"}, {"host_path": shared, "container_path": "/mnt/a"}]),
+            "extra_mounts[1]",
+            "another mount",
+        ),
+        (
+            json!([{"host_path": format!("{shared}/missing"), "container_path": "/mnt/a"}]),
+            "extra_mounts[0]",
+            "does not exist",
+        ),
+    ];
+    for (mounts, field, words) in cases {
+        let (s, v) = api(
+            reqwest::Method::POST,
+            &format!("{base}/api/sandboxes"),
+            "k-m",
+            Some(json!({"sandbox_id": "m", "extra_mounts": mounts})),
+        )
+        .await;
+        assert_eq!(s, 422, "{v}");
+        assert_eq!(v["field"], field, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(words), "{v}");
+        assert!(
+            !v["detail"]
+                .as_str()
+                .unwrap()
+                .contains(&*tmp.path().to_string_lossy()),
+            "no host path in errors: {v}"
+        );
+    }
+    // A valid read-only mount is visible inside and read-only.
+    let (s, v) = api(reqwest::Method::POST, &format!("{base}/api/sandboxes"), "k-m",
+        Some(json!({"sandbox_id": "m", "extra_mounts": [{"host_path": shared, "container_path": "/mnt/shared", "read_only": true}]}))).await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["sandbox_url"].as_str().unwrap().to_owned();
+    let out = aio_exec(
+        &url,
+        "cat /mnt/shared/readme.txt; touch /mnt/shared/x 2>&1 || echo refused",
+    )
+    .await;
+    let text = out["data"]["output"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        text.contains("shared data") && text.contains("refused"),
+        "{out}"
+    );
+    assert!(!allowed.join("shared/x").exists());
+    let (s, _) = api(reqwest::Method::GET, &format!("{base}/health"), "", None).await;
+    assert_eq!(s, 200);
+    drop(srv);
 }

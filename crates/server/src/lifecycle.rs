@@ -172,14 +172,14 @@ impl Lifecycle {
         Ok(record)
     }
 
-    /// The sandbox with its current status.
+    /// The sandbox with its current status (does not count as activity).
     pub async fn get(&self, id: &SandboxId) -> Result<SandboxRecord, ApiError> {
         let record = self.backend.get(id).await?;
         let mut live = self.live.lock().map_err(|_| poisoned())?;
         match record {
             Some(r) => {
+                // A status probe is monitoring, not use: it does not postpone reaping.
                 if let Some(e) = live.get_mut(id) {
-                    e.touched = Instant::now();
                     e.record = r.clone();
                 }
                 Ok(r)

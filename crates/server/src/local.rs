@@ -19,13 +19,13 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use paddock_agent::{AgentConfig, CapabilityRouter, ToolReply, ToolRunner};
+use paddock_agent::{AgentConfig, CapabilityRouter};
 use paddock_core::mount::validate_custom_mounts;
 use paddock_core::{
     Mount, MountPolicy, MountSpec, Sandbox, SandboxError, SandboxId, ThreadId, UserId,
 };
 use paddock_runtime::{LocalSandbox, Runtime};
-use paddock_tools::{Tools, ToolsConfig};
+use paddock_tools::ToolsConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, CreateSpec, SandboxRecord, SandboxStatus};
@@ -96,21 +96,6 @@ pub fn random_hex(bytes: usize) -> std::io::Result<String> {
 fn internal(what: &str, e: impl std::fmt::Display) -> BackendError {
     tracing::error!(error = %e, "{what}");
     BackendError::Internal(what.to_owned())
-}
-
-struct ToolsAdapter(Tools);
-
-#[async_trait]
-impl ToolRunner for ToolsAdapter {
-    async fn call(&self, name: &str, args: serde_json::Value) -> Result<ToolReply, SandboxError> {
-        match self.0.call(name, args).await {
-            Ok(out) => Ok(ToolReply {
-                output: out.text,
-                is_error: out.is_error,
-            }),
-            Err(e) => Err(SandboxError::invalid_argument("tool", e.to_string())),
-        }
-    }
 }
 
 async fn track(
@@ -227,10 +212,9 @@ impl LocalBackend {
                 })?;
         let sandbox = Arc::new(sandbox);
         let dyn_sb: Arc<dyn Sandbox> = sandbox.clone();
-        let tools = Tools::new(dyn_sb.clone(), self.cfg.tools.clone());
         let agent = AgentConfig {
             token: None,
-            tools: Some(Arc::new(ToolsAdapter(tools))),
+            tools: Some(self.cfg.tools.clone()),
             ..self.cfg.agent.clone()
         };
         let last_active = Arc::new(AtomicU64::new(now_secs()));
