@@ -1,0 +1,14 @@
+//! `paddock mcp`: Paddock's LLM tool layer (`bash`, `ls`, `glob`, `grep`, `read_file`,
+//! `write_file`, `str_replace`) served over MCP stdio for one (user, thread), backed by
+//! the local runtime or by a running `paddock serve` (provisioner mode).
+//!
+//! Invariant: stdout carries only the MCP protocol (logs go to stderr); a failing tool
+//! operation is a tool result with `isError: true`, never a protocol error or a crash;
+//! only an unknown tool or malformed arguments are JSON-RPC errors (`-32602`).
+
+pub mod backend;
+pub mod cli;
+pub mod server;
+
+pub use backend::{Backend, BackendError};
+pub use server::PaddockMcp;
