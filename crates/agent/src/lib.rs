@@ -46,8 +46,8 @@ pub struct AgentConfig {
     pub max_upload_bytes: u64,
     /// Shell sessions kept per sandbox (least recently used forgotten first).
     pub max_shell_sessions: usize,
-    /// The tool layer behind `POST /v1/tools/{name}`; `None` answers 404 there.
-    pub tools: Option<Arc<dyn ToolRunner>>,
+    /// The tool layer behind `POST /v1/tools/{name}` (`None` disables it: 404 there).
+    pub tools: Option<paddock_tools::ToolsConfig>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -57,7 +57,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_upload_bytes", &self.max_upload_bytes)
             .field("max_shell_sessions", &self.max_shell_sessions)
-            .field("tools", &self.tools.is_some())
+            .field("tools", &self.tools)
             .finish()
     }
 }
@@ -69,30 +69,9 @@ impl Default for AgentConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_shell_sessions: DEFAULT_MAX_SHELL_SESSIONS,
-            tools: None,
+            tools: Some(paddock_tools::ToolsConfig::default()),
         }
     }
-}
-
-/// The result of one tool call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ToolReply {
-    /// The text the model sees.
-    pub output: String,
-    /// Whether the tool reports an error to the model.
-    pub is_error: bool,
-}
-
-/// The LLM tool layer as the agent calls it (implemented over `paddock-tools` by the
-/// binary that wires the agent, so this crate stays independent of the tool crate).
-#[async_trait::async_trait]
-pub trait ToolRunner: Send + Sync {
-    /// Runs tool `name` with JSON `args`. `Err` is a bad call (unknown tool, bad args).
-    async fn call(
-        &self,
-        name: &str,
-        args: serde_json::Value,
-    ) -> Result<ToolReply, paddock_core::SandboxError>;
 }
 
 /// What every handler shares.
@@ -106,6 +85,8 @@ pub struct AppState {
     pub shells: Arc<shell::Sessions>,
     /// `/v1/bash/*` sessions.
     pub bashes: Arc<shell::Sessions>,
+    /// The tool layer, when enabled.
+    pub tools: Option<Arc<paddock_tools::Tools>>,
 }
 
 async fn tools_call(
@@ -113,16 +94,33 @@ async fn tools_call(
     name: axum::extract::Path<String>,
     extract::Json(args): extract::Json<serde_json::Value>,
 ) -> Result<axum::response::Response, ApiError> {
+    use axum::http::StatusCode;
     let name = native::tool_name(name)?;
-    let Some(tools) = &st.config.tools else {
+    let Some(tools) = &st.tools else {
         return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND,
             "not_found",
             "the tool layer is not enabled on this agent",
         ));
     };
-    let reply = tools.call(&name, args).await?;
-    Ok(native::tool_reply(reply.output, reply.is_error))
+    match tools.call(&name, args).await {
+        Ok(out) => Ok(native::tool_reply(out.text, out.is_error)),
+        Err(e @ paddock_tools::ToolError::UnknownTool { .. }) => {
+            Err(
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_tool", e.to_string())
+                    .with_field("name"),
+            )
+        }
+        Err(e) => {
+            let field = e.field().unwrap_or("arguments").to_owned();
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_arguments",
+                e.to_string(),
+            )
+            .with_field(field))
+        }
+    }
 }
 
 /// A refused upload may leave unread body bytes on the connection; telling the client to
@@ -140,7 +138,12 @@ async fn close_on_error(mut resp: axum::response::Response) -> axum::response::R
 /// The unauthenticated routes of one sandbox, rooted at `/` (`/v1/...`, `/openapi.json`).
 /// Nest them under any prefix; [`app`] adds authentication.
 pub fn routes(sandbox: Arc<dyn Sandbox>, config: AgentConfig) -> Router {
+    let tools = config
+        .tools
+        .clone()
+        .map(|c| Arc::new(paddock_tools::Tools::new(sandbox.clone(), c)));
     let state = AppState {
+        tools,
         sandbox,
         shells: Arc::new(shell::Sessions::new(config.max_shell_sessions)),
         bashes: Arc::new(shell::Sessions::new(config.max_shell_sessions)),

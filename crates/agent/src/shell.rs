@@ -24,6 +24,9 @@ use tokio::sync::OnceCell;
 /// Variables bash manages itself; never carried between calls.
 const VOLATILE: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
 
+/// Wall-clock limit of the one `env -0` that reads the sandbox's base environment.
+const BASE_ENV_TIMEOUT_SECS: f64 = 30.0;
+
 /// Longest accepted session id.
 pub const MAX_SESSION_ID_LEN: usize = 128;
 
@@ -184,7 +187,15 @@ impl Sessions {
     ) -> Result<&BTreeMap<String, String>, SandboxError> {
         self.base_env
             .get_or_try_init(|| async {
-                let out = sandbox.exec(ExecRequest::new("env -0")).await?;
+                let mut req = ExecRequest::new("env -0");
+                req.timeout_secs = Some(BASE_ENV_TIMEOUT_SECS);
+                let out = sandbox.exec(req).await?;
+                // A partial dump would make every later diff wrong; fail (uncached) instead.
+                if out.exit.timed_out || out.exit.exit_code != Some(0) || out.stdout_truncated {
+                    return Err(SandboxError::Unavailable {
+                        message: "could not read the sandbox's base environment".into(),
+                    });
+                }
                 Ok::<_, SandboxError>(parse_env(out.stdout.as_bytes()))
             })
             .await
