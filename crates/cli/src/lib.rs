@@ -35,6 +35,10 @@ pub enum Command {
     Doctor(paddock_runtime::cli::DoctorArgs),
     /// Serve one thread's sandbox over the AIO-compatible agent API (as inside a Pod).
     Agent(AgentCmd),
+    /// Move data from the legacy layout (threads/{id}) to users/{user}/threads/{id}.
+    MigrateLayout(paddock_migrate::cli::MigrateArgs),
+    /// Serve the LLM tool layer of one thread's sandbox over MCP on stdio.
+    Mcp(paddock_mcp::cli::McpArgs),
     /// Show or check the resolved configuration (defaults < paddock.yaml < environment).
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -350,6 +354,19 @@ fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
     }
 }
 
+fn run_mcp(args: paddock_mcp::cli::McpArgs) -> Result<ExitCode, ExitCode> {
+    // stdout carries the protocol: logs go to stderr only.
+    init_logging(&std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()), false);
+    let rt = tokio_rt()?;
+    match rt.block_on(paddock_mcp::cli::run(args)) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            report(&e, None);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
 /// The binary's entry point.
 pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
@@ -359,6 +376,14 @@ pub fn main_entry() -> ExitCode {
         Command::Exec(a) => run_exec(a),
         Command::Doctor(a) => Ok(run_doctor(a)),
         Command::Agent(a) => run_agent(a),
+        Command::MigrateLayout(a) => match paddock_migrate::cli::run(a) {
+            Ok(code) => Ok(exit_code(code)),
+            Err(e) => {
+                report(&e, None);
+                Err(ExitCode::FAILURE)
+            }
+        },
+        Command::Mcp(a) => run_mcp(a),
     };
     r.unwrap_or_else(|code| code)
 }
