@@ -228,7 +228,9 @@ fn apply_move(plan: &Plan, item: &Item, dst: &Path) -> ItemOutcome {
             item.from,
             rel(plan, dst)
         )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(&item.src).is_err() => {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound && fs::symlink_metadata(&item.src).is_err() =>
+        {
             failed(format!("{} vanished during the run", item.from))
         }
         Err(e) => failed(format!("moving {} to {}: {e}", item.from, rel(plan, dst))),

@@ -56,12 +56,15 @@ pub fn run(args: MigrateArgs) -> anyhow::Result<i32> {
         None
     } else {
         let progress = report::Progress::new(plan.move_count(), std::io::stderr().is_terminal());
-        let out = apply(&plan, &ApplyOptions::from_env(), &mut |done| progress.tick(done));
+        let out = apply(&plan, &ApplyOptions::from_env(), &mut |done| {
+            progress.tick(done)
+        });
         progress.finish();
         Some(out)
     };
     let text = if args.json {
-        let mut s = serde_json::to_string_pretty(&report::json(&plan, outcome.as_ref(), args.dry_run))?;
+        let mut s =
+            serde_json::to_string_pretty(&report::json(&plan, outcome.as_ref(), args.dry_run))?;
         s.push('\n');
         s
     } else {

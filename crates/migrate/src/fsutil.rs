@@ -23,15 +23,10 @@ pub struct FsId {
 /// The filesystem identity of `path` itself (not following a final symlink).
 pub fn fs_id(path: &Path) -> io::Result<FsId> {
     let meta = fs::symlink_metadata(path)?;
-    let mnt = rustix::fs::statx(
-        CWD,
-        path,
-        AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::MNT_ID,
-    )
-    .ok()
-    .filter(|st| StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID))
-    .map(|st| st.stx_mnt_id);
+    let mnt = rustix::fs::statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::MNT_ID)
+        .ok()
+        .filter(|st| StatxFlags::from_bits_retain(st.stx_mask).contains(StatxFlags::MNT_ID))
+        .map(|st| st.stx_mnt_id);
     Ok(FsId {
         dev: meta.dev(),
         mnt,
@@ -232,10 +227,14 @@ mod tests {
             Path::new("/etc/passwd")
         );
         fs::write(dst.join("sub/f"), "hellO").expect("write");
-        let diff = verify_copy(&src, &dst).expect("verify").expect_err("differs");
+        let diff = verify_copy(&src, &dst)
+            .expect("verify")
+            .expect_err("differs");
         assert!(diff.contains("different contents"), "{diff}");
         fs::write(dst.join("sub/f"), "hello!").expect("write");
-        let diff = verify_copy(&src, &dst).expect("verify").expect_err("differs");
+        let diff = verify_copy(&src, &dst)
+            .expect("verify")
+            .expect_err("differs");
         assert!(diff.contains("bytes"), "{diff}");
         remove_tree(&dst).expect("remove");
         assert!(fs::symlink_metadata(&dst).is_err());

@@ -247,19 +247,16 @@ impl Planner {
         };
         let parent = src.parent().unwrap_or(&self.root);
         if let Err(e) = fsutil::writable_dir(parent) {
-            return Err(format!(
-                "cannot remove entries from {}/: {e}",
-                rel(parent)
-            ));
+            return Err(format!("cannot remove entries from {}/: {e}", rel(parent)));
         }
         let src_meta = fs::symlink_metadata(src).map_err(|e| format!("{}: {e}", rel(src)))?;
-        if src_meta.is_dir() {
-            if let Err(e) = fsutil::writable_dir(src) {
-                return Err(format!(
-                    "{}/ is not writable ({e}); a directory can only be moved to a new parent when it is writable",
-                    rel(src)
-                ));
-            }
+        if src_meta.is_dir()
+            && let Err(e) = fsutil::writable_dir(src)
+        {
+            return Err(format!(
+                "{}/ is not writable ({e}); a directory can only be moved to a new parent when it is writable",
+                rel(src)
+            ));
         }
         let Some(anc) = fsutil::nearest_existing(target) else {
             return Err(format!("no existing ancestor of {}", rel(target)));
@@ -279,7 +276,10 @@ impl Planner {
             return Err(format!("cannot create entries in {}/: {e}", rel(&anc)));
         }
         let a = fsutil::fs_id(src).map_err(|e| format!("{}: {e}", rel(src)))?;
-        let b = fsutil::fs_id(&anc).map_err(|e| format!("{}: {e}", rel(&anc)))?;
+        // The target is created through `anc`, following a symlinked ancestor (e.g. a
+        // `users` link to another volume), so compare with where it really leads.
+        let real_anc = fs::canonicalize(&anc).map_err(|e| format!("{}: {e}", rel(&anc)))?;
+        let b = fsutil::fs_id(&real_anc).map_err(|e| format!("{}: {e}", rel(&anc)))?;
         if a.same_fs(&b) {
             Ok(false)
         } else if self.allow_copy {
@@ -303,13 +303,13 @@ impl Planner {
         };
         let dst = self.root.join(&to_rel);
         let mut note = None;
-        if let Ok(target) = fs::read_link(&src) {
-            if target.is_relative() {
-                note = Some(format!(
-                    "symlink to relative target {:?}, moved as a link; it may no longer resolve",
-                    target.to_string_lossy()
-                ));
-            }
+        if let Ok(target) = fs::read_link(&src)
+            && target.is_relative()
+        {
+            note = Some(format!(
+                "symlink to relative target {:?}, moved as a link; it may no longer resolve",
+                target.to_string_lossy()
+            ));
         }
         let (action, copy, reason) = match self.feasibility(&src, &dst) {
             Ok(copy) => (action, copy, note),
@@ -333,7 +333,11 @@ impl Planner {
     }
 
     /// Sorted entries of a real (not symlinked) legacy directory; `None` when absent.
-    fn list(&mut self, kind: Kind, rel: &Path) -> Result<Option<Vec<(OsString, fs::FileType)>>, MigrateError> {
+    fn list(
+        &mut self,
+        kind: Kind,
+        rel: &Path,
+    ) -> Result<Option<Vec<(OsString, fs::FileType)>>, MigrateError> {
         let abs = self.root.join(rel);
         match fs::symlink_metadata(&abs) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -441,7 +445,12 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
             let from_rel = threads.join(name);
             let shown = name.to_string_lossy().into_owned();
             let Some(tid) = name.to_str() else {
-                p.skip(Kind::Thread, shown, &from_rel, "the name is not valid UTF-8".into());
+                p.skip(
+                    Kind::Thread,
+                    shown,
+                    &from_rel,
+                    "the name is not valid UTF-8".into(),
+                );
                 continue;
             };
             if !ThreadId::is_valid(tid) {
@@ -528,7 +537,12 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
     // Agents and custom skills, to the target user.
     for (kind, legacy, dest_sub, conflict_sub) in [
         (Kind::Agent, Path::new("agents"), "agents", "agents"),
-        (Kind::Skill, Path::new("skills/custom"), "skills/custom", "skills"),
+        (
+            Kind::Skill,
+            Path::new("skills/custom"),
+            "skills/custom",
+            "skills",
+        ),
     ] {
         let Some(entries) = p.list(kind, legacy)? else {
             continue;

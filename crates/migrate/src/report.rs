@@ -18,8 +18,7 @@ use crate::plan::{Action, Item, OwnerSource, Plan};
 /// quotes, control or non-ASCII whitespace characters).
 pub fn show(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| !c.is_whitespace() && !c.is_control() && c != '"' && c != '\\')
     {
         s.to_owned()
@@ -42,13 +41,13 @@ fn decision_line(item: &Item) -> String {
         Action::Refuse => format!("refuse    {kind:<13} {from}: not moved"),
         Action::RemoveEmptyDir => format!("remove    {kind:<13} {from}/ (empty after the moves)"),
     };
-    if let (Some(user), Some(src)) = (&item.user, item.owner_source) {
-        if item.action != Action::Refuse {
-            let _ = match src {
-                OwnerSource::Database => write!(line, " [owner {user} from the database]"),
-                OwnerSource::UserId => write!(line, " [user {user}]"),
-            };
-        }
+    if let (Some(user), Some(src)) = (&item.user, item.owner_source)
+        && item.action != Action::Refuse
+    {
+        let _ = match src {
+            OwnerSource::Database => write!(line, " [owner {user} from the database]"),
+            OwnerSource::UserId => write!(line, " [user {user}]"),
+        };
     }
     if item.copy {
         line.push_str(" [copy: other filesystem]");
@@ -73,7 +72,11 @@ pub fn text(plan: &Plan, outcome: Option<&Outcome>, dry_run: bool) -> String {
             );
         }
         None => {
-            let _ = writeln!(out, "owners: no database; threads go to user {}", plan.user_id);
+            let _ = writeln!(
+                out,
+                "owners: no database; threads go to user {}",
+                plan.user_id
+            );
         }
     }
     for w in &plan.warnings {
@@ -148,7 +151,10 @@ pub fn json(plan: &Plan, outcome: Option<&Outcome>, dry_run: bool) -> Value {
         .map(|(n, item)| {
             let mut v = serde_json::to_value(item).unwrap_or(Value::Null);
             if let (Some(o), Value::Object(map)) = (outcome.and_then(|o| o.items.get(n)), &mut v) {
-                map.insert("status".into(), serde_json::to_value(o.status).unwrap_or(Value::Null));
+                map.insert(
+                    "status".into(),
+                    serde_json::to_value(o.status).unwrap_or(Value::Null),
+                );
                 map.insert("moved_to".into(), json!(o.moved_to));
                 map.insert("error".into(), json!(o.error));
             }
@@ -199,8 +205,10 @@ impl Progress {
     /// Progress over `total` moves.
     pub fn new(total: usize, terminal: bool) -> Self {
         let bar = (terminal && total >= PROGRESS_MIN).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("migrating {bar:40} {pos}/{len} moves") {
+            let bar =
+                ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("migrating {bar:40} {pos}/{len} moves")
+            {
                 bar.set_style(style);
             }
             bar
@@ -217,7 +225,7 @@ impl Progress {
     pub fn tick(&self, done: usize) {
         if let Some(bar) = &self.bar {
             bar.set_position(done as u64);
-        } else if self.step > 0 && (done % self.step == 0 || done == self.total) {
+        } else if self.step > 0 && (done.is_multiple_of(self.step) || done == self.total) {
             let _ = writeln!(
                 std::io::stderr().lock(),
                 "paddock migrate-layout: {done}/{} moves done",
