@@ -6,6 +6,10 @@
 //! `resourceVersion` and appending one event to the bounded log (older versions answer
 //! 410 Expired); a NodePort is allocated to at most one Service.
 
+// Handlers return ready `Response`s as their error type: they are the HTTP answer, built
+// once per failed request, so boxing them would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
