@@ -126,6 +126,9 @@ fn node_port(svc: &Service) -> Option<i32> {
     svc.spec.as_ref()?.ports.as_ref()?.first()?.node_port
 }
 
+/// Delete attempts per object when rolling back a failed create.
+const ROLLBACK_ATTEMPTS: u32 = 4;
+
 /// What `create` made, for rollback.
 #[derive(Default)]
 struct Made {
@@ -331,6 +334,27 @@ impl KubeBackend {
         }
     }
 
+    async fn delete_kind(&self, kind: &str, id: &SandboxId) -> Result<bool, BackendError> {
+        match kind {
+            "NetworkPolicy" => {
+                self.delete_named::<NetworkPolicy>("rollback", &objects::policy_name(id))
+                    .await
+            }
+            "Service" => {
+                self.delete_named::<Service>("rollback", &objects::service_name(id))
+                    .await
+            }
+            "Pod" => {
+                self.delete_named::<Pod>("rollback", &objects::pod_name(id))
+                    .await
+            }
+            _ => {
+                self.delete_named::<Secret>("rollback", &objects::secret_name(id))
+                    .await
+            }
+        }
+    }
+
     async fn rollback(&self, id: &SandboxId, made: &Made) {
         let steps = [
             (made.policy, "NetworkPolicy"),
@@ -342,25 +366,26 @@ impl KubeBackend {
             if !did {
                 continue;
             }
-            let r = match kind {
-                "NetworkPolicy" => {
-                    self.delete_named::<NetworkPolicy>("rollback", &objects::policy_name(id))
-                        .await
+            // A few bounded attempts: the failure that triggered the rollback is often a
+            // transient API server error the next request does not hit.
+            let mut last = None;
+            for attempt in 0..ROLLBACK_ATTEMPTS {
+                if attempt > 0 {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 }
-                "Service" => {
-                    self.delete_named::<Service>("rollback", &objects::service_name(id))
-                        .await
+                match self.delete_kind(kind, id).await {
+                    Ok(_) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e @ BackendError::Unavailable(_)) => last = Some(e),
+                    Err(e) => {
+                        last = Some(e);
+                        break;
+                    }
                 }
-                "Pod" => {
-                    self.delete_named::<Pod>("rollback", &objects::pod_name(id))
-                        .await
-                }
-                _ => {
-                    self.delete_named::<Secret>("rollback", &objects::secret_name(id))
-                        .await
-                }
-            };
-            if let Err(e) = r {
+            }
+            if let Some(e) = last {
                 tracing::error!(sandbox_id = %id, kind, error = %e, "rollback could not delete an object; it is left behind");
             }
         }

@@ -119,33 +119,45 @@ async fn api_server_failures_are_503_without_leaks() {
     sim.sim.set_error_rate(1.0);
     let e = b.create(&spec("sbx-3", "u", "t")).await.expect_err("fails");
     assert!(matches!(e, BackendError::Unavailable(_)), "{e:?}");
-    // Half the requests fail: whatever create made is rolled back or the create worked.
-    sim.sim.set_error_rate(0.5);
+    sim.sim.set_error_rate(0.0);
+    // One step fails: everything made before it is deleted again.
+    for (step, made_before) in [
+        ("/secrets", 0),
+        ("/pods", 1),
+        ("/services", 2),
+        ("/networkpolicies", 3),
+    ] {
+        sim.sim.fail_next("POST", step, 1);
+        let e = b
+            .create(&spec("sbx-4", "u", "t"))
+            .await
+            .expect_err("step fails");
+        assert!(matches!(e, BackendError::Unavailable(_)), "{step}: {e:?}");
+        for kind in ["pods", "services", "secrets", "networkpolicies"] {
+            assert!(
+                sim.sim.names(kind, "deer-flow").is_empty(),
+                "{kind} leaked after {step} failed ({made_before} made before)"
+            );
+        }
+    }
+    // The rollback's own first delete fails too: the retry still cleans up.
+    sim.sim.fail_next("POST", "/networkpolicies", 1);
+    sim.sim.fail_next("DELETE", "/pods/", 1);
+    b.create(&spec("sbx-5", "u", "t")).await.expect_err("fails");
+    for kind in ["pods", "services", "secrets", "networkpolicies"] {
+        assert!(sim.sim.names(kind, "deer-flow").is_empty(), "{kind} leaked");
+    }
+    // Random 500s: every create either works or is a 503.
+    sim.sim.set_error_rate(0.3);
     for i in 0..10 {
         let id = format!("flaky-{i}");
         let r = b.create(&spec(&id, "u", "t")).await;
-        sim.sim.set_error_rate(0.0);
-        let names = sim.sim.names("pods", "deer-flow");
-        match r {
-            Ok(_) => {
-                assert!(names.contains(&format!("sandbox-{id}")));
-                b.destroy(&SandboxId::new(id.clone()).expect("id"))
-                    .await
-                    .expect("destroy");
-            }
-            Err(BackendError::Unavailable(_)) => {}
-            Err(other) => panic!("unexpected {other:?}"),
-        }
-        sim.sim.set_error_rate(0.5);
+        assert!(
+            matches!(r, Ok(_) | Err(BackendError::Unavailable(_))),
+            "{r:?}"
+        );
     }
     sim.sim.set_error_rate(0.0);
-    // Rollback itself may have failed under the injected errors; what is left must be
-    // exactly the objects whose delete got a 500, so a clean pass finds them all.
-    let leftovers: Vec<String> = ["pods", "services", "secrets", "networkpolicies"]
-        .iter()
-        .flat_map(|k| sim.sim.names(k, "deer-flow"))
-        .collect();
-    eprintln!("objects left after rollbacks that themselves hit injected 500s: {leftovers:?}");
     // Slow API server: bounded, 503, no hang.
     sim.sim.set_latency(Duration::from_secs(5));
     let t = std::time::Instant::now();

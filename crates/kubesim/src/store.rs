@@ -168,8 +168,18 @@ pub struct Sim {
     rng: AtomicU64,
     uid: AtomicU64,
     pub(crate) kubelet: Kubelet,
-    /// Requests served (method and path), for assertions.
+    /// Requests served, for assertions.
     pub requests: AtomicU64,
+    rules: Mutex<Vec<FaultRule>>,
+}
+
+/// A targeted fault: the next `count` requests with this method whose path contains
+/// `path_contains` get a 500.
+#[derive(Debug, Clone)]
+struct FaultRule {
+    method: Method,
+    path_contains: String,
+    count: usize,
 }
 
 impl std::fmt::Debug for Sim {
@@ -301,6 +311,7 @@ impl Sim {
             uid: AtomicU64::new(0),
             kubelet: Kubelet::default(),
             requests: AtomicU64::new(0),
+            rules: Mutex::new(Vec::new()),
         });
         for ns in sim.opts.namespaces.clone() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}});
@@ -328,6 +339,34 @@ impl Sim {
     pub fn set_error_rate(&self, rate: f64) {
         self.error_ppm
             .store((rate.clamp(0.0, 1.0) * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    /// Answers the next `count` requests of `method` whose path contains `path_contains`
+    /// with a 500 (for testing what a client does when one step of a sequence fails).
+    pub fn fail_next(&self, method: &str, path_contains: &str, count: usize) {
+        if let (Ok(m), Ok(mut r)) = (Method::from_bytes(method.as_bytes()), self.rules.lock()) {
+            r.push(FaultRule {
+                method: m,
+                path_contains: path_contains.to_owned(),
+                count,
+            });
+        }
+    }
+
+    fn targeted_fault(&self, method: &Method, path: &str) -> bool {
+        let Ok(mut rules) = self.rules.lock() else {
+            return false;
+        };
+        let hit = rules
+            .iter_mut()
+            .find(|r| r.count > 0 && r.method == *method && path.contains(&r.path_contains));
+        match hit {
+            Some(r) => {
+                r.count -= 1;
+                true
+            }
+            None => false,
+        }
     }
 
     fn roll(&self) -> u64 {
@@ -660,6 +699,13 @@ async fn handle(
         );
     }
     let path = uri.path();
+    if sim.targeted_fault(&method, path) {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "injected fault",
+        );
+    }
     match path {
         "/version" => {
             return axum::Json(json!({"major": "1", "minor": "34", "gitVersion": "v1.34.0-paddock-kubesim", "platform": "linux/amd64"})).into_response();
