@@ -22,9 +22,17 @@ fi
 echo "==> cargo test"
 cargo test --workspace --locked
 
-if [ -x tests/compat/run.sh ]; then
-  echo "==> compatibility tests (Python clients against real Paddock processes)"
-  cargo build --locked -p paddock-cli
-  bash tests/compat/run.sh "$PWD/target/debug/paddock"
-fi
+echo "==> compatibility tests: real Python clients against real Paddock processes"
+cargo build --locked -p paddock-cli
+bin="$PWD/target/debug/paddock"
+echo "--> agent-sandbox SDK + schemathesis against paddock agent"
+bash tests/compat/run.sh "$bin" agent
+echo "--> DeerFlow provisioner flow + AIO SDK against paddock serve"
+bash tests/compat_serve/run.sh "$bin"
+for suite in compat_mcp kube_validate; do
+  if [ -f "tests/$suite/run.sh" ]; then
+    echo "--> $suite"
+    bash "tests/$suite/run.sh" "$bin"
+  fi
+done
 echo "==> all tests passed"
