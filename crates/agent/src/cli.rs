@@ -162,6 +162,13 @@ pub async fn run_agent_with(args: &AgentArgs, sandbox: Arc<dyn Sandbox>) -> anyh
     let addr = listener
         .local_addr()
         .context("could not read the bound address")?;
+    // Exec streams are many small writes (chunks, then the exit record); with Nagle's
+    // algorithm each later write waits for the peer's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{addr}").context("could not write to stdout")?;

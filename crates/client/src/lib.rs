@@ -94,6 +94,7 @@ impl AgentClient {
         }
         let http = reqwest::Client::builder()
             .no_proxy()
+            .tcp_nodelay(true)
             .pool_idle_timeout(std::time::Duration::from_secs(30))
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
