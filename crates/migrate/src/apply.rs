@@ -90,9 +90,10 @@ fn partial_path(dst: &Path) -> PathBuf {
     dst.with_file_name(format!(".{name}.paddock-migrate-partial"))
 }
 
-/// Copies `src` to `dst` through a hidden sibling, verifies it, renames it into place
-/// and deletes the source.
-fn copy_move(src: &Path, dst: &Path) -> io::Result<()> {
+/// Copies `src` to `dst` through a hidden sibling, verifies it, records in a marker next
+/// to the source that the copy is complete, renames it into place, deletes the source and
+/// the marker. `dst_rel` (the destination relative to the data dir) is the marker's text.
+fn copy_move(src: &Path, dst: &Path, dst_rel: &str) -> io::Result<()> {
     let partial = partial_path(dst);
     if fs::symlink_metadata(&partial).is_ok() {
         // Left by an interrupted run: the source is intact, start over.
@@ -105,10 +106,21 @@ fn copy_move(src: &Path, dst: &Path) -> io::Result<()> {
             "copy verification failed ({diff}); the source is kept"
         )));
     }
-    fsutil::rename_noreplace(&partial, dst).inspect_err(|_| {
+    // From here on a crash leaves the marker: the next plan either finishes (the copy
+    // reached `dst`: delete the rest of the source) or drops it (it did not: start over).
+    let marker = crate::plan::marker_path(src);
+    {
+        let mut f = fs::File::create(&marker)?;
+        f.write_all(dst_rel.as_bytes())?;
+        f.sync_all()?;
+    }
+    if let Err(e) = fsutil::rename_noreplace(&partial, dst) {
         let _ = fsutil::remove_tree(&partial);
-    })?;
-    fsutil::remove_tree(src)
+        let _ = fs::remove_file(&marker);
+        return Err(e);
+    }
+    fsutil::remove_tree(src)?;
+    fs::remove_file(&marker)
 }
 
 fn next_free(base: &Path) -> PathBuf {
@@ -128,12 +140,12 @@ fn next_free(base: &Path) -> PathBuf {
     }
 }
 
-fn move_one(item: &Item, dst: &Path, copy: bool) -> io::Result<()> {
+fn move_one(plan: &Plan, item: &Item, dst: &Path, copy: bool) -> io::Result<()> {
     if let Some(parent) = dst.parent() {
         fs::create_dir_all(parent)?;
     }
     if copy {
-        copy_move(&item.src, dst)
+        copy_move(&item.src, dst, &rel(plan, dst))
     } else {
         fsutil::rename_noreplace(&item.src, dst)
     }
@@ -167,6 +179,40 @@ pub fn apply(plan: &Plan, opts: &ApplyOptions, progress: &mut dyn FnMut(usize)) 
                     error: Some(format!("removing {}/: {e}", item.from)),
                 },
             },
+            Action::FinishCopy | Action::DropMarker => {
+                let finish = if item.action == Action::FinishCopy
+                    && fs::symlink_metadata(&item.src).is_ok()
+                {
+                    fsutil::remove_tree(&item.src)
+                } else {
+                    Ok(())
+                };
+                let result = finish.and_then(|()| match &item.marker {
+                    Some(m) => fs::remove_file(m).or_else(|e| {
+                        if e.kind() == io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    }),
+                    None => Ok(()),
+                });
+                match result {
+                    Ok(()) => ItemOutcome {
+                        status: Status::Done,
+                        moved_to: None,
+                        error: None,
+                    },
+                    Err(e) => ItemOutcome {
+                        status: Status::Failed,
+                        moved_to: None,
+                        error: Some(format!(
+                            "finishing the interrupted copy of {}: {e}",
+                            item.from
+                        )),
+                    },
+                }
+            }
             Action::Move | Action::Conflict => {
                 let Some(dst) = item.dst.as_deref() else {
                     items.push(ItemOutcome {
@@ -198,7 +244,7 @@ fn apply_move(plan: &Plan, item: &Item, dst: &Path) -> ItemOutcome {
         moved_to: None,
         error: Some(e),
     };
-    match move_one(item, dst, item.copy) {
+    match move_one(plan, item, dst, item.copy) {
         Ok(()) => ItemOutcome {
             status: Status::Done,
             moved_to: None,
@@ -210,7 +256,7 @@ fn apply_move(plan: &Plan, item: &Item, dst: &Path) -> ItemOutcome {
                 return failed(format!("{} exists", rel(plan, dst)));
             };
             let alt = next_free(base);
-            match move_one(item, &alt, item.copy) {
+            match move_one(plan, item, &alt, item.copy) {
                 Ok(()) => ItemOutcome {
                     status: Status::Done,
                     moved_to: Some(rel(plan, &alt)),

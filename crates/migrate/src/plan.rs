@@ -78,6 +78,12 @@ pub enum Action {
     Refuse,
     /// Remove a legacy directory emptied by the moves.
     RemoveEmptyDir,
+    /// An interrupted `--allow-copy` move had already put its verified copy in place:
+    /// delete what is left of the source and the marker.
+    FinishCopy,
+    /// An interrupted `--allow-copy` move left its marker but never put the copy in
+    /// place: remove the marker (the source is planned like any other entry).
+    DropMarker,
 }
 
 /// Where a thread's owner came from.
@@ -122,6 +128,30 @@ pub struct Item {
     /// Absolute conflicts path used if the destination appears during the run.
     #[serde(skip)]
     pub conflict_base: Option<PathBuf>,
+    /// The copy marker of an interrupted copy (`FinishCopy`, `DropMarker`).
+    #[serde(skip)]
+    pub marker: Option<PathBuf>,
+}
+
+/// Suffix of the marker written next to a source, during a cross-filesystem copy,
+/// between verifying the copy and putting it in place. It holds the destination
+/// (relative to the data dir) and tells the next run that the copy there is complete.
+pub const MARKER_SUFFIX: &str = ".paddock-migrate-copied";
+
+/// The marker path of `src`: `.{name}.paddock-migrate-copied` next to it.
+pub fn marker_path(src: &Path) -> PathBuf {
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    src.with_file_name(format!(".{name}{MARKER_SUFFIX}"))
+}
+
+/// The source name a marker file name stands for.
+fn marker_source(name: &OsString) -> Option<String> {
+    let n = name.to_str()?;
+    let inner = n.strip_prefix('.')?.strip_suffix(MARKER_SUFFIX)?;
+    (!inner.is_empty()).then(|| inner.to_owned())
 }
 
 /// The whole plan.
@@ -153,6 +183,11 @@ impl Plan {
     /// Number of decisions with `action`.
     pub fn count(&self, action: Action) -> usize {
         self.items.iter().filter(|i| i.action == action).count()
+    }
+
+    /// Whether a real run would change anything.
+    pub fn has_work(&self) -> bool {
+        self.items.iter().any(|i| !matches!(i.action, Action::Skip))
     }
 }
 
@@ -229,6 +264,7 @@ impl Planner {
             src: self.root.join(from_rel),
             dst: None,
             conflict_base: None,
+            marker: None,
         });
     }
 
@@ -329,6 +365,7 @@ impl Planner {
             src,
             dst: Some(dst),
             conflict_base: Some(self.root.join(&c.conflict_rel)),
+            marker: None,
         });
     }
 
@@ -376,12 +413,78 @@ impl Planner {
         Ok(Some(out))
     }
 
+    /// Plans every copy marker among `entries` of legacy directory `dir`; returns the
+    /// sources whose copies are complete (they are finished, not planned again).
+    fn markers(
+        &mut self,
+        kind: Kind,
+        dir: &Path,
+        entries: &[(OsString, fs::FileType)],
+    ) -> HashSet<OsString> {
+        let mut finished = HashSet::new();
+        for (name, _) in entries {
+            if let Some(src) = marker_source(name)
+                && self.marker_item(kind, &dir.join(&src))
+            {
+                finished.insert(OsString::from(src));
+            }
+        }
+        finished
+    }
+
+    /// Plans what to do with the copy marker of source `src_rel`; returns whether the
+    /// source itself is taken care of (its copy is complete at the destination).
+    fn marker_item(&mut self, kind: Kind, src_rel: &Path) -> bool {
+        let src = self.root.join(src_rel);
+        let marker = marker_path(&src);
+        let marker_rel = marker_path(src_rel);
+        let dest_rel = fs::read_to_string(&marker)
+            .ok()
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .filter(|s| {
+                !s.is_empty() && !Path::new(s).is_absolute() && !s.split('/').any(|c| c == "..")
+            });
+        let dst = dest_rel.as_ref().map(|d| self.root.join(d));
+        let finished = dst
+            .as_ref()
+            .is_some_and(|d| fs::symlink_metadata(d).is_ok());
+        let name = src_rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.items.push(Item {
+            kind,
+            action: if finished {
+                Action::FinishCopy
+            } else {
+                Action::DropMarker
+            },
+            name,
+            from: rel_string(if finished { src_rel } else { &marker_rel }),
+            to: dest_rel,
+            existing: None,
+            user: None,
+            owner_source: None,
+            copy: true,
+            reason: None,
+            src,
+            dst,
+            conflict_base: None,
+            marker: Some(marker),
+        });
+        finished
+    }
+
     /// Plans removal of `rel` when every entry in it is planned to move.
     fn remove_if_emptied(&mut self, rel: &Path, entries: usize, first_item: usize) {
-        let moved = self.items[first_item..]
+        let moved: usize = self.items[first_item..]
             .iter()
-            .filter(|i| matches!(i.action, Action::Move | Action::Conflict))
-            .count();
+            .map(|i| match i.action {
+                Action::Move | Action::Conflict | Action::DropMarker => 1,
+                Action::FinishCopy => 1 + usize::from(fs::symlink_metadata(&i.src).is_ok()),
+                Action::Skip | Action::Refuse | Action::RemoveEmptyDir => 0,
+            })
+            .sum();
         if moved == entries {
             self.items.push(Item {
                 kind: Kind::LegacyDir,
@@ -397,6 +500,7 @@ impl Planner {
                 src: self.root.join(rel),
                 dst: None,
                 conflict_base: None,
+                marker: None,
             });
         }
     }
@@ -441,7 +545,11 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
     let threads = Path::new("threads");
     if let Some(entries) = p.list(Kind::Thread, threads)? {
         let first = p.items.len();
+        let finished = p.markers(Kind::Thread, threads, &entries);
         for (name, ft) in &entries {
+            if marker_source(name).is_some() || finished.contains(name) {
+                continue;
+            }
             let from_rel = threads.join(name);
             let shown = name.to_string_lossy().into_owned();
             let Some(tid) = name.to_str() else {
@@ -515,7 +623,10 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
 
     // memory.json.
     let memory = Path::new("memory.json");
+    let memory_finished = fs::symlink_metadata(marker_path(&root.join(memory))).is_ok()
+        && p.marker_item(Kind::Memory, memory);
     match fs::symlink_metadata(root.join(memory)) {
+        _ if memory_finished => {}
         Ok(m) if m.is_dir() => p.skip(
             Kind::Memory,
             "memory.json".into(),
@@ -548,6 +659,7 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
             continue;
         };
         let first = p.items.len();
+        let finished = p.markers(kind, legacy, &entries);
         // `.history` first, as the reference does, so skills land next to their history.
         let mut ordered: Vec<&(OsString, fs::FileType)> = entries
             .iter()
@@ -559,6 +671,9 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
                 .filter(|(n, _)| !(kind == Kind::Skill && n == ".history")),
         );
         for (name, ft) in ordered {
+            if marker_source(name).is_some() || finished.contains(name) {
+                continue;
+            }
             let from_rel = legacy.join(name);
             let shown = name.to_string_lossy().into_owned();
             let Some(n) = name.to_str() else {

@@ -40,6 +40,12 @@ fn decision_line(item: &Item) -> String {
         Action::Skip => format!("skip      {kind:<13} {from}: left in place"),
         Action::Refuse => format!("refuse    {kind:<13} {from}: not moved"),
         Action::RemoveEmptyDir => format!("remove    {kind:<13} {from}/ (empty after the moves)"),
+        Action::FinishCopy => format!(
+            "finish    {kind:<13} {from} -> {to} (an interrupted run's verified copy is in place; deleting what is left of the source)"
+        ),
+        Action::DropMarker => format!(
+            "cleanup   {kind:<13} {from} (marker of an interrupted copy that never reached {to}; the source moves again)"
+        ),
     };
     if let (Some(user), Some(src)) = (&item.user, item.owner_source)
         && item.action != Action::Refuse
@@ -112,7 +118,8 @@ pub fn text(plan: &Plan, outcome: Option<&Outcome>, dry_run: bool) -> String {
     let skips = plan.count(Action::Skip);
     let refused = plan.count(Action::Refuse);
     let removes = plan.count(Action::RemoveEmptyDir);
-    if moves + conflicts + refused + removes == 0 {
+    let finishing = plan.count(Action::FinishCopy) + plan.count(Action::DropMarker);
+    if !plan.has_work() {
         let _ = writeln!(
             out,
             "summary: nothing to do ({skips} entr{} left in place)",
@@ -121,7 +128,12 @@ pub fn text(plan: &Plan, outcome: Option<&Outcome>, dry_run: bool) -> String {
     } else {
         let _ = writeln!(
             out,
-            "summary: {moves} to move, {conflicts} conflict(s) to migration-conflicts/, {skips} left in place, {refused} refused, {removes} empty dir(s) to remove"
+            "summary: {moves} to move, {conflicts} conflict(s) to migration-conflicts/, {skips} left in place, {refused} refused, {removes} empty dir(s) to remove{}",
+            if finishing > 0 {
+                format!(", {finishing} interrupted cop(ies) to finish")
+            } else {
+                String::new()
+            }
         );
     }
     match outcome {
@@ -175,6 +187,8 @@ pub fn json(plan: &Plan, outcome: Option<&Outcome>, dry_run: bool) -> Value {
             "skip": plan.count(Action::Skip),
             "refuse": plan.count(Action::Refuse),
             "remove_empty_dir": plan.count(Action::RemoveEmptyDir),
+            "finish_copy": plan.count(Action::FinishCopy),
+            "drop_marker": plan.count(Action::DropMarker),
             "failed": outcome.map(Outcome::failed).unwrap_or(0),
         },
     })

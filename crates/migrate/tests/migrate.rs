@@ -715,3 +715,128 @@ fn another_filesystem_is_refused_unless_allow_copy() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The states a cross-filesystem copy can be killed in, rebuilt by hand: each re-run
+/// finishes without a duplicate in migration-conflicts/ and without losing data.
+#[test]
+fn interrupted_copies_are_finished_by_the_next_run() {
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "needs /dev/shm; CI=true"
+        );
+        eprintln!("SKIPPED interrupted_copies_are_finished_by_the_next_run: no /dev/shm");
+        return;
+    }
+    for state in ["copied", "source-half-deleted", "marker-only"] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = tmp.path();
+        let other = tempfile::tempdir_in(shm).expect("tempdir in /dev/shm");
+        symlink(other.path(), root.join("users")).expect("symlink");
+        small_tree(root);
+        write(
+            &root.join("threads/alpha/user-data/outputs/big.bin"),
+            &"b".repeat(100_000),
+        );
+        let src = root.join("threads/alpha");
+        let dst = other.path().join("alice/threads/alpha");
+        let want = subtree(&digest(root), Path::new("threads/alpha"));
+        fs::create_dir_all(dst.parent().expect("parent")).expect("mkdir");
+        let marker = root.join("threads/.alpha.paddock-migrate-copied");
+        match state {
+            "copied" => {
+                paddock_migrate::fsutil::copy_tree(&src, &dst).expect("copy");
+            }
+            "source-half-deleted" => {
+                paddock_migrate::fsutil::copy_tree(&src, &dst).expect("copy");
+                fs::remove_dir_all(src.join("user-data/outputs")).expect("partial delete");
+            }
+            _ => {
+                // Killed after writing the marker, before the rename: the partial copy
+                // is complete but not in place.
+                let partial = dst.with_file_name(".alpha.paddock-migrate-partial");
+                paddock_migrate::fsutil::copy_tree(&src, &partial).expect("copy");
+            }
+        }
+        fs::write(&marker, "users/alice/threads/alpha").expect("marker");
+
+        let mut o = opts(root);
+        o.allow_copy = true;
+        let p = plan(&o).expect("plan");
+        let text = report::text(&p, None, true);
+        let alpha: Vec<_> = p.items.iter().filter(|i| i.name == "alpha").collect();
+        if state == "marker-only" {
+            assert_eq!(alpha.len(), 2, "{text}");
+            assert_eq!(alpha[0].action, Action::DropMarker, "{text}");
+            assert_eq!(alpha[1].action, Action::Move, "{text}");
+            assert!(
+                text.contains("cleanup   thread        threads/.alpha.paddock-migrate-copied"),
+                "{text}"
+            );
+        } else {
+            assert_eq!(alpha.len(), 1, "{text}");
+            assert_eq!(alpha[0].action, Action::FinishCopy, "{text}");
+            assert!(
+                text.contains("finish    thread        threads/alpha -> users/alice/threads/alpha"),
+                "{text}"
+            );
+        }
+        assert_eq!(p.count(Action::Conflict), 1, "only gamma conflicts: {text}");
+        let out = apply(&p, &ApplyOptions::default(), &mut |_| {});
+        assert_eq!(out.failed(), 0, "{}", report::text(&p, Some(&out), false));
+        assert!(fs::symlink_metadata(&src).is_err(), "{state}: source left");
+        assert!(
+            fs::symlink_metadata(&marker).is_err(),
+            "{state}: marker left"
+        );
+        let got = subtree(&digest(other.path()), Path::new("alice/threads/alpha"));
+        assert_eq!(
+            got, want,
+            "{state}: destination differs from the original source"
+        );
+        assert!(
+            !root.join("migration-conflicts/threads/alpha").exists(),
+            "{state}: no duplicate filed"
+        );
+        let leftovers: Vec<_> = digest(other.path())
+            .into_keys()
+            .filter(|k| k.to_string_lossy().contains("paddock-migrate"))
+            .collect();
+        assert!(leftovers.is_empty(), "{state}: {leftovers:?}");
+        let again = plan(&o).expect("plan");
+        assert!(
+            !again.has_work(),
+            "{state}: {}",
+            report::text(&again, None, true)
+        );
+    }
+}
+
+/// With stderr not a terminal, a big run prints plain progress lines there (stdout keeps
+/// only the report).
+#[test]
+fn plain_progress_lines_when_stderr_is_not_a_terminal() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path();
+    build_tree(root, 80);
+    let total = plan(&opts(root)).expect("plan").move_count();
+    let out = child(root, None, None).output().expect("run child");
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("paddock migrate-layout: ") && l.ends_with(" moves done"))
+        .collect();
+    assert!(lines.len() >= 10, "{stderr}");
+    assert_eq!(
+        lines.last().copied(),
+        Some(format!("paddock migrate-layout: {total}/{total} moves done").as_str())
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("moves done"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("done: {total} moved, 0 failed")),
+        "{stdout}"
+    );
+}
