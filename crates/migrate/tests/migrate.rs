@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -108,6 +109,8 @@ fn build_tree(root: &Path, n: usize) {
         write(&threads.join(odd).join("user-data/workspace/f"), odd);
     }
     write(&threads.join("stray-file"), "not a thread dir");
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"bad-\xff-name");
+    write(&threads.join(not_utf8).join("f"), "latin-1 name");
     // Symlinked thread dirs move as links.
     let outside = root.join("outside-thread");
     write(&outside.join("user-data/workspace/f"), "outside");
@@ -266,6 +269,13 @@ fn dry_run_is_exact_and_real_run_moves_everything() {
         );
     }
     assert!(root.join("threads").join("l".repeat(65)).is_dir());
+    assert!(
+        root.join("threads")
+            .join(std::ffi::OsStr::from_bytes(b"bad-\xff-name"))
+            .join("f")
+            .is_file()
+    );
+    assert!(real.contains("the name is not valid UTF-8"), "{real}");
     let abs = root.join("users/default/threads/abs-link");
     assert_eq!(
         fs::read_link(&abs).expect("link"),
@@ -323,7 +333,7 @@ fn dry_run_is_exact_and_real_run_moves_everything() {
     assert_eq!(p3.move_count(), 0, "{again}");
     assert_eq!(p3.count(Action::RemoveEmptyDir), 0, "{again}");
     assert!(
-        again.contains("summary: nothing to do (8 entries left in place)"),
+        again.contains("summary: nothing to do (9 entries left in place)"),
         "{again}"
     );
 }
