@@ -39,6 +39,22 @@ fn text(v: Value) -> Option<String> {
     }
 }
 
+/// `path` percent-encoded for an SQLite `file:` URI (everything but unreserved
+/// characters and `/`), made absolute so the URI has no authority ambiguity.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = String::new();
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Reads the owners from `db`.
 pub fn read(db: &Path) -> Result<Owners, MigrateError> {
     let err = |reason: String| MigrateError::OwnersDb {
@@ -48,9 +64,30 @@ pub fn read(db: &Path) -> Result<Owners, MigrateError> {
     if !db.is_file() {
         return Err(err("no such file".into()));
     }
+    let mut warnings = Vec::new();
+    let wal = {
+        let mut p = db.as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let has_wal = std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0);
+    // Without a write-ahead log the file is read as immutable: SQLite then takes no lock
+    // and creates no `-wal`/`-shm` files, so a dry run leaves the tree byte-identical.
+    // With one, its committed pages are needed, so SQLite reads through it (read-only).
+    let uri = if has_wal {
+        warnings.push(format!(
+            "{} has a write-ahead log (is DeerFlow still running?); reading through it",
+            db.display()
+        ));
+        format!("file:{}?mode=ro", uri_path(db))
+    } else {
+        format!("file:{}?mode=ro&immutable=1", uri_path(db))
+    };
     let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        &uri,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| err(e.to_string()))?;
     let has_table: bool = conn
@@ -61,7 +98,10 @@ pub fn read(db: &Path) -> Result<Owners, MigrateError> {
         )
         .map(|n| n > 0)
         .map_err(|e| err(e.to_string()))?;
-    let mut out = Owners::default();
+    let mut out = Owners {
+        map: BTreeMap::new(),
+        warnings,
+    };
     if !has_table {
         out.warnings.push(format!(
             "{} has no threads_meta table; threads get the target user",
@@ -133,6 +173,59 @@ mod tests {
         );
         assert_eq!(o.map.get("t4"), Some(&Owner::One("dave".into())));
         assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings);
+    }
+
+    #[test]
+    fn wal_database_is_read_without_leaving_files() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let db = t.path().join("deer-flow.db");
+        let c = Connection::open(&db).expect("open");
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE threads_meta (thread_id TEXT, user_id TEXT);
+             INSERT INTO threads_meta VALUES ('t1', 'alice');",
+        )
+        .expect("schema");
+        drop(c);
+        let names = || {
+            let mut v: Vec<_> = std::fs::read_dir(t.path())
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = names();
+        let bytes = std::fs::read(&db).expect("read");
+        let o = read(&db).expect("read owners");
+        assert_eq!(o.map.get("t1"), Some(&Owner::One("alice".into())));
+        assert_eq!(names(), before, "reading must not leave -wal/-shm files");
+        assert_eq!(std::fs::read(&db).expect("read"), bytes);
+    }
+
+    #[test]
+    fn odd_database_paths_and_live_wal_are_read() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = t.path().join("a dir?#%ü");
+        std::fs::create_dir(&dir).expect("mkdir");
+        let db = dir.join("deer flow.db");
+        let c = Connection::open(&db).expect("open");
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA wal_autocheckpoint=0;
+             CREATE TABLE threads_meta (thread_id TEXT, user_id TEXT);
+             INSERT INTO threads_meta VALUES ('t9', 'zoe');",
+        )
+        .expect("schema");
+        // The writer is still open: the row lives only in the -wal file.
+        let o = read(&db).expect("read owners");
+        assert_eq!(o.map.get("t9"), Some(&Owner::One("zoe".into())));
+        assert!(
+            o.warnings[0].contains("write-ahead log"),
+            "{:?}",
+            o.warnings
+        );
+        drop(c);
     }
 
     #[test]
