@@ -164,3 +164,34 @@ impl Backend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_sandbox_ids_are_stable_valid_and_distinct() {
+        let u = UserId::new("alice").expect("user");
+        let t = ThreadId::new("thread-1").expect("thread");
+        let a = derived_sandbox_id(&u, &t).expect("id");
+        assert_eq!(a, derived_sandbox_id(&u, &t).expect("id"));
+        assert_eq!(a.as_str().len(), 16);
+        assert!(
+            a.as_str()
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        let x = derived_sandbox_id(
+            &UserId::new("ab").expect("u"),
+            &ThreadId::new("c").expect("t"),
+        );
+        let y = derived_sandbox_id(
+            &UserId::new("a").expect("u"),
+            &ThreadId::new("bc").expect("t"),
+        );
+        assert_ne!(x.expect("id"), y.expect("id"));
+        let other = derived_sandbox_id(&UserId::new("bob").expect("u"), &t).expect("id");
+        assert_ne!(a, other);
+    }
+}

@@ -140,3 +140,36 @@ impl ServerHandler for PaddockMcp {
             .map(CallToolResponse::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mcp_tools_mirror_the_tool_specs() {
+        let tools = mcp_tools();
+        let specs = paddock_tools::specs();
+        assert_eq!(tools.len(), 7);
+        for (t, s) in tools.iter().zip(&specs) {
+            assert_eq!(t.name, s.name.as_str());
+            assert_eq!(t.description.as_deref(), Some(s.description.as_str()));
+            assert_eq!(Value::Object((*t.input_schema).clone()), s.input_schema);
+        }
+    }
+
+    #[test]
+    fn tool_errors_name_tool_and_field() {
+        let e = ToolError::MissingField {
+            tool: "read_file",
+            field: "path",
+        };
+        let d = tool_error("read_file", &e);
+        assert_eq!(d.code, rmcp::model::ErrorCode::INVALID_PARAMS);
+        assert!(
+            d.message.contains("missing required field `path`"),
+            "{}",
+            d.message
+        );
+        assert_eq!(d.data, Some(json!({"tool": "read_file", "field": "path"})));
+    }
+}

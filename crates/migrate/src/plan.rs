@@ -715,3 +715,54 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
         items: p.items,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_names_round_trip() {
+        let m = marker_path(Path::new("/d/threads/t1"));
+        assert_eq!(m, Path::new("/d/threads/.t1.paddock-migrate-copied"));
+        let name = m.file_name().expect("name").to_owned();
+        assert_eq!(marker_source(&name).as_deref(), Some("t1"));
+        let h = marker_path(Path::new("skills/custom/.history"));
+        let name = h.file_name().expect("name").to_owned();
+        assert_eq!(marker_source(&name).as_deref(), Some(".history"));
+        for not in [
+            ".t1",
+            "t1.paddock-migrate-copied",
+            "..paddock-migrate-copied",
+        ] {
+            assert_eq!(marker_source(&OsString::from(not)), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn agent_and_skill_names() {
+        assert!(check_plain_name("writer").is_ok());
+        assert!(check_plain_name("my agent ü").is_ok());
+        assert!(check_plain_name(".secret").is_err());
+        assert!(check_plain_name("a\tb").is_err());
+    }
+
+    #[test]
+    fn an_empty_data_dir_has_nothing_to_do_and_a_file_is_refused() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let o = PlanOptions {
+            data_dir: t.path().to_path_buf(),
+            user_id: "default".into(),
+            owners_db: None,
+            allow_copy: false,
+        };
+        let p = plan(&o).expect("plan");
+        assert!(p.items.is_empty() && !p.has_work());
+        std::fs::write(t.path().join("f"), "").expect("write");
+        let e = plan(&PlanOptions {
+            data_dir: t.path().join("f"),
+            ..o
+        })
+        .expect_err("a file is no data dir");
+        assert!(e.to_string().contains("not a directory"), "{e}");
+    }
+}

@@ -255,3 +255,29 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_stay_and_odd_ones_are_quoted() {
+        assert_eq!(show("threads/t-1"), "threads/t-1");
+        assert_eq!(show("threads/ünïcode"), "threads/ünïcode");
+        assert_eq!(show("threads/a b"), "\"threads/a b\"");
+        assert_eq!(show("threads/a\nb"), "\"threads/a\\nb\"");
+        assert_eq!(show("q\"uote"), "\"q\\\"uote\"");
+        assert_eq!(show(""), "\"\"");
+    }
+
+    #[test]
+    fn progress_steps_by_tenths_only_off_terminal_and_for_big_runs() {
+        assert_eq!(Progress::new(10, false).step, 0);
+        assert_eq!(Progress::new(200, false).step, 20);
+        assert_eq!(Progress::new(205, false).step, 21);
+        let p = Progress::new(200, true);
+        assert_eq!(p.step, 0);
+        assert!(p.bar.is_some());
+        p.finish();
+    }
+}
