@@ -88,7 +88,9 @@ schema="$origin/openapi.json"
 if [[ -n "$token" ]]; then
   auth=(-H "Authorization: Bearer $token")
 fi
-common=(--url "$origin" --checks not_a_server_error --max-examples "$examples"
+common=(--url "$origin"
+  --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance
+  --max-examples "$examples"
   --request-timeout 60 --workers 1 --no-color --generation-database none
   --suppress-health-check all "${auth[@]}")
 

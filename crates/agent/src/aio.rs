@@ -650,7 +650,19 @@ fn upload_target(path: Option<String>, filename: Option<&str>) -> Result<String,
 
 /// `POST /v1/file/upload` (multipart: optional `path` field, then the `file` part),
 /// streamed to disk through `Sandbox::write_bytes` with the configured cap.
-pub async fn file_upload(State(st): State<AppState>, mut mp: Multipart) -> AioResult {
+pub async fn file_upload(State(st): State<AppState>, req: axum::extract::Request) -> AioResult {
+    use axum::extract::FromRequest as _;
+    // Built here rather than as an extractor so a malformed body gets our JSON error.
+    let mut mp = Multipart::from_request(req, &()).await.map_err(|r| {
+        AioError(
+            ApiError::new(
+                r.status(),
+                "invalid_multipart",
+                format!("invalid multipart body: {}", r.body_text()),
+            )
+            .with_field("content-type"),
+        )
+    })?;
     let bad = |e: axum::extract::multipart::MultipartError| {
         AioError(ApiError::new(
             e.status(),

@@ -32,11 +32,17 @@ fn obj(required: &[&str], props: Value) -> Value {
 }
 
 fn errors(aio: bool) -> Value {
-    let e = if aio { r("AioError") } else { r("Error") };
     let mut m = serde_json::Map::new();
     for code in [
-        "400", "401", "403", "404", "409", "413", "415", "422", "503",
+        "400", "401", "403", "404", "405", "409", "413", "415", "422", "500", "503",
     ] {
+        // Authentication and method errors come from the router, before any AIO handler,
+        // so they always have the native shape.
+        let e = if aio && code != "401" && code != "405" {
+            r("AioError")
+        } else {
+            r("Error")
+        };
         m.insert(
             code.into(),
             json!({ "description": "error", "content": { "application/json": { "schema": e } } }),
