@@ -269,6 +269,21 @@ fn apply_move(plan: &Plan, item: &Item, dst: &Path) -> ItemOutcome {
                 )),
             }
         }
+        Err(e) if e.kind() == io::ErrorKind::CrossesDevices && plan.allow_copy && !item.copy => {
+            // Planning saw one filesystem but the kernel disagrees: copy as allowed.
+            match move_one(plan, item, dst, true) {
+                Ok(()) => ItemOutcome {
+                    status: Status::Done,
+                    moved_to: None,
+                    error: None,
+                },
+                Err(e) => failed(format!(
+                    "copying {} to {} (another filesystem): {e}",
+                    item.from,
+                    rel(plan, dst)
+                )),
+            }
+        }
         Err(e) if e.kind() == io::ErrorKind::CrossesDevices => failed(format!(
             "{} and {} are on different filesystems (re-run with --allow-copy): {e}",
             item.from,

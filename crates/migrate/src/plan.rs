@@ -165,6 +165,8 @@ pub struct Plan {
     pub owners_known: usize,
     /// The target user.
     pub user_id: String,
+    /// Whether cross-filesystem moves may copy (also for an `EXDEV` planning missed).
+    pub allow_copy: bool,
     /// Warnings (database, unreadable entries).
     pub warnings: Vec<String>,
     /// Every decision, in execution order.
@@ -711,6 +713,7 @@ pub fn plan(opts: &PlanOptions) -> Result<Plan, MigrateError> {
         owners_db: db,
         owners_known: owners.map.len(),
         user_id: user.into_string(),
+        allow_copy: opts.allow_copy,
         warnings: p.warnings,
         items: p.items,
     })
