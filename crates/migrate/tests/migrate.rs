@@ -392,6 +392,10 @@ fn text_and_json_reports_snapshot() {
         normalise(&report::text(&p, Some(&out), false), root)
     );
     let j = report::json(&p, Some(&out), false);
+    insta::assert_snapshot!(
+        "real_run_json",
+        normalise(&serde_json::to_string_pretty(&j).expect("json"), root)
+    );
     assert_eq!(j["summary"]["move"], 6);
     assert_eq!(j["summary"]["conflict"], 1);
     assert_eq!(j["summary"]["skip"], 1);
