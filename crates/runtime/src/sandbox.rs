@@ -2,12 +2,16 @@
 //! exec (see `paddock_sys::jail`), file operations go through `paddock-fsops` over the same
 //! mount table, so a path means the same thing to a command and to the file API.
 //!
-//! Choice of namespaces: each exec gets its own user/mount/pid/ipc/uts(/net) namespaces,
-//! torn down with it. Nothing lives between execs except files, which keeps an exec cheap
-//! (one clone, no setns dance) and a sandbox with no running command costs nothing. The
-//! price: a server started with `cmd &` keeps running (until reset, shutdown or eviction) but
-//! is reachable only from inside that exec's network namespace, so with `network: none` the
-//! next exec cannot connect to it; with `network: host` it can.
+//! Choice of namespaces: each exec gets its own user, mount, pid, ipc, uts and cgroup
+//! namespaces, torn down with it, so nothing but files and the network survives between
+//! execs and one exec costs a single clone. The network is per *sandbox*: when Paddock runs
+//! as root, the sandbox creates one loopback-only network namespace when it is prepared and
+//! every exec joins it (the spawner thread enters it just for the clone). So a server started
+//! in the background by one exec (`python -m http.server &`) is reachable on 127.0.0.1 by the
+//! next one, as agents expect, and no network namespace is created and torn down per exec
+//! (that churn is the most expensive part of a fresh namespace set). Without root, joining a
+//! kept namespace is not permitted, so each exec gets a fresh one and background servers are
+//! only reachable from the exec that started them. `network: host` joins nothing.
 //!
 //! Invariants: every running exec is registered in `live` until its process tree is gone,
 //! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them.
@@ -27,7 +31,7 @@ use paddock_core::{MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualP
 use paddock_fsops::{FsOps, FsOptions};
 use paddock_sys::PidFd;
 use paddock_sys::cgroup::{CgroupLimits, Controller, ExecCgroup};
-use paddock_sys::jail::{JailSpec, Rlimit, StatusRecord};
+use paddock_sys::jail::{JailSpec, NetMode, Rlimit, StatusRecord};
 use paddock_sys::landlock::LandlockPlan;
 use paddock_sys::mountplan::{
     DataBind, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
@@ -80,6 +84,9 @@ pub struct LocalSandbox {
     fs: FsOps,
     ids: (u32, u32),
     jail: Option<JailTemplate>,
+    /// The sandbox's own loopback-only network, kept across execs (root Paddock,
+    /// `network: none`); `None` means a fresh one per exec or the host's.
+    netns: Option<Arc<std::os::fd::OwnedFd>>,
     live: Arc<Mutex<HashMap<u64, Live>>>,
 }
 
@@ -148,6 +155,7 @@ impl LocalSandbox {
         )
         .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?;
         let mut owner = None;
+        let mut netns = None;
         let jail = match &rt.jail {
             None => None,
             Some(base) => {
@@ -216,6 +224,13 @@ impl LocalSandbox {
                     &mounts.writable_dirs,
                     &mounts.device_files,
                 );
+                if base.privileged && o.network == Network::None {
+                    let ns = paddock_sys::jail::create_netns().map_err(|e| {
+                        tracing::error!(error = %e, "could not create the sandbox's network namespace");
+                        internal("could not create the sandbox's network namespace")
+                    })?;
+                    netns = Some(Arc::new(ns));
+                }
                 Some(JailTemplate { mounts, landlock })
             }
         };
@@ -234,6 +249,7 @@ impl LocalSandbox {
             fs,
             ids,
             jail,
+            netns,
             live: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -356,7 +372,11 @@ impl LocalSandbox {
             uid: self.ids.0,
             gid: self.ids.1,
             privileged: base.privileged,
-            new_net: o.network == Network::None,
+            net: match (&self.netns, o.network) {
+                (_, Network::Host) => NetMode::Host,
+                (Some(ns), Network::None) => NetMode::Join(ns.clone()),
+                (None, Network::None) => NetMode::PerExec,
+            },
             hostname: "sandbox".into(),
             program: base.shell.into(),
             argv: vec![

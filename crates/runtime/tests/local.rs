@@ -227,3 +227,31 @@ async fn lru_evicts_without_losing_files() {
     let a = e.sandbox("a").await;
     assert_eq!(run(&a, "cat k").await.stdout, "keep\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_server_is_reachable_from_the_next_exec() {
+    if !isolated_supported() {
+        return;
+    }
+    if paddock_sys::process::euid() != 0 {
+        eprintln!(
+            "SKIPPED: a kept per-sandbox network needs root (each exec gets its own otherwise)"
+        );
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("server").await;
+    let o = run(
+        &sb,
+        "echo hello-from-server > index.html; python3 -m http.server 18080 --bind 127.0.0.1 >/dev/null 2>&1 & sleep 1; echo up",
+    )
+    .await;
+    assert_eq!(o.stdout, "up\n");
+    let o = run(&sb, "python3 -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:18080/index.html\").read().decode().strip())'").await;
+    assert_eq!(o.stdout, "hello-from-server\n", "{o:?}");
+    // Another sandbox has its own loopback: the server is not there.
+    let other = e.sandbox("client").await;
+    let o = run(&other, "echo > /dev/tcp/127.0.0.1/18080; echo rc=$?").await;
+    assert!(o.stdout.contains("rc=1"), "{o:?}");
+    sb.kill_all();
+}

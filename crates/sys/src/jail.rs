@@ -59,8 +59,8 @@ pub struct JailSpec {
     /// Whether Paddock runs as root (then supplementary groups are dropped with setgroups;
     /// otherwise setgroups must be denied before an unprivileged gid map can be written).
     pub privileged: bool,
-    /// A new network namespace (loopback only) — `false` for `network: host`.
-    pub new_net: bool,
+    /// Which network namespace the jail gets.
+    pub net: NetMode,
     /// Hostname inside.
     pub hostname: String,
     /// Program to execute (absolute jail path).
@@ -77,6 +77,88 @@ pub struct JailSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: u32,
+}
+
+/// The network namespace of a jail.
+#[derive(Debug, Clone)]
+pub enum NetMode {
+    /// The host's network (`network: host`).
+    Host,
+    /// A fresh namespace per exec with only loopback (when Paddock is not root and so cannot
+    /// join a namespace it created earlier).
+    PerExec,
+    /// Join this namespace (from [`create_netns`]): the sandbox keeps one loopback-only
+    /// network across execs, so a server started by one exec is reachable by the next, and
+    /// no namespace is created and torn down per exec.
+    Join(std::sync::Arc<OwnedFd>),
+}
+
+/// Creates a loopback-only network namespace (with `lo` up), owned by a fresh user
+/// namespace, and returns a descriptor that keeps it alive. Joining it later needs
+/// CAP_SYS_ADMIN in Paddock's user namespace, so this is for a root Paddock.
+pub fn create_netns() -> io::Result<OwnedFd> {
+    let (sync_r, sync_w) = pipe_pair("sync pipe").map_err(|e| io::Error::other(e.to_string()))?;
+    let sync_r_raw = sync_r.as_raw_fd();
+    // SAFETY: fork semantics (NULL stack); the child only makes raw syscalls and _exits.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as libc::c_ulong
+                | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid == 0 {
+        // SAFETY: child side: raw syscalls only.
+        unsafe {
+            let code = if loopback_up() < 0 { 1 } else { 0 };
+            // Wait until the parent holds the namespace (EOF on the pipe), then leave.
+            let mut b = [0u8; 1];
+            libc::read(sync_r_raw, b.as_mut_ptr().cast(), 1);
+            libc::_exit(code)
+        }
+    }
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(sync_r);
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map(OwnedFd::from);
+    drop(sync_w);
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    let ns = ns?;
+    match WaitStatus::from_raw(status) {
+        WaitStatus::Exited(0) => Ok(ns),
+        _ => Err(io::Error::other(
+            "could not bring up loopback in the new network namespace",
+        )),
+    }
+}
+
+/// Joins `target` on the calling thread for the duration of `f`, then returns to the
+/// thread's previous network namespace. Only the calling thread is affected.
+fn in_netns<T>(target: &OwnedFd, f: impl FnOnce() -> T) -> Result<T, SpawnError> {
+    let home = std::fs::File::open("/proc/thread-self/ns/net")
+        .map_err(os("open the spawner's network namespace"))?;
+    // SAFETY: setns on valid namespace descriptors; affects only this thread.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        return Err(os("join the sandbox's network namespace")(
+            io::Error::last_os_error(),
+        ));
+    }
+    let out = f();
+    // SAFETY: as above.
+    if unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
+        // The thread would stay in a sandbox's network and hand it to the next jail: never
+        // let that happen.
+        tracing::error!("could not return the spawner thread to its network namespace; aborting");
+        std::process::abort();
+    }
+    Ok(out)
 }
 
 /// Errors of spawning.
@@ -381,7 +463,7 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         uid: spec.uid,
         gid: spec.gid,
         privileged: spec.privileged,
-        new_net: spec.new_net,
+        new_net: matches!(spec.net, NetMode::PerExec),
         cap_last_cap: spec.cap_last_cap,
         dot: cstr(".", "path")?,
         slash: cstr("/", "path")?,
@@ -467,7 +549,7 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWCGROUP
         | libc::CLONE_PIDFD;
-    if spec.new_net {
+    if matches!(spec.net, NetMode::PerExec) {
         flags |= libc::CLONE_NEWNET;
     }
     let fds = ChildFds {
@@ -477,24 +559,32 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
         err_w: err_w.as_raw_fd(),
     };
     let mut pidfd: libc::c_int = -1;
-    // SAFETY: clone with a NULL stack has fork semantics: the child runs on a private copy of
-    // this thread's stack and memory. CLONE_PIDFD stores the pidfd through the parent_tid
-    // pointer, which points at a live local. The child never returns from `child_main`.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
-            std::ptr::null_mut::<libc::c_void>(),
-            &mut pidfd as *mut libc::c_int,
-            std::ptr::null_mut::<libc::c_int>(),
-            0 as libc::c_ulong,
-        )
+    let mut do_clone = |pidfd: &mut libc::c_int| {
+        // SAFETY: clone with a NULL stack has fork semantics: the child runs on a private copy
+        // of this thread's stack and memory. CLONE_PIDFD stores the pidfd through the
+        // parent_tid pointer, which points at a live local.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+                std::ptr::null_mut::<libc::c_void>(),
+                pidfd as *mut libc::c_int,
+                std::ptr::null_mut::<libc::c_int>(),
+                0 as libc::c_ulong,
+            )
+        };
+        if r == 0 {
+            // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls
+            // over the prepared memory and ends in execve or _exit — it never returns here,
+            // so the child never runs the parent's code after the clone.
+            unsafe { child_main(&mut p, &fds, &argv_ptrs, &env_ptrs, &fprog) }
+        }
+        r
     };
-    if pid == 0 {
-        // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls over
-        // the prepared memory and ends in execve or _exit.
-        unsafe { child_main(&mut p, &fds, &argv_ptrs, &env_ptrs, &fprog) }
-    }
+    let pid = match &spec.net {
+        NetMode::Join(ns) => in_netns(ns, || do_clone(&mut pidfd))?,
+        _ => do_clone(&mut pidfd),
+    };
     if pid < 0 {
         return Err(os("clone")(io::Error::last_os_error()));
     }

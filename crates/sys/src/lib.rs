@@ -18,5 +18,5 @@ pub mod process;
 pub mod seccomp;
 pub mod uidmap;
 
-pub use jail::{JailChild, JailSpec, StatusRecord};
+pub use jail::{JailChild, JailSpec, NetMode, StatusRecord};
 pub use process::PidFd;

@@ -6,7 +6,9 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use paddock_sys::jail::{JailSpec, Rlimit, StatusRecord, cap_last_cap, spawn};
+use paddock_sys::jail::{
+    JailSpec, NetMode, Rlimit, StatusRecord, cap_last_cap, create_netns, spawn,
+};
 use paddock_sys::mountplan::{DataBind, HostFacts, MountInputs, plan_mounts};
 use paddock_sys::probe::{Action, probe};
 use paddock_sys::process::WaitStatus;
@@ -37,6 +39,14 @@ fn blocking(fd: &OwnedFd) {
 }
 
 fn run(cmd: &str, ws: &std::path::Path) -> (String, String, Option<StatusRecord>) {
+    run_net(cmd, ws, NetMode::PerExec)
+}
+
+fn run_net(
+    cmd: &str,
+    ws: &std::path::Path,
+    net: NetMode,
+) -> (String, String, Option<StatusRecord>) {
     let uid = paddock_sys::process::euid();
     let id = if uid == 0 { 951_000 } else { uid };
     let gid = if uid == 0 {
@@ -67,7 +77,7 @@ fn run(cmd: &str, ws: &std::path::Path) -> (String, String, Option<StatusRecord>
         uid: id,
         gid,
         privileged: uid == 0,
-        new_net: true,
+        net,
         hostname: "sandbox".into(),
         program: "/bin/sh".into(),
         argv: vec!["sh".into(), "-c".into(), cmd.into()],
@@ -149,4 +159,26 @@ fn a_missing_cwd_is_a_setup_error() {
         st,
         Some(StatusRecord::ShellExited(_)) | Some(StatusRecord::SetupFailed { .. })
     ));
+}
+
+#[test]
+fn a_joined_network_namespace_is_shared_across_execs() {
+    if !supported() || paddock_sys::process::euid() != 0 {
+        eprintln!("SKIPPED: joining a kept network namespace needs root");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    paddock_sys::process::lchown(&ws, 951_000, 951_000).unwrap();
+    let ns = Arc::new(create_netns().unwrap());
+    let cmd = "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let (a, _, _) = run_net(cmd, &ws, NetMode::Join(ns.clone()));
+    let (b, _, _) = run_net(cmd, &ws, NetMode::Join(ns));
+    let (c, _, _) = run_net(cmd, &ws, NetMode::PerExec);
+    assert!(a.ends_with("\nlo\n"), "{a}");
+    assert_eq!(a, b, "two execs joined the same namespace");
+    assert_ne!(a.lines().next(), c.lines().next());
+    let host = std::fs::read_link("/proc/self/ns/net").unwrap();
+    assert_ne!(a.lines().next().unwrap(), host.to_str().unwrap());
 }
