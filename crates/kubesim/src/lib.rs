@@ -59,6 +59,14 @@ impl SimServer {
                     }
                 }
             };
+            // Watch events are small writes on a long response: without TCP_NODELAY,
+            // Nagle plus the client's delayed ACK holds each one back ~40 ms (Go's
+            // API server sets it by default).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stopped)
                 .await
