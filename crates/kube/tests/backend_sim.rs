@@ -234,6 +234,13 @@ async fn run_pods_exec_persist_and_isolate_users() {
         "hello\n"
     );
     assert!(b.destroy(&s.sandbox_id).await.expect("destroy"));
+    // The Pod's agent process is gone with the Pod, and so is its NodePort.
+    let gone = reqwest::Client::new()
+        .get(format!("{}/v1/sandbox", r.sandbox_url))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the deleted sandbox still answers: {gone:?}");
     let r2 = b.create(&s).await.expect("create again");
     let out = exec(&r2.sandbox_url, "cat /mnt/user-data/workspace/note.txt").await;
     assert!(out.to_string().contains("hello"), "{out}");
