@@ -79,3 +79,79 @@ async fn fault_flags() {
     assert!(t.elapsed() >= Duration::from_millis(300));
     assert!(sigterm(&mut child).await.success());
 }
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn run_pods_agents_die_with_the_simulator() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube::api::{Api, PostParams};
+    let bin =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/paddock");
+    if !bin.is_file() {
+        let msg = "target/debug/paddock is not built (cargo build -p paddock-cli)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let bin_s = bin.to_string_lossy().into_owned();
+    let (mut child, url) = start(&["--run-pods", "--paddock-bin", &bin_s]).await;
+    let c = client(&url);
+    let secrets: Api<Secret> = Api::namespaced(c.clone(), "deer-flow");
+    let s: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "tok"}, "data": {"token": "c2VjcmV0LXRva2Vu"}}))
+    .expect("secret");
+    secrets
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("secret");
+    let ud = tmp.path().join("users/u1/threads/t1/user-data");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "p1", "labels": {"sandbox-id": "p1"}},
+        "spec": {
+            "volumes": [{"name": "ud", "hostPath": {"path": ud, "type": "DirectoryOrCreate"}}],
+            "containers": [{"name": "sandbox", "image": "x", "command": ["paddock"],
+                "args": ["agent", "--listen", "0.0.0.0:8080", "--data-dir", "/var/lib/paddock", "--user", "u1", "--thread", "t1", "--isolation", "none"],
+                "env": [{"name": "PADDOCK_AGENT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "tok", "key": "token"}}}],
+                "readinessProbe": {"httpGet": {"path": "/v1/sandbox", "port": 8080, "httpHeaders": [{"name": "Authorization", "value": "Bearer secret-token"}]}},
+                "volumeMounts": [{"name": "ud", "mountPath": "/var/lib/paddock/users/u1/threads/t1/user-data"}]}]
+        }})).expect("pod");
+    let pods: Api<Pod> = Api::namespaced(c, "deer-flow");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("pod");
+    let ready = kube::runtime::wait::await_condition(
+        pods.clone(),
+        "p1",
+        kube::runtime::conditions::is_pod_running(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), ready)
+        .await
+        .expect("running in time")
+        .expect("watch");
+    let sim_pid = child.id().expect("pid");
+    let agents = children(sim_pid);
+    assert_eq!(agents.len(), 1, "one agent process: {agents:?}");
+    assert!(
+        ud.join("workspace").is_dir(),
+        "the agent prepared the user-data volume"
+    );
+    assert!(sigterm(&mut child).await.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", agents[0])).exists(),
+        "agent {} outlived the simulator",
+        agents[0]
+    );
+}
