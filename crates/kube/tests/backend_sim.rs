@@ -259,3 +259,48 @@ async fn run_pods_exec_persist_and_isolate_users() {
     b.destroy(&other.sandbox_id).await.expect("destroy");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_pods_answer_pending_and_failed_pods_are_rolled_back() {
+    let sim_slow = sim(SimOptions {
+        pod_start: Duration::from_secs(3),
+        ..SimOptions::default()
+    })
+    .await;
+    let b = KubeBackend::connect(KubeConfig {
+        ready_timeout_secs: 1,
+        ..config(&sim_slow, "/df")
+    })
+    .await
+    .expect("connect");
+    let s = spec("slow-1", "u", "t");
+    let t = std::time::Instant::now();
+    let r = b.create(&s).await.expect("create");
+    assert_eq!(r.status, SandboxStatus::Pending);
+    assert!(t.elapsed() < Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = b.get(&s.sandbox_id).await.expect("get").expect("exists");
+    assert_eq!(later.status, SandboxStatus::Running);
+    assert_eq!(later.sandbox_url, r.sandbox_url);
+
+    // A Pod the kubelet cannot start (no such binary) fails: create answers 500 and
+    // removes what it made.
+    let sim_bad = sim(SimOptions {
+        run_pods: true,
+        paddock_bin: PathBuf::from("/nonexistent/paddock"),
+        ..SimOptions::default()
+    })
+    .await;
+    let base = tempfile::tempdir().expect("tmp");
+    let b = KubeBackend::connect(config(&sim_bad, &base.path().to_string_lossy()))
+        .await
+        .expect("connect");
+    let e = b.create(&spec("bad-1", "u", "t")).await.expect_err("fails");
+    assert!(matches!(e, BackendError::Internal(_)), "{e:?}");
+    for kind in ["pods", "services", "secrets", "networkpolicies"] {
+        assert!(
+            sim_bad.sim.names(kind, "deer-flow").is_empty(),
+            "{kind} left behind"
+        );
+    }
+}
