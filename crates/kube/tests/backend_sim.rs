@@ -304,3 +304,41 @@ async fn slow_pods_answer_pending_and_failed_pods_are_rolled_back() {
         );
     }
 }
+
+#[tokio::test]
+async fn run_pods_pvc_mode_lands_under_the_claims_user_scoped_subpath() {
+    let Some(bin) = paddock_bin() else {
+        let msg = "target/debug/paddock is not built (cargo build -p paddock-cli)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sim = sim(SimOptions {
+        run_pods: true,
+        paddock_bin: bin,
+        pv_root: tmp.path().join("pv"),
+        ..SimOptions::default()
+    })
+    .await;
+    let b = KubeBackend::connect(KubeConfig {
+        userdata_pvc_name: Some("deerflow-data".into()),
+        ..config(&sim, "/unused-in-pvc-mode")
+    })
+    .await
+    .expect("connect");
+    let r = b
+        .create(&spec("pvc-1", "user-7", "thread-42"))
+        .await
+        .expect("create");
+    exec(&r.sandbox_url, "echo pvc > /mnt/user-data/outputs/o.txt").await;
+    let f = tmp
+        .path()
+        .join("pv/deerflow-data/deer-flow/users/user-7/threads/thread-42/user-data/outputs/o.txt");
+    assert_eq!(
+        std::fs::read_to_string(&f).expect("in the PVC subPath"),
+        "pvc\n"
+    );
+    b.destroy(&r.sandbox_id).await.expect("destroy");
+    sim.shutdown().await;
+}
