@@ -362,14 +362,22 @@ impl KubeBackend {
             (made.pod, "Pod"),
             (made.secret, "Secret"),
         ];
+        // The whole rollback is bounded too, so a hanging API server cannot hold the
+        // create (and its caller) for attempts x objects x timeout.
+        let deadline = tokio::time::Instant::now() + self.timeout * 2;
         for (did, kind) in steps {
             if !did {
                 continue;
             }
             // A few bounded attempts: the failure that triggered the rollback is often a
             // transient API server error the next request does not hit.
-            let mut last = None;
+            let mut last = Some(BackendError::Unavailable(
+                "the rollback time budget was spent".into(),
+            ));
             for attempt in 0..ROLLBACK_ATTEMPTS {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
                 if attempt > 0 {
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
                 }
