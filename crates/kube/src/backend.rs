@@ -498,13 +498,21 @@ impl KubeBackend {
             token: &token,
             ..probe_spec
         };
-        let (pod, created) = self
-            .create_or_reuse(
-                "creating the sandbox pod",
-                &objects::pod(&self.cfg, &s),
-                spec,
-            )
+        let desired = objects::pod(&self.cfg, &s);
+        let (mut pod, mut created) = self
+            .create_or_reuse("creating the sandbox pod", &desired, spec)
             .await?;
+        if !created && made.secret {
+            // A Pod left over from a partial delete holds another token (its probes and
+            // environment): replace it so the new URL works.
+            let name = objects::pod_name(id);
+            self.delete_named::<Pod>("replacing a stale sandbox pod", &name)
+                .await?;
+            self.wait_deleted(&name).await?;
+            (pod, created) = self
+                .create_or_reuse("creating the sandbox pod", &desired, spec)
+                .await?;
+        }
         made.pod = created;
         let (svc, created) = self
             .create_or_reuse(
@@ -566,6 +574,61 @@ impl KubeBackend {
                 Ok(Err(e)) => return Err(unavailable("watching the pod deletion failed", e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    use super::*;
+
+    fn pod(phase: Option<&str>, ready: bool) -> Pod {
+        let mut status = PodStatus {
+            phase: phase.map(str::to_owned),
+            ..PodStatus::default()
+        };
+        if ready {
+            status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        }
+        Pod {
+            status: Some(status),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn status_is_running_only_once_ready() {
+        assert_eq!(pod_status(None), SandboxStatus::NotFound);
+        assert_eq!(pod_status(Some(&Pod::default())), SandboxStatus::Pending);
+        assert_eq!(
+            pod_status(Some(&pod(Some("Pending"), false))),
+            SandboxStatus::Pending
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Running"), false))),
+            SandboxStatus::Pending
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Running"), true))),
+            SandboxStatus::Running
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Failed"), false))),
+            SandboxStatus::Failed
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Succeeded"), false))),
+            SandboxStatus::Succeeded
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Weird"), false))),
+            SandboxStatus::Unknown
+        );
     }
 }
 

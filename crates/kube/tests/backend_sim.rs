@@ -342,3 +342,51 @@ async fn run_pods_pvc_mode_lands_under_the_claims_user_scoped_subpath() {
     b.destroy(&r.sandbox_id).await.expect("destroy");
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_pod_left_by_a_partial_delete_is_replaced() {
+    let sim = sim(SimOptions::default()).await;
+    let b = KubeBackend::connect(config(&sim, "/df"))
+        .await
+        .expect("connect");
+    let s = spec("partial-1", "u", "t");
+    let first = b.create(&s).await.expect("create");
+    let uid = |sim: &SimServer| {
+        sim.sim
+            .object("pods", "deer-flow", "sandbox-partial-1")
+            .map(|p| p["metadata"]["uid"].clone())
+    };
+    let old_uid = uid(&sim);
+    // Everything but the Pod is gone (a destroy interrupted after its first deletes).
+    for (kind, name) in [
+        ("networkpolicies", "sandbox-partial-1-net"),
+        ("services", "sandbox-partial-1-svc"),
+        ("secrets", "sandbox-partial-1-token"),
+    ] {
+        let url = match kind {
+            "networkpolicies" => format!(
+                "{}/apis/networking.k8s.io/v1/namespaces/deer-flow/{kind}/{name}",
+                sim.url()
+            ),
+            _ => format!("{}/api/v1/namespaces/deer-flow/{kind}/{name}", sim.url()),
+        };
+        let r = reqwest::Client::new()
+            .delete(url)
+            .send()
+            .await
+            .expect("delete");
+        assert!(r.status().is_success());
+    }
+    let second = b.create(&s).await.expect("create again");
+    assert_ne!(second.sandbox_url, first.sandbox_url, "a new token");
+    assert_ne!(uid(&sim), old_uid, "the stale pod was replaced");
+    let pod = sim
+        .sim
+        .object("pods", "deer-flow", "sandbox-partial-1")
+        .expect("pod");
+    let token = second.sandbox_url.rsplit('/').next().expect("token");
+    assert!(
+        pod.to_string().contains(&format!("Bearer {token}")),
+        "probe uses the new token"
+    );
+}
