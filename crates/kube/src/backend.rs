@@ -577,61 +577,6 @@ impl KubeBackend {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use k8s_openapi::api::core::v1::PodStatus;
-
-    use super::*;
-
-    fn pod(phase: Option<&str>, ready: bool) -> Pod {
-        let mut status = PodStatus {
-            phase: phase.map(str::to_owned),
-            ..PodStatus::default()
-        };
-        if ready {
-            status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                ..Default::default()
-            }]);
-        }
-        Pod {
-            status: Some(status),
-            ..Pod::default()
-        }
-    }
-
-    #[test]
-    fn status_is_running_only_once_ready() {
-        assert_eq!(pod_status(None), SandboxStatus::NotFound);
-        assert_eq!(pod_status(Some(&Pod::default())), SandboxStatus::Pending);
-        assert_eq!(
-            pod_status(Some(&pod(Some("Pending"), false))),
-            SandboxStatus::Pending
-        );
-        assert_eq!(
-            pod_status(Some(&pod(Some("Running"), false))),
-            SandboxStatus::Pending
-        );
-        assert_eq!(
-            pod_status(Some(&pod(Some("Running"), true))),
-            SandboxStatus::Running
-        );
-        assert_eq!(
-            pod_status(Some(&pod(Some("Failed"), false))),
-            SandboxStatus::Failed
-        );
-        assert_eq!(
-            pod_status(Some(&pod(Some("Succeeded"), false))),
-            SandboxStatus::Succeeded
-        );
-        assert_eq!(
-            pod_status(Some(&pod(Some("Weird"), false))),
-            SandboxStatus::Unknown
-        );
-    }
-}
-
 #[async_trait]
 impl Backend for KubeBackend {
     fn name(&self) -> &'static str {
@@ -752,5 +697,60 @@ impl Backend for KubeBackend {
         // Sandboxes are Pods that outlive Paddock; a restarted Paddock recovers them
         // from their labels.
         tracing::info!("kubernetes backend shut down; sandbox pods keep running");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    use super::*;
+
+    fn pod(phase: Option<&str>, ready: bool) -> Pod {
+        let mut status = PodStatus {
+            phase: phase.map(str::to_owned),
+            ..PodStatus::default()
+        };
+        if ready {
+            status.conditions = Some(vec![k8s_openapi::api::core::v1::PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                ..Default::default()
+            }]);
+        }
+        Pod {
+            status: Some(status),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn status_is_running_only_once_ready() {
+        assert_eq!(pod_status(None), SandboxStatus::NotFound);
+        assert_eq!(pod_status(Some(&Pod::default())), SandboxStatus::Pending);
+        assert_eq!(
+            pod_status(Some(&pod(Some("Pending"), false))),
+            SandboxStatus::Pending
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Running"), false))),
+            SandboxStatus::Pending
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Running"), true))),
+            SandboxStatus::Running
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Failed"), false))),
+            SandboxStatus::Failed
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Succeeded"), false))),
+            SandboxStatus::Succeeded
+        );
+        assert_eq!(
+            pod_status(Some(&pod(Some("Weird"), false))),
+            SandboxStatus::Unknown
+        );
     }
 }
