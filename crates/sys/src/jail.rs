@@ -114,6 +114,14 @@ pub fn create_netns() -> io::Result<OwnedFd> {
     if pid == 0 {
         // SAFETY: child side: raw syscalls only.
         unsafe {
+            // Keep only our end of the sync pipe. A sibling child cloned concurrently by
+            // another thread inherited *our* write end (O_CLOEXEC does not act on fork), and
+            // we inherited theirs: without this, each waits for an EOF the other holds.
+            let keep = sync_r_raw as u32;
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
             let code = if loopback_up() < 0 { 1 } else { 0 };
             // Wait until the parent holds the namespace (EOF on the pipe), then leave.
             let mut b = [0u8; 1];
