@@ -330,7 +330,25 @@ where
     .await
 }
 
-/// Expands to one `#[tokio::test]` per conformance case for `$backend` (an expression
+/// The one tokio runtime every case of a test process runs on. A process shares one
+/// sandbox runtime between cases, and that runtime's child processes and timers must not
+/// be tied to a per-test tokio runtime that ends (and takes its drivers with it) while
+/// other cases still run; the server runs one tokio runtime too.
+pub fn tokio_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
+    static RT: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot build the test runtime: {e}"))
+    })
+    .as_ref()
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Expands to one `#[test]` per conformance case for `$backend` (an expression
 /// building a [`Backend`]).
 #[macro_export]
 macro_rules! conformance_suite {
@@ -347,10 +365,12 @@ macro_rules! conformance_suite {
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> anyhow::Result<()> {
-                let backend = $backend;
-                $crate::run(&backend, $crate::cases::$case).await
+            #[test]
+            fn $case() -> anyhow::Result<()> {
+                $crate::tokio_runtime()?.block_on(async {
+                    let backend = $backend;
+                    $crate::run(&backend, $crate::cases::$case).await
+                })
             }
         )*
     };
