@@ -82,6 +82,9 @@ pub struct PaddockConfig {
     pub agent: AgentSection,
     /// The LLM tool layer's limits.
     pub tools: paddock_tools::ToolsConfig,
+    /// The Kubernetes backend (used when `backend: kubernetes`); DeerFlow's provisioner
+    /// environment variables override it (see docs/kubernetes.md).
+    pub kubernetes: paddock_kube::KubeConfig,
 }
 
 /// `mounts:` — operator-configured custom mounts (SPEC section 3).
@@ -173,6 +176,7 @@ impl Default for PaddockConfig {
             server: ServerConfig::default(),
             agent: AgentSection::default(),
             tools: paddock_tools::ToolsConfig::default(),
+            kubernetes: paddock_kube::KubeConfig::default(),
         }
     }
 }
@@ -242,6 +246,13 @@ pub fn load(
     if cfg.api_key.as_deref() == Some("") {
         cfg.api_key = None;
     }
+    // DeerFlow's provisioner variables (K8S_NAMESPACE, SANDBOX_IMAGE, ...) override the file.
+    cfg.kubernetes
+        .apply_env(vars)
+        .map_err(|e| ConfigError::Invalid {
+            key: format!("kubernetes ({})", e.field),
+            message: e.message,
+        })?;
     cfg.sandbox.validate().map_err(|e| ConfigError::Invalid {
         key: format!("sandbox.{}", e.key),
         message: e.message,
@@ -411,6 +422,33 @@ mod tests {
         let (_d, p) = file("backend: docker\n");
         let e = load(Some(&p), &no_env).unwrap_err().to_string();
         assert!(e.contains("backend") && e.contains("docker"), "{e}");
+    }
+
+    #[test]
+    fn deerflow_provisioner_env_configures_kubernetes() {
+        let env: HashMap<&str, &str> = [
+            ("PADDOCK_BACKEND", "kubernetes"),
+            ("K8S_NAMESPACE", "sandboxes"),
+            ("K8S_API_SERVER", "http://127.0.0.1:6443"),
+            ("SANDBOX_SERVICE_TYPE", "ClusterIP"),
+        ]
+        .into();
+        let c = load(None, &|k| env.get(k).map(|v| (*v).to_owned())).unwrap();
+        assert_eq!(c.backend, BackendKind::Kubernetes);
+        assert_eq!(c.kubernetes.namespace, "sandboxes");
+        assert_eq!(
+            c.kubernetes.api_server.as_deref(),
+            Some("http://127.0.0.1:6443")
+        );
+        let e = load(None, &|k| {
+            (k == "SANDBOX_SERVICE_TYPE").then(|| "LoadBalancer".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SANDBOX_SERVICE_TYPE") || e.contains("service_type"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -39,9 +39,20 @@ pub enum Command {
     MigrateLayout(paddock_migrate::cli::MigrateArgs),
     /// Serve the LLM tool layer of one thread's sandbox over MCP on stdio.
     Mcp(paddock_mcp::cli::McpArgs),
+    /// Kubernetes helpers.
+    #[command(subcommand)]
+    Kube(KubeCommand),
     /// Show or check the resolved configuration (defaults < paddock.yaml < environment).
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `paddock kube …`.
+#[derive(Debug, Subcommand)]
+pub enum KubeCommand {
+    /// Print the deployment manifests (Deployment, ServiceAccount, Role, RoleBinding,
+    /// Service, ConfigMap) as one multi-document YAML stream.
+    Manifests,
 }
 
 /// `paddock config …`.
@@ -221,15 +232,38 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
         cfg.public_url = Some(u);
     }
     init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
-    if cfg.backend != config::BackendKind::Local {
-        eprintln!(
-            "error: backend `{:?}` is not available in this build",
-            cfg.backend
-        );
-        eprintln!("\nhint: use `backend: local` (the default)");
-        return Err(ExitCode::from(EXIT_USAGE));
-    }
     let base_mounts = custom_mounts(&cfg)?;
+    let rt = tokio_rt()?;
+    let backend = match cfg.backend {
+        config::BackendKind::Local => paddock_server::serve::BackendChoice::Local {
+            runtime: cfg.sandbox.clone(),
+            local: paddock_server::local::LocalConfig {
+                public_url: String::new(),
+                mount_policy: cfg.mounts.policy(),
+                base_mounts,
+                agent: paddock_agent::AgentConfig {
+                    max_body_bytes: usize::try_from(cfg.agent.max_body_bytes).unwrap_or(usize::MAX),
+                    max_upload_bytes: cfg.agent.max_upload_bytes,
+                    ..paddock_agent::AgentConfig::default()
+                },
+                tools: cfg.tools.clone(),
+            },
+        },
+        config::BackendKind::Kubernetes => {
+            match rt.block_on(paddock_kube::KubeBackend::connect(cfg.kubernetes.clone())) {
+                Ok(b) => paddock_server::serve::BackendChoice::External(std::sync::Arc::new(b)),
+                Err(e) => {
+                    report(
+                        &anyhow::anyhow!("kubernetes backend: {e}"),
+                        Some(
+                            "check the kubernetes: section and K8S_API_SERVER / KUBECONFIG_PATH (docs/kubernetes.md)",
+                        ),
+                    );
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+    };
     let api_key = match (&cfg.api_key, &cfg.api_key_file) {
         (Some(k), _) => paddock_server::serve::ApiKeySource::Value(k.clone()),
         (None, Some(f)) => paddock_server::serve::ApiKeySource::File(f.clone()),
@@ -240,25 +274,13 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
         listen: cfg.listen,
         public_url: cfg.public_url.clone(),
         api_key,
-        runtime: cfg.sandbox.clone(),
         lifecycle: paddock_server::LifecycleConfig {
             max_sandboxes: cfg.server.max_sandboxes,
             idle_timeout: std::time::Duration::from_secs(cfg.server.idle_timeout_secs),
             reap_interval: std::time::Duration::from_secs(cfg.server.reap_interval_secs.max(1)),
         },
-        local: paddock_server::local::LocalConfig {
-            public_url: String::new(),
-            mount_policy: cfg.mounts.policy(),
-            base_mounts,
-            agent: paddock_agent::AgentConfig {
-                max_body_bytes: usize::try_from(cfg.agent.max_body_bytes).unwrap_or(usize::MAX),
-                max_upload_bytes: cfg.agent.max_upload_bytes,
-                ..paddock_agent::AgentConfig::default()
-            },
-            tools: cfg.tools.clone(),
-        },
+        backend,
     };
-    let rt = tokio_rt()?;
     let result = rt.block_on(paddock_server::serve::serve(opts, |addr, generated| {
         println!("paddock serve listening on http://{addr}");
         if let Some(p) = generated {
@@ -356,7 +378,10 @@ fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
 
 fn run_mcp(args: paddock_mcp::cli::McpArgs) -> Result<ExitCode, ExitCode> {
     // stdout carries the protocol: logs go to stderr only.
-    init_logging(&std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()), false);
+    init_logging(
+        &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
+        false,
+    );
     let rt = tokio_rt()?;
     match rt.block_on(paddock_mcp::cli::run(args)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -384,6 +409,10 @@ pub fn main_entry() -> ExitCode {
             }
         },
         Command::Mcp(a) => run_mcp(a),
+        Command::Kube(KubeCommand::Manifests) => {
+            print!("{}", paddock_kube::manifests());
+            Ok(ExitCode::SUCCESS)
+        }
     };
     r.unwrap_or_else(|code| code)
 }

@@ -62,12 +62,33 @@ pub struct ServeOptions {
     pub public_url: Option<String>,
     /// The API key.
     pub api_key: ApiKeySource,
-    /// Runtime options.
-    pub runtime: paddock_runtime::RuntimeOptions,
     /// Lifecycle.
     pub lifecycle: LifecycleConfig,
-    /// Local backend settings except the URL (filled in after binding).
-    pub local: LocalConfig,
+    /// Which backend runs the sandboxes.
+    pub backend: BackendChoice,
+}
+
+/// The backend `serve` drives.
+#[derive(Clone)]
+pub enum BackendChoice {
+    /// Isolated process trees on this host; their agent APIs are served by this process.
+    Local {
+        /// Runtime options.
+        runtime: paddock_runtime::RuntimeOptions,
+        /// Local backend settings except the URL (filled in after binding).
+        local: LocalConfig,
+    },
+    /// A backend built by the caller (Kubernetes); sandbox URLs point elsewhere.
+    External(Arc<dyn Backend>),
+}
+
+impl std::fmt::Debug for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Local { .. } => f.write_str("Local"),
+            Self::External(b) => write!(f, "External({})", b.name()),
+        }
+    }
 }
 
 /// Resolves the API key, creating `{data_dir}/api-key` (mode 0600) when needed. Returns
@@ -140,7 +161,7 @@ pub async fn shutdown_signal() {
 /// Runs the server until SIGTERM/SIGINT. `ready` gets the bound address and the key
 /// file's path when one was generated (the CLI prints them).
 pub async fn serve(
-    mut opts: ServeOptions,
+    opts: ServeOptions,
     ready: impl FnOnce(SocketAddr, Option<&Path>),
 ) -> Result<(), ServeError> {
     let (api_key, generated) = resolve_api_key(&opts.api_key, &opts.data_dir)?;
@@ -151,20 +172,26 @@ pub async fn serve(
             source,
         })?;
     let addr = listener.local_addr()?;
-    opts.local.public_url = opts
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
-    let data_dir = opts.data_dir.clone();
-    let runtime_opts = opts.runtime.clone();
-    let rt =
-        tokio::task::spawn_blocking(move || paddock_runtime::Runtime::new(data_dir, runtime_opts))
+    let (backend, data_plane): (Arc<dyn Backend>, Option<axum::Router>) = match opts.backend.clone()
+    {
+        BackendChoice::Local { runtime, mut local } => {
+            local.public_url = opts
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}"));
+            let data_dir = opts.data_dir.clone();
+            let rt = tokio::task::spawn_blocking(move || {
+                paddock_runtime::Runtime::new(data_dir, runtime)
+            })
             .await
             .map_err(|e| ServeError::Runtime(e.to_string()))?
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
-    let local = Arc::new(LocalBackend::open(rt, opts.local.clone()).await?);
-    let data_plane = local.data_plane();
-    let backend: Arc<dyn Backend> = local;
+            let local = Arc::new(LocalBackend::open(rt, local).await?);
+            let dp = local.data_plane();
+            (local, Some(dp))
+        }
+        BackendChoice::External(b) => (b, None),
+    };
     let metrics = Arc::new(Metrics::default());
     let lifecycle = Arc::new(Lifecycle::new(
         backend.clone(),
@@ -177,7 +204,7 @@ pub async fn serve(
         metrics,
         api_key: api_key.into(),
     };
-    let router = app(state, Some(data_plane));
+    let router = app(state, data_plane);
     tracing::info!(%addr, recovered, backend = backend.name(), "paddock serve ready");
     ready(addr, generated.as_deref());
     let reaper = tokio::spawn(lifecycle.clone().reaper());
