@@ -148,7 +148,21 @@ impl Runtime {
     }
 
     fn jail_base(opts: &RuntimeOptions) -> Result<JailBase, RuntimeError> {
+        // One child checks everything; only when it fails do the single probes run, to name
+        // the missing feature.
+        let mut all = libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS;
+        if opts.network == Network::None {
+            all |= libc::CLONE_NEWNET;
+        }
+        let combined = probe(all, Action::Jail);
         for (feature, flags, action, hint) in required_probes(opts.network) {
+            if combined.is_ok() {
+                break;
+            }
             if let Err(e) = probe(flags, action) {
                 return Err(RuntimeError::Unsupported {
                     feature,
@@ -156,6 +170,13 @@ impl Runtime {
                     hint,
                 });
             }
+        }
+        if let Err(e) = combined {
+            return Err(RuntimeError::Unsupported {
+                feature: "the combined jail probe",
+                detail: e.to_string(),
+                hint: "each feature works alone but not together; run `paddock doctor` and report it",
+            });
         }
         let facts = HostFacts::gather().map_err(|source| RuntimeError::Host {
             what: "inspect system directories",

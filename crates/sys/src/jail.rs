@@ -787,10 +787,22 @@ unsafe fn child_main(
             p.source_fds[i] = fd;
         }
         if p.privileged {
-            check!(S_SETGROUPS, libc::setgroups(0, std::ptr::null()));
+            check!(
+                S_SETGROUPS,
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as i32
+            );
         }
-        check!(S_SETGID, libc::setresgid(p.gid, p.gid, p.gid));
-        check!(S_SETUID, libc::setresuid(p.uid, p.uid, p.uid));
+        // Raw syscalls, not libc's wrappers: glibc's set*id broadcast the change to every
+        // thread it knows of, taking its thread-list lock — in this child those threads do not
+        // exist and the lock may have been held by a parent thread at the clone: a deadlock.
+        check!(
+            S_SETGID,
+            libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) as i32
+        );
+        check!(
+            S_SETUID,
+            libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) as i32
+        );
 
         check!(
             S_PRIVATE,

@@ -29,12 +29,16 @@ pub enum Action {
     Seccomp,
     /// Restrict with a landlock ruleset of the kernel's ABI.
     Landlock,
+    /// Everything a jail needs, in one child (tmpfs, procfs, loopback when a network
+    /// namespace was asked for, pivot_root, the seccomp filter): the cheap first check; the
+    /// single probes then name what is missing when it fails.
+    Jail,
 }
 
 /// Runs `action` in a child created with `clone(flags)`; `Ok(())` when it succeeded, the
 /// child's errno otherwise. `flags` containing `CLONE_NEWUSER` get identity uid/gid maps.
 pub fn probe(flags: i32, action: Action) -> io::Result<()> {
-    let seccomp = if action == Action::Seccomp {
+    let seccomp = if matches!(action, Action::Seccomp | Action::Jail) {
         Some(crate::seccomp::build_program().map_err(io::Error::other)?)
     } else {
         None
@@ -55,6 +59,7 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
         c("overlay")?,
     );
     let dirs = [c("/tmp/l")?, c("/tmp/u")?, c("/tmp/w")?, c("/tmp/m")?];
+    let tmp_proc = c("/tmp/proc")?;
     let ovl_opts = c("lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w")?;
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the array.
@@ -157,6 +162,60 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
                     t!(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req));
                     req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
                     t!(libc::ioctl(s, libc::SIOCSIFFLAGS, &req));
+                }
+                Action::Jail => {
+                    t!(libc::mount(
+                        std::ptr::null(),
+                        slash.as_ptr(),
+                        std::ptr::null(),
+                        private,
+                        std::ptr::null()
+                    ));
+                    t!(libc::mount(
+                        tmpfs.as_ptr(),
+                        tmp.as_ptr(),
+                        tmpfs.as_ptr(),
+                        0,
+                        std::ptr::null()
+                    ));
+                    t!(libc::mkdir(tmp_proc.as_ptr(), 0o755));
+                    t!(libc::mount(
+                        proc_s.as_ptr(),
+                        tmp_proc.as_ptr(),
+                        proc_s.as_ptr(),
+                        0,
+                        std::ptr::null()
+                    ));
+                    if flags & libc::CLONE_NEWNET != 0 {
+                        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+                        t!(s);
+                        let mut req: libc::ifreq = std::mem::zeroed();
+                        req.ifr_name[0] = b'l' as libc::c_char;
+                        req.ifr_name[1] = b'o' as libc::c_char;
+                        t!(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req));
+                        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+                        t!(libc::ioctl(s, libc::SIOCSIFFLAGS, &req));
+                    }
+                    t!(libc::chdir(tmp.as_ptr()));
+                    t!(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32);
+                    t!(libc::umount2(dot.as_ptr(), libc::MNT_DETACH));
+                    t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+                    if let Some(p) = &seccomp {
+                        let fprog = libc::sock_fprog {
+                            len: p.len() as u16,
+                            filter: p.as_ptr() as *mut libc::sock_filter,
+                        };
+                        t!(libc::prctl(
+                            libc::PR_SET_SECCOMP,
+                            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                            &fprog as *const libc::sock_fprog as libc::c_ulong,
+                            0,
+                            0
+                        ));
+                    }
+                    if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) >= 0 || err() != libc::EPERM {
+                        libc::_exit(libc::ENOTSUP);
+                    }
                 }
                 Action::Seccomp => {
                     t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
