@@ -237,7 +237,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
     let backend = match cfg.backend {
         config::BackendKind::Local => paddock_server::serve::BackendChoice::Local {
             runtime: cfg.sandbox.clone(),
-            local: paddock_server::local::LocalConfig {
+            local: Box::new(paddock_server::local::LocalConfig {
                 public_url: String::new(),
                 mount_policy: cfg.mounts.policy(),
                 base_mounts,
@@ -247,7 +247,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
                     ..paddock_agent::AgentConfig::default()
                 },
                 tools: cfg.tools.clone(),
-            },
+            }),
         },
         config::BackendKind::Kubernetes => {
             match rt.block_on(paddock_kube::KubeBackend::connect(cfg.kubernetes.clone())) {

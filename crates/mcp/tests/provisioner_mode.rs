@@ -12,7 +12,7 @@ use paddock_mcp::server::PaddockMcp;
 use paddock_runtime::{Isolation, RuntimeOptions};
 use paddock_server::LifecycleConfig;
 use paddock_server::local::LocalConfig;
-use paddock_server::serve::{ApiKeySource, ServeOptions, serve};
+use paddock_server::serve::{ApiKeySource, BackendChoice, ServeOptions, serve};
 use serde_json::{Map, Value, json};
 
 fn is_root() -> bool {
@@ -32,17 +32,19 @@ async fn start_serve(data_dir: &Path) -> SocketAddr {
         listen: "127.0.0.1:0".parse().expect("addr"),
         public_url: None,
         api_key: ApiKeySource::Value("test-key".into()),
-        runtime: RuntimeOptions {
-            isolation: Isolation::Isolated,
-            ..RuntimeOptions::default()
-        },
         lifecycle: LifecycleConfig::default(),
-        local: LocalConfig {
-            public_url: String::new(),
-            mount_policy: Default::default(),
-            base_mounts: Vec::new(),
-            agent: Default::default(),
-            tools: Default::default(),
+        backend: BackendChoice::Local {
+            runtime: RuntimeOptions {
+                isolation: Isolation::Isolated,
+                ..RuntimeOptions::default()
+            },
+            local: Box::new(LocalConfig {
+                public_url: String::new(),
+                mount_policy: Default::default(),
+                base_mounts: Vec::new(),
+                agent: Default::default(),
+                tools: Default::default(),
+            }),
         },
     };
     let (tx, rx) = tokio::sync::oneshot::channel();

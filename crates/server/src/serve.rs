@@ -76,7 +76,7 @@ pub enum BackendChoice {
         /// Runtime options.
         runtime: paddock_runtime::RuntimeOptions,
         /// Local backend settings except the URL (filled in after binding).
-        local: LocalConfig,
+        local: Box<LocalConfig>,
     },
     /// A backend built by the caller (Kubernetes); sandbox URLs point elsewhere.
     External(Arc<dyn Backend>),
@@ -186,7 +186,7 @@ pub async fn serve(
             .await
             .map_err(|e| ServeError::Runtime(e.to_string()))?
             .map_err(|e| ServeError::Runtime(e.to_string()))?;
-            let local = Arc::new(LocalBackend::open(rt, local).await?);
+            let local = Arc::new(LocalBackend::open(rt, *local).await?);
             let dp = local.data_plane();
             (local, Some(dp))
         }
