@@ -255,3 +255,27 @@ async fn a_background_server_is_reachable_from_the_next_exec() {
     assert!(o.stdout.contains("rc=1"), "{o:?}");
     sb.kill_all();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_none_rewrites_and_masks_paths() {
+    let opts = RuntimeOptions {
+        isolation: paddock_runtime::Isolation::None,
+        ..RuntimeOptions::default()
+    };
+    let e = env_with(opts);
+    let sb = e.sandbox("hostmode").await;
+    assert_eq!(sb.info().isolation, "none");
+    let o = run(
+        &sb,
+        "echo hi > /mnt/user-data/workspace/f.txt; cat /mnt/user-data/workspace/f.txt; pwd",
+    )
+    .await;
+    assert_eq!(o.stdout, "hi\n/mnt/user-data/workspace\n", "{o:?}");
+    let host = e
+        .dir
+        .path()
+        .join("users/default/threads/hostmode/user-data/workspace/f.txt");
+    assert_eq!(std::fs::read_to_string(host).unwrap(), "hi\n");
+    let o = run_t(&sb, "sleep 30", 0.5).await;
+    assert!(o.exit.timed_out);
+}
