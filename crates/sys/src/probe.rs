@@ -84,7 +84,13 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
     if pid == 0 {
         // SAFETY: child side, raw syscalls only.
         unsafe {
-            libc::close(sync_w);
+            // Keep only the read end: inherited write ends of sibling children created at the
+            // same moment must not be held (see `jail::create_netns`).
+            let keep = sync_r as u32;
+            if keep > 0 {
+                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
             let mut b = [0u8; 1];
             if libc::read(sync_r, b.as_mut_ptr().cast(), 1) != 1 {
                 libc::_exit(125);
