@@ -29,10 +29,8 @@ echo "--> agent-sandbox SDK + schemathesis against paddock agent"
 bash tests/compat/run.sh "$bin" agent
 echo "--> DeerFlow provisioner flow + AIO SDK against paddock serve"
 bash tests/compat_serve/run.sh "$bin"
-for suite in compat_mcp kube_validate; do
-  if [ -f "tests/$suite/run.sh" ]; then
-    echo "--> $suite"
-    bash "tests/$suite/run.sh" "$bin"
-  fi
-done
+echo "--> official MCP Python SDK against paddock mcp"
+bash tests/compat_mcp/run.sh "$bin"
+echo "--> generated and shipped Kubernetes manifests against the official schemas"
+bash tests/kube_validate/run.sh "$bin"
 echo "==> all tests passed"
