@@ -26,70 +26,10 @@ use paddock_core::sandbox::{
 use paddock_core::{DataLayout, Sandbox, SandboxError, ThreadId, UserId, VirtualPath};
 use tokio::io::AsyncReadExt;
 
-/// Names skipped by listing (with `apply_ignore`), glob and grep, as in the reference.
-pub const IGNORE_PATTERNS: &[&str] = &[
-    ".git",
-    ".svn",
-    ".hg",
-    ".bzr",
-    "node_modules",
-    "__pycache__",
-    ".venv",
-    "venv",
-    ".env",
-    "env",
-    ".tox",
-    ".nox",
-    ".eggs",
-    "*.egg-info",
-    "site-packages",
-    "dist",
-    "build",
-    ".next",
-    ".nuxt",
-    ".output",
-    ".turbo",
-    "target",
-    "out",
-    ".idea",
-    ".vscode",
-    "*.swp",
-    "*.swo",
-    "*~",
-    ".project",
-    ".classpath",
-    ".settings",
-    ".DS_Store",
-    "Thumbs.db",
-    "desktop.ini",
-    "*.lnk",
-    "*.log",
-    "*.tmp",
-    "*.temp",
-    ".upload-*.part",
-    "*.bak",
-    "*.cache",
-    ".cache",
-    "logs",
-    ".coverage",
-    "coverage",
-    ".nyc_output",
-    "htmlcov",
-    ".pytest_cache",
-    ".mypy_cache",
-    ".ruff_cache",
-];
-
+/// Names skipped by listing (with `apply_ignore`), glob and grep: the same list as the
+/// real file operations, so both backends agree by construction.
 fn ignored(name: &str) -> bool {
-    static SET: std::sync::OnceLock<Option<globset::GlobSet>> = std::sync::OnceLock::new();
-    let set = SET.get_or_init(|| {
-        let mut b = globset::GlobSetBuilder::new();
-        for p in IGNORE_PATTERNS {
-            b.add(globset::Glob::new(p).ok()?);
-        }
-        b.build().ok()
-    });
-    set.as_ref().is_some_and(|s| s.is_match(name))
+    paddock_fsops::is_ignored(name)
 }
 
 /// The test-only host sandbox of one thread.
