@@ -838,6 +838,13 @@ fn validate(sim: &Sim, t: &Target, obj: &mut Value, ns: &str) -> Result<(), Resp
     Ok(())
 }
 
+/// Whether 127.0.0.1:`port` can be bound now. In kubelet mode NodePorts are served on the
+/// host's loopback, so a port another process (or another simulator in the same test run)
+/// already serves must not be handed out: requests would reach the wrong sandbox.
+fn host_port_free(port: i64) -> bool {
+    u16::try_from(port).is_ok_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+}
+
 fn allocate_ports(sim: &Sim, kind: &Kind, name: &str, obj: &mut Value) -> Result<(), Response> {
     let ty = obj["spec"]["type"]
         .as_str()
@@ -898,7 +905,11 @@ fn allocate_ports(sim: &Sim, kind: &Kind, name: &str, obj: &mut Value) -> Result
                 let start = 30000 + (sim.roll() % 2768) as i64;
                 let found = (0..2768)
                     .map(|o| 30000 + (start - 30000 + o) % 2768)
-                    .find(|n| !s.node_ports.contains(n) && !taken.contains(n));
+                    .find(|n| {
+                        !s.node_ports.contains(n)
+                            && !taken.contains(n)
+                            && (!sim.opts.run_pods || host_port_free(*n))
+                    });
                 match found {
                     Some(n) => n,
                     None => {
