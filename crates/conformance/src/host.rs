@@ -20,8 +20,8 @@ use paddock_core::sandbox::{
     ByteStream, DEFAULT_DOWNLOAD_CAP_BYTES, DEFAULT_EXEC_TIMEOUT_SECS, DEFAULT_OUTPUT_CAP_BYTES,
     DEFAULT_TEXT_CAP_BYTES, Entry, EntryKind, ExecEvent, ExecExit, ExecRequest, ExecStream,
     FileStream, GREP_LINE_CUT_CHARS, GREP_MAX_FILE_BYTES, GREP_MAX_LINE_CHARS, Glob, GlobOutcome,
-    Grep, GrepMatch, GrepOutcome, List, Listing, MountInfo, ReadBytes, ReadText, ReplaceOutcome,
-    SandboxInfo, StrReplace, TextContent, WriteBytes, WriteOutcome, WriteText,
+    Grep, GrepMatch, GrepOutcome, List, Listing, ReadBytes, ReadText, ReplaceOutcome, SandboxInfo,
+    StrReplace, TextContent, WriteBytes, WriteOutcome, WriteText,
 };
 use paddock_core::{DataLayout, Sandbox, SandboxError, ThreadId, UserId, VirtualPath};
 use tokio::io::AsyncReadExt;
@@ -162,16 +162,7 @@ fn matches_glob(m: &globset::GlobMatcher, pattern: &str, rel: &str) -> bool {
 #[async_trait]
 impl Sandbox for HostSandbox {
     fn info(&self) -> SandboxInfo {
-        let mut mounts: Vec<MountInfo> = self
-            .table
-            .mounts()
-            .iter()
-            .map(|m| MountInfo {
-                path: m.container.to_string(),
-                read_only: m.read_only,
-            })
-            .collect();
-        mounts.sort_by(|a, b| a.path.cmp(&b.path));
+        let mounts = self.table.infos();
         SandboxInfo {
             id: self.id.clone(),
             home_dir: WORKSPACE.into(),

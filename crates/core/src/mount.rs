@@ -451,6 +451,21 @@ impl MountTable {
         &self.mounts
     }
 
+    /// The mounts as shown to clients (virtual path and access, never the host path),
+    /// sorted by path.
+    pub fn infos(&self) -> Vec<crate::sandbox::MountInfo> {
+        let mut infos: Vec<crate::sandbox::MountInfo> = self
+            .mounts
+            .iter()
+            .map(|m| crate::sandbox::MountInfo {
+                path: m.container.to_string(),
+                read_only: m.read_only,
+            })
+            .collect();
+        infos.sort_by(|a, b| a.path.cmp(&b.path));
+        infos
+    }
+
     /// The mount whose container path is the longest whole-segment prefix of `vp`.
     pub fn mount_for(&self, vp: &VirtualPath) -> Option<&Mount> {
         self.mounts.iter().find(|m| vp.starts_with(&m.container))

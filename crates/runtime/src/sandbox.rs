@@ -615,16 +615,7 @@ impl Read for ChannelReader {
 #[async_trait]
 impl Sandbox for LocalSandbox {
     fn info(&self) -> SandboxInfo {
-        let mut mounts: Vec<MountInfo> = self
-            .table
-            .mounts()
-            .iter()
-            .map(|m| MountInfo {
-                path: m.container.to_string(),
-                read_only: m.read_only,
-            })
-            .collect();
-        mounts.sort_by(|a, b| a.path.cmp(&b.path));
+        let mounts = self.table.infos();
         SandboxInfo {
             id: self.id.clone(),
             home_dir: WORKSPACE.into(),
