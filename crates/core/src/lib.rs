@@ -11,6 +11,7 @@ pub mod ids;
 pub mod layout;
 pub mod mount;
 pub mod sandbox;
+pub mod time;
 pub mod vpath;
 
 pub use error::SandboxError;
