@@ -35,6 +35,29 @@ pub enum Action {
     Jail,
 }
 
+/// Installs a seccomp program on the calling thread (no_new_privs must be set); returns
+/// the raw `prctl` result.
+///
+/// # Safety
+/// Only raw syscalls: safe to call in a cloned child before `_exit`.
+unsafe fn install_filter(p: &[seccompiler::sock_filter]) -> i32 {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(p.len()).unwrap_or(u16::MAX),
+        // seccompiler's sock_filter has the kernel's layout (u16, u8, u8, u32).
+        filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+    };
+    // SAFETY: `fprog` points at `p`, which outlives the call; the kernel copies the program.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &fprog as *const libc::sock_fprog as libc::c_ulong,
+            0,
+            0,
+        )
+    }
+}
+
 /// Runs `action` in a child created with `clone(flags)`; `Ok(())` when it succeeded, the
 /// child's errno otherwise. `flags` containing `CLONE_NEWUSER` get identity uid/gid maps.
 pub fn probe(flags: i32, action: Action) -> io::Result<()> {
@@ -207,17 +230,7 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
                     t!(libc::umount2(dot.as_ptr(), libc::MNT_DETACH));
                     t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
                     if let Some(p) = &seccomp {
-                        let fprog = libc::sock_fprog {
-                            len: p.len() as u16,
-                            filter: p.as_ptr() as *mut libc::sock_filter,
-                        };
-                        t!(libc::prctl(
-                            libc::PR_SET_SECCOMP,
-                            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                            &fprog as *const libc::sock_fprog as libc::c_ulong,
-                            0,
-                            0
-                        ));
+                        t!(install_filter(p));
                     }
                     if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) >= 0 || err() != libc::EPERM {
                         libc::_exit(libc::ENOTSUP);
@@ -226,17 +239,7 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
                 Action::Seccomp => {
                     t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
                     if let Some(p) = &seccomp {
-                        let fprog = libc::sock_fprog {
-                            len: p.len() as u16,
-                            filter: p.as_ptr() as *mut libc::sock_filter,
-                        };
-                        t!(libc::prctl(
-                            libc::PR_SET_SECCOMP,
-                            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                            &fprog as *const libc::sock_fprog as libc::c_ulong,
-                            0,
-                            0
-                        ));
+                        t!(install_filter(p));
                     }
                     // The filter must now refuse a denied syscall.
                     if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) >= 0 || err() != libc::EPERM {
