@@ -335,12 +335,16 @@ pub struct Walked<'a> {
 /// Most symlinks followed in one resolution (Linux uses 40).
 pub const MAX_SYMLINK_HOPS: usize = 40;
 
+/// A regex finding any host root in text, and the roots (host, virtual) longest first.
+type HostMask = (Regex, Vec<(String, VirtualPath)>);
+
 /// The mount table of one sandbox.
 #[derive(Debug, Clone)]
 pub struct MountTable {
     /// Sorted by container depth, deepest first.
     mounts: Vec<Mount>,
-    host_mask: OnceLock<Option<Regex>>,
+    /// Built on first use: a regex finding any host root, and the roots longest first.
+    host_mask: OnceLock<Option<HostMask>>,
 }
 
 impl PartialEq for MountTable {
@@ -711,28 +715,31 @@ impl MountTable {
     /// host path reaches an agent. A root only matches at a path boundary
     /// (`/data/skills` does not match inside `/data/skills-extra`).
     pub fn mask_host_paths<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let re = self.host_mask.get_or_init(|| {
-            let roots = self.host_roots_longest_first();
+        let mask = self.host_mask.get_or_init(|| {
+            let roots: Vec<(String, VirtualPath)> = self
+                .host_roots_longest_first()
+                .into_iter()
+                .map(|(h, c)| (h.to_owned(), c.clone()))
+                .collect();
             if roots.is_empty() {
                 return None;
             }
             let alt: Vec<String> = roots.iter().map(|(h, _)| regex::escape(h)).collect();
-            Regex::new(&alt.join("|")).ok()
+            Regex::new(&alt.join("|")).ok().map(|re| (re, roots))
         });
-        let Some(re) = re else {
+        let Some((re, roots)) = mask else {
             return Cow::Borrowed(text);
         };
         if !re.is_match(text) {
             return Cow::Borrowed(text);
         }
-        let roots = self.host_roots_longest_first();
         let mut out = String::with_capacity(text.len());
         let mut pos = 0;
         let mut search = 0;
         while let Some(m) = re.find_at(text, search) {
             let start = m.start();
             let mut replaced = false;
-            for (host, container) in &roots {
+            for (host, container) in roots {
                 if !text[start..].starts_with(host) {
                     continue;
                 }
