@@ -157,26 +157,63 @@ fn main() {
         note: None,
     });
 
-    let s: Vec<Duration> = rt.block_on(async {
-        // Warm-up.
-        for _ in 0..20 {
-            sb.exec(ExecRequest::new("true")).await.unwrap();
-        }
-        let mut out = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let t = Instant::now();
-            let o = sb.exec(ExecRequest::new("true")).await.unwrap();
-            out.push(t.elapsed());
-            assert_eq!(o.exit.exit_code, Some(0));
-        }
-        out
-    });
-    rows.push(Row {
-        name: "LocalSandbox::exec(\"true\") in-process".into(),
-        runs,
-        samples: s,
-        note: None,
-    });
+    // In process, three ways: the default (the next jail is prebuilt after each command)
+    // with a pause between execs, as an agent leaves between tool calls; the same back to
+    // back, where each exec waits for the build the previous one started; and with
+    // prebuilding off, every jail built on demand.
+    let cold_provider = LocalProvider::new(
+        data.path(),
+        RuntimeOptions {
+            prebuild_jail: false,
+            ..RuntimeOptions::default()
+        },
+        Vec::new(),
+    )
+    .expect("isolated runtime");
+    let cold = rt
+        .block_on(cold_provider.acquire(&UserId::default(), &ThreadId::new("bench-cold").unwrap()))
+        .unwrap();
+    for (name, sandbox, pause) in [
+        (
+            "LocalSandbox::exec(\"true\") in-process, prebuilt jail (10 ms between execs)",
+            &sb,
+            Duration::from_millis(10),
+        ),
+        (
+            "LocalSandbox::exec(\"true\") in-process, prebuilt jail, back to back",
+            &sb,
+            Duration::ZERO,
+        ),
+        (
+            "LocalSandbox::exec(\"true\") in-process, prebuild_jail: false",
+            &cold,
+            Duration::ZERO,
+        ),
+    ] {
+        let s: Vec<Duration> = rt.block_on(async {
+            // Warm-up.
+            for _ in 0..20 {
+                sandbox.exec(ExecRequest::new("true")).await.unwrap();
+            }
+            let mut out = Vec::with_capacity(runs);
+            for _ in 0..runs {
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                let t = Instant::now();
+                let o = sandbox.exec(ExecRequest::new("true")).await.unwrap();
+                out.push(t.elapsed());
+                assert_eq!(o.exit.exit_code, Some(0));
+            }
+            out
+        });
+        rows.push(Row {
+            name: name.into(),
+            runs,
+            samples: s,
+            note: None,
+        });
+    }
 
     println!("\n| command | runs | p50 | p99 | mean |");
     println!("| --- | --- | --- | --- | --- |");
@@ -197,5 +234,7 @@ fn main() {
         );
     }
     drop(sb);
+    drop(cold);
     provider.shutdown();
+    cold_provider.shutdown();
 }

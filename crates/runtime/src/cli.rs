@@ -105,6 +105,8 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
     if let Some(i) = args.isolation {
         opts.isolation = i;
     }
+    // One command per process: a jail built for a next command would only be killed.
+    opts.prebuild_jail = false;
     let mut req = ExecRequest::new(command_string(&args.command));
     req.timeout_secs = args.timeout;
     if let Err(e) = req.validate() {

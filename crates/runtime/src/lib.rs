@@ -13,6 +13,7 @@
 pub mod cli;
 mod drive;
 pub mod env;
+mod etc;
 pub mod options;
 pub mod provider;
 pub mod runtime;

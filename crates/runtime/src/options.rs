@@ -108,6 +108,10 @@ pub struct RuntimeOptions {
     pub environment: BTreeMap<String, String>,
     /// Sandboxes kept in memory by the provider (256); eviction loses nothing on disk.
     pub max_cached_sandboxes: usize,
+    /// Build each sandbox's next jail (namespaces, root, cgroup) while the current command
+    /// runs, so the next exec only starts its shell (default true). Costs one idle process
+    /// per sandbox that has run a command. One-shot `paddock exec` never prebuilds.
+    pub prebuild_jail: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -123,6 +127,7 @@ impl Default for RuntimeOptions {
             uid_range: None,
             environment: BTreeMap::new(),
             max_cached_sandboxes: 256,
+            prebuild_jail: true,
         }
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use paddock_core::DataLayout;
 use paddock_sys::cgroup::{CgroupSet, Controller};
-use paddock_sys::jail::{JailChild, JailSpec, SpawnError};
+use paddock_sys::jail::{EncodedCommand, JailChild, JailSpec, PendingJail, SpawnError};
 use paddock_sys::mountplan::HostFacts;
 use paddock_sys::probe::{Action, probe};
 
@@ -64,7 +64,7 @@ pub(crate) struct JailBase {
 pub struct Runtime {
     pub(crate) opts: RuntimeOptions,
     pub(crate) layout: DataLayout,
-    pub(crate) jail: Option<JailBase>,
+    pub(crate) jail: Option<Arc<JailBase>>,
 }
 
 /// Exec numbers are process-wide: several runtimes in one process (tests, a server with two
@@ -142,7 +142,7 @@ impl Runtime {
                 );
                 None
             }
-            Isolation::Isolated => Some(Self::jail_base(&opts)?),
+            Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts)?)),
         };
         Ok(Arc::new(Self { opts, layout, jail }))
     }
@@ -281,27 +281,43 @@ impl Drop for Runtime {
     }
 }
 
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, SpawnError>>;
+
+/// What the spawner thread does with a spec, and where the answer goes.
+enum Task {
+    /// Build the jail and return it waiting for its command.
+    Build(Reply<PendingJail>),
+    /// Build the jail and start this command in it at once.
+    Run(EncodedCommand, Reply<JailChild>),
+}
+
 struct Job {
     spec: JailSpec,
-    reply: tokio::sync::oneshot::Sender<Result<JailChild, SpawnError>>,
+    task: Task,
 }
 
 static SPAWNER: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
 
-/// Spawns a jail on the spawner thread.
-pub(crate) async fn spawn_jail(spec: JailSpec) -> Result<JailChild, String> {
-    let tx = SPAWNER
+fn spawner() -> Result<&'static std::sync::mpsc::Sender<Job>, String> {
+    SPAWNER
         .get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
             std::thread::Builder::new()
                 .name("paddock-spawner".into())
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        let r = paddock_sys::jail::spawn(&job.spec);
-                        if let Err(Ok(child)) = job.reply.send(r) {
-                            // The caller went away: do not leave the jail running.
-                            let _ = child.init.kill();
-                            let _ = child.init.wait_blocking();
+                        let built = paddock_sys::jail::build(&job.spec);
+                        match job.task {
+                            // A pending jail whose caller went away kills itself on drop.
+                            Task::Build(reply) => drop(reply.send(built)),
+                            Task::Run(cmd, reply) => {
+                                let r = built.and_then(|p| p.start(&cmd));
+                                if let Err(Ok(child)) = reply.send(r) {
+                                    // The caller went away: do not leave the jail running.
+                                    let _ = child.init.kill();
+                                    let _ = child.init.wait_blocking();
+                                }
+                            }
                         }
                     }
                 })
@@ -309,11 +325,28 @@ pub(crate) async fn spawn_jail(spec: JailSpec) -> Result<JailChild, String> {
                 .map_err(|e| format!("could not start the spawner thread: {e}"))
         })
         .as_ref()
-        .map_err(Clone::clone)?;
+        .map_err(Clone::clone)
+}
+
+async fn on_spawner<T>(spec: JailSpec, task: impl FnOnce(Reply<T>) -> Task) -> Result<T, String> {
     let (reply, rx) = tokio::sync::oneshot::channel();
-    tx.send(Job { spec, reply })
+    spawner()?
+        .send(Job {
+            spec,
+            task: task(reply),
+        })
         .map_err(|_| "the spawner thread is gone".to_owned())?;
     rx.await
         .map_err(|_| "the spawner thread dropped the request".to_owned())?
         .map_err(|e| e.to_string())
+}
+
+/// Builds a jail and starts `cmd` in it, on the spawner thread.
+pub(crate) async fn spawn_jail(spec: JailSpec, cmd: EncodedCommand) -> Result<JailChild, String> {
+    on_spawner(spec, |r| Task::Run(cmd, r)).await
+}
+
+/// Builds a jail that waits for its command, on the spawner thread.
+pub(crate) async fn build_jail(spec: JailSpec) -> Result<PendingJail, String> {
+    on_spawner(spec, Task::Build).await
 }

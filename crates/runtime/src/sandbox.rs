@@ -31,7 +31,7 @@ use paddock_core::{MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualP
 use paddock_fsops::{FsOps, FsOptions};
 use paddock_sys::PidFd;
 use paddock_sys::cgroup::{CgroupLimits, Controller, ExecCgroup};
-use paddock_sys::jail::{JailSpec, NetMode, Rlimit, StatusRecord};
+use paddock_sys::jail::{JailCommand, JailSpec, NetMode, PendingJail, Rlimit, StatusRecord};
 use paddock_sys::landlock::LandlockPlan;
 use paddock_sys::mountplan::{
     DataBind, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
@@ -41,7 +41,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::drive::{Control, ShellEnd, drive};
 use crate::options::{Isolation, Network};
-use crate::runtime::{Runtime, spawn_jail};
+use crate::runtime::{JailBase, Runtime, build_jail, spawn_jail};
 
 /// The reference's id format for a thread's local sandbox.
 pub fn sandbox_id(user: &UserId, thread: &ThreadId) -> String {
@@ -62,10 +62,130 @@ enum Live {
     Group(i32),
 }
 
-struct JailTemplate {
-    mounts: MountPlan,
-    landlock: Option<LandlockPlan>,
+/// Builds this sandbox's jails: everything but the command is fixed per sandbox.
+#[derive(Clone)]
+struct JailFactory {
+    rt: Arc<Runtime>,
+    base: Arc<JailBase>,
+    mounts: Arc<MountPlan>,
+    landlock: Option<Arc<LandlockPlan>>,
+    ids: (u32, u32),
+    /// The sandbox's own loopback-only network, kept across execs (root Paddock,
+    /// `network: none`); `None` means a fresh one per exec or the host's.
+    netns: Option<Arc<std::os::fd::OwnedFd>>,
 }
+
+impl JailFactory {
+    fn base(&self) -> &JailBase {
+        &self.base
+    }
+
+    /// Creates exec number `n`'s cgroup with the configured limits.
+    fn cgroup(&self, n: u64) -> Result<Option<Arc<CgroupGuard>>, SandboxError> {
+        let base = self.base();
+        if base.cgroups.bases.is_empty() {
+            return Ok(None);
+        }
+        let cg = base
+            .cgroups
+            .create_exec(&format!("x{n}"), &self.cgroup_limits())
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not create the exec's cgroup");
+                SandboxError::Spawn {
+                    message: "could not create the command's cgroup".into(),
+                }
+            })?;
+        Ok(Some(Arc::new(CgroupGuard(cg))))
+    }
+
+    fn cgroup_limits(&self) -> CgroupLimits {
+        let o = self.rt.options();
+        let nz = |v: u64| (v > 0).then_some(v);
+        CgroupLimits {
+            memory_bytes: nz(o.limits.memory_bytes),
+            pids: nz(o.limits.pids),
+            cpus: (o.limits.cpus > 0.0).then_some(o.limits.cpus),
+        }
+    }
+
+    /// The jail of one exec, in `cgroup`.
+    fn spec(&self, cgroup: Option<&CgroupGuard>) -> JailSpec {
+        let base = self.base();
+        let o = self.rt.options();
+        let lim = self.cgroup_limits();
+        let has = |c: Controller| cgroup.is_some_and(|g| g.0.has(c));
+        let mut rlimits = vec![Rlimit {
+            resource: libc::RLIMIT_CORE as i32,
+            value: 0,
+        }];
+        if o.limits.nofile > 0 {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_NOFILE as i32,
+                value: o.limits.nofile.min(base.nofile_hard),
+            });
+        }
+        if let (Some(p), false) = (lim.pids, has(Controller::Pids)) {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_NPROC as i32,
+                value: p,
+            });
+        }
+        if let (Some(m), false) = (lim.memory_bytes, has(Controller::Memory)) {
+            rlimits.push(Rlimit {
+                resource: libc::RLIMIT_AS as i32,
+                value: m,
+            });
+        }
+        JailSpec {
+            mounts: (*self.mounts).clone(),
+            landlock: self.landlock.as_deref().cloned(),
+            seccomp: base.seccomp.clone(),
+            uid: self.ids.0,
+            gid: self.ids.1,
+            privileged: base.privileged,
+            net: match (&self.netns, o.network) {
+                (_, Network::Host) => NetMode::Host,
+                (Some(ns), Network::None) => NetMode::Join(ns.clone()),
+                (None, Network::None) => NetMode::PerExec,
+            },
+            hostname: "sandbox".into(),
+            program: base.shell.into(),
+            rlimits,
+            cgroup: cgroup.map(|g| g.0.join_plan()).unwrap_or_default(),
+            cap_last_cap: base.cap_last_cap,
+        }
+    }
+
+    /// A jail waiting for its command.
+    async fn build(&self) -> Result<Warm, String> {
+        let n = self.rt.next_exec_id();
+        let cgroup = self.cgroup(n).map_err(|e| e.to_string())?;
+        let pending = build_jail(self.spec(cgroup.as_deref())).await?;
+        Ok(Warm { pending, cgroup, n })
+    }
+}
+
+/// A jail built ahead of time for the sandbox's next exec. Dropping it kills its init, then
+/// removes its cgroup (fields drop in order).
+struct Warm {
+    pending: PendingJail,
+    cgroup: Option<Arc<CgroupGuard>>,
+    n: u64,
+}
+
+/// Starts building the next exec's jail in the background, unless a build is already there.
+/// A failure is only logged by the exec that takes it, which then builds its own jail and
+/// reports.
+fn prebuild(slot: &Mutex<WarmSlot>, factory: JailFactory) {
+    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        *slot = Some(tokio::spawn(async move { factory.build().await }));
+    }
+}
+
+/// The next exec's jail: a build task, maybe finished. Whoever takes the handle gets the
+/// jail; a handle dropped untaken drops the jail (killing it) when the task ends.
+type WarmSlot = Option<tokio::task::JoinHandle<Result<Warm, String>>>;
 
 /// Removes the exec's cgroup when the last holder (driver or reaper) is done with it.
 struct CgroupGuard(ExecCgroup);
@@ -83,10 +203,9 @@ pub struct LocalSandbox {
     table: Arc<MountTable>,
     fs: FsOps,
     ids: (u32, u32),
-    jail: Option<JailTemplate>,
-    /// The sandbox's own loopback-only network, kept across execs (root Paddock,
-    /// `network: none`); `None` means a fresh one per exec or the host's.
-    netns: Option<Arc<std::os::fd::OwnedFd>>,
+    jail: Option<JailFactory>,
+    /// The next exec's jail, when `prebuild_jail` is on.
+    warm: Arc<Mutex<WarmSlot>>,
     live: Arc<Mutex<HashMap<u64, Live>>>,
 }
 
@@ -155,7 +274,6 @@ impl LocalSandbox {
         )
         .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?;
         let mut owner = None;
-        let mut netns = None;
         let jail = match &rt.jail {
             None => None,
             Some(base) => {
@@ -217,6 +335,12 @@ impl LocalSandbox {
                     binds,
                     tmp_size_bytes: o.limits.tmp_size_bytes,
                     staging: "/tmp".into(),
+                    etc_files: crate::etc::etc_files(rt.layout().root(), ids.0, ids.1).map_err(
+                        |e| {
+                            tracing::error!(error = %e, "could not write the sandbox user's account files");
+                            internal("could not write the sandbox user's account files")
+                        },
+                    )?,
                 })
                 .map_err(|e| SandboxError::invalid_argument("mounts", e.to_string()))?;
                 let landlock = paddock_sys::landlock::plan(
@@ -224,6 +348,7 @@ impl LocalSandbox {
                     &mounts.writable_dirs,
                     &mounts.device_files,
                 );
+                let mut netns = None;
                 if base.privileged && o.network == Network::None {
                     let ns = paddock_sys::jail::create_netns().map_err(|e| {
                         tracing::error!(error = %e, "could not create the sandbox's network namespace");
@@ -231,7 +356,14 @@ impl LocalSandbox {
                     })?;
                     netns = Some(Arc::new(ns));
                 }
-                Some(JailTemplate { mounts, landlock })
+                Some(JailFactory {
+                    rt: rt.clone(),
+                    base: base.clone(),
+                    mounts: Arc::new(mounts),
+                    landlock: landlock.map(Arc::new),
+                    ids,
+                    netns,
+                })
             }
         };
         let table = Arc::new(table);
@@ -249,7 +381,7 @@ impl LocalSandbox {
             fs,
             ids,
             jail,
-            netns,
+            warm: Arc::default(),
             live: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -280,8 +412,14 @@ impl LocalSandbox {
             .collect()
     }
 
-    /// Kills every running command of this sandbox, including background processes.
+    /// Kills every running command of this sandbox, including background processes, and
+    /// the jail prebuilt for its next command.
     pub fn kill_all(&self) {
+        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A finished build's jail is dropped (killed, then its cgroup removed) with the
+        // handle; a running one is left to finish and its jail dropped then, in that order.
+        // (Cancelling it could remove the cgroup before the jail is gone.)
+        drop(warm);
         let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, l) in live {
             match l {
@@ -314,89 +452,74 @@ impl LocalSandbox {
     }
 
     async fn exec_isolated(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
-        let (Some(base), Some(tpl)) = (&self.rt.jail, &self.jail) else {
+        let Some(factory) = &self.jail else {
             return Err(internal("isolated exec without a jail"));
         };
         let cwd = self.cwd(&req)?;
         let (timeout, cap) = self.limits(&req);
         let o = self.rt.options();
         let env = crate::env::isolated_env(&o.environment, &req.env);
-        let n = self.rt.next_exec_id();
-        let nz = |v: u64| (v > 0).then_some(v);
-        let lim = CgroupLimits {
-            memory_bytes: nz(o.limits.memory_bytes),
-            pids: nz(o.limits.pids),
-            cpus: (o.limits.cpus > 0.0).then_some(o.limits.cpus),
-        };
-        let cgroup = if base.cgroups.bases.is_empty() {
-            None
-        } else {
-            let cg = base
-                .cgroups
-                .create_exec(&format!("x{n}"), &lim)
-                .map_err(|e| {
-                    tracing::error!(error = %e, "could not create the exec's cgroup");
-                    SandboxError::Spawn {
-                        message: "could not create the command's cgroup".into(),
-                    }
-                })?;
-            Some(Arc::new(CgroupGuard(cg)))
-        };
-        let has = |c: Controller| cgroup.as_ref().is_some_and(|g| g.0.has(c));
-        let mut rlimits = vec![Rlimit {
-            resource: libc::RLIMIT_CORE as i32,
-            value: 0,
-        }];
-        if o.limits.nofile > 0 {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_NOFILE as i32,
-                value: o.limits.nofile.min(base.nofile_hard),
-            });
-        }
-        if let (Some(p), false) = (lim.pids, has(Controller::Pids)) {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_NPROC as i32,
-                value: p,
-            });
-        }
-        if let (Some(m), false) = (lim.memory_bytes, has(Controller::Memory)) {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_AS as i32,
-                value: m,
-            });
-        }
-        let spec = JailSpec {
-            mounts: tpl.mounts.clone(),
-            landlock: tpl.landlock.clone(),
-            seccomp: base.seccomp.clone(),
-            uid: self.ids.0,
-            gid: self.ids.1,
-            privileged: base.privileged,
-            net: match (&self.netns, o.network) {
-                (_, Network::Host) => NetMode::Host,
-                (Some(ns), Network::None) => NetMode::Join(ns.clone()),
-                (None, Network::None) => NetMode::PerExec,
-            },
-            hostname: "sandbox".into(),
-            program: base.shell.into(),
+        let shell = factory.base().shell;
+        let cmd = JailCommand {
             argv: vec![
-                base.shell.rsplit('/').next().unwrap_or("sh").into(),
+                shell.rsplit('/').next().unwrap_or("sh").into(),
                 "-c".into(),
                 req.command.clone(),
             ],
             env: env.into_iter().collect(),
             cwd: cwd.to_string(),
-            rlimits,
-            cgroup_procs: cgroup
-                .as_ref()
-                .map(|g| g.0.procs_files())
-                .unwrap_or_default(),
-            cap_last_cap: base.cap_last_cap,
+        }
+        .encode()
+        .map_err(|e| SandboxError::invalid_argument("command", e.to_string()))?;
+        // A jail built ahead of time only needs its command; if its init is gone (killed
+        // from outside, or its setup failed), build a fresh one now, which reports any
+        // systematic failure.
+        // A build still in flight is awaited: it finishes sooner than a new one would.
+        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let mut started = None;
+        if let Some(task) = warm {
+            match task.await {
+                Ok(Ok(Warm { pending, cgroup, n })) => match pending.start(&cmd) {
+                    Ok(child) => started = Some((child, cgroup, n)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "prebuilt jail unusable; building one now")
+                    }
+                },
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not prebuild the jail"),
+                Err(e) => tracing::debug!(error = %e, "the prebuild task ended early"),
+            }
+        }
+        let (child, cgroup, n) = match started {
+            Some(s) => s,
+            None => {
+                let n = self.rt.next_exec_id();
+                let cgroup = factory.cgroup(n)?;
+                let spec = factory.spec(cgroup.as_deref());
+                let child = spawn_jail(spec, cmd).await.map_err(|message| {
+                    tracing::error!(%message, "jail spawn failed");
+                    SandboxError::Spawn { message }
+                })?;
+                (child, cgroup, n)
+            }
         };
-        let child = spawn_jail(spec).await.map_err(|message| {
-            tracing::error!(%message, "jail spawn failed");
-            SandboxError::Spawn { message }
-        })?;
+        // The next jail is built once this command's shell is done, not while it runs: on
+        // a small host the build would compete with the command for the CPU. An agent's
+        // next call comes later than that; a caller running commands back to back waits
+        // for the build in flight, which is never slower than building anew.
+        let shell_done = if o.prebuild_jail {
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let slot = Arc::downgrade(&self.warm);
+            let factory = factory.clone();
+            tokio::spawn(async move {
+                let _ = rx.await;
+                if let Some(slot) = slot.upgrade() {
+                    prebuild(&slot, factory);
+                }
+            });
+            Some(tx)
+        } else {
+            None
+        };
         let init = Arc::new(child.init);
         self.live
             .lock()
@@ -426,7 +549,11 @@ impl LocalSandbox {
         }
         let shell = Box::pin(async move {
             let mut rec = [0u8; StatusRecord::LEN];
-            match status.read_exact(&mut rec).await {
+            let read = status.read_exact(&mut rec).await;
+            if let Some(tx) = shell_done {
+                let _ = tx.send(());
+            }
+            match read {
                 Ok(_) => match StatusRecord::parse(&rec) {
                     Some(StatusRecord::ShellExited(WaitStatus::Exited(c))) => ShellEnd::Exited(c),
                     Some(StatusRecord::ShellExited(WaitStatus::Signaled(s))) => {

@@ -279,3 +279,92 @@ async fn isolation_none_rewrites_and_masks_paths() {
     let o = run_t(&sb, "sleep 30", 0.5).await;
     assert!(o.exit.timed_out);
 }
+
+/// Host processes running as `uid` (the jails of one test's dedicated sandbox uid).
+fn processes_of_uid(uid: u32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next().map(str::to_owned));
+        let zombie = status.lines().any(|l| l.starts_with("State:\tZ"));
+        if real.as_deref() == Some(uid.to_string().as_str()) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// How many clock ticks the jail's init started before the shell: a prebuilt jail's init
+/// was waiting long before its command came.
+const INIT_AGE: &str =
+    "echo $(( $(cut -d' ' -f22 /proc/$$/stat) - $(cut -d' ' -f22 /proc/1/stat) ))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
+    if !isolated_supported() || paddock_sys::process::euid() != 0 {
+        eprintln!("SKIPPED: needs root to run the sandbox as a dedicated uid");
+        return;
+    }
+    let uid = 951_777;
+    let e = env_with(RuntimeOptions {
+        sandbox_uid: uid,
+        sandbox_gid: uid,
+        ..RuntimeOptions::default()
+    });
+    let sb = e.sandbox("prebuilt").await;
+    assert_eq!(run(&sb, "true").await.exit.exit_code, Some(0));
+    // After a command, one idle jail waits for the next; it is not a running command.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        processes_of_uid(uid).len(),
+        1,
+        "{:?}",
+        processes_of_uid(uid)
+    );
+    assert!(sb.running().is_empty());
+    let o = run(&sb, INIT_AGE).await;
+    let age: i64 = o.stdout.trim().parse().unwrap();
+    assert!(
+        age >= 30,
+        "init was {age} ticks old: the jail was not prebuilt"
+    );
+    // The environment, cwd and exit code are still the command's own.
+    let mut r = ExecRequest::new("echo $FOO; pwd; exit 7");
+    r.env.insert("FOO".into(), "per-exec".into());
+    r.cwd = Some("/mnt/user-data/outputs".into());
+    let o = sb.exec(r).await.unwrap();
+    assert_eq!(o.stdout, "per-exec\n/mnt/user-data/outputs\n");
+    assert_eq!(o.exit.exit_code, Some(7));
+    // Reset kills the prebuilt jail too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sb.kill_all();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_prebuilding_every_jail_is_built_on_demand() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env_with(RuntimeOptions {
+        prebuild_jail: false,
+        ..RuntimeOptions::default()
+    });
+    let sb = e.sandbox("cold").await;
+    run(&sb, "true").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
+    assert!(age < 30, "init was {age} ticks old");
+}

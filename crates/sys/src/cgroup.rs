@@ -377,6 +377,15 @@ pub fn stale_owner(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
+/// The files through which an exec's init joins its cgroups (see [`ExecCgroup::join_plan`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinPlan {
+    /// v1 `tasks` files the child writes `0` into (opened by the parent before the clone).
+    pub self_tasks: Vec<PathBuf>,
+    /// v2 `cgroup.procs` files the parent writes the child's pid into.
+    pub parent_procs: Vec<PathBuf>,
+}
+
 /// One exec's cgroup directories.
 #[derive(Debug, Clone, Default)]
 pub struct ExecCgroup {
@@ -384,16 +393,31 @@ pub struct ExecCgroup {
 }
 
 impl ExecCgroup {
-    /// The `cgroup.procs` files to put the exec's init into (one per distinct directory).
-    pub fn procs_files(&self) -> Vec<PathBuf> {
-        let mut out: Vec<PathBuf> = Vec::new();
-        for (_, _, d) in &self.dirs {
-            let f = d.join("cgroup.procs");
-            if !out.contains(&f) {
-                out.push(f);
+    /// How the exec's init enters its cgroups: the files it writes `0` into itself (v1
+    /// `tasks`) and the `cgroup.procs` files the parent writes its pid into (v2), one per
+    /// distinct directory.
+    ///
+    /// Why two routes: a write of another process's pid (or any write to `cgroup.procs`)
+    /// takes the kernel's global threadgroup lock, whose writer side waits for an RCU grace
+    /// period unless the hierarchy was mounted with `favordynmods`: about 10 ms on an idle
+    /// host, on every exec. A single thread moving *itself* through v1's `tasks` file skips
+    /// that lock. Init is single-threaded at that point, so moving the thread moves the
+    /// process, and every process it forks is born inside. The file is opened by the parent,
+    /// and the kernel checks the opener's credentials, so the child needs no privilege of its
+    /// own. cgroup v2 has no `tasks` file; there the parent writes the pid.
+    pub fn join_plan(&self) -> JoinPlan {
+        let mut plan = JoinPlan::default();
+        for (_, version, d) in &self.dirs {
+            let (list, f) = if *version == 1 {
+                (&mut plan.self_tasks, d.join("tasks"))
+            } else {
+                (&mut plan.parent_procs, d.join("cgroup.procs"))
+            };
+            if !list.contains(&f) {
+                list.push(f);
             }
         }
-        out
+        plan
     }
 
     /// Whether the memory controller is in use for this exec.
@@ -563,7 +587,13 @@ mod tests {
             std::fs::read_to_string(d.join("cpu.max")).unwrap(),
             "200000 100000"
         );
-        assert_eq!(cg.procs_files(), [d.join("cgroup.procs")]);
+        assert_eq!(
+            cg.join_plan(),
+            JoinPlan {
+                self_tasks: vec![],
+                parent_procs: vec![d.join("cgroup.procs")],
+            }
+        );
         std::fs::write(
             d.join("memory.events"),
             "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
@@ -608,7 +638,17 @@ mod tests {
             std::fs::read_to_string(tmp.path().join("cpu/paddock-9/x2/cpu.cfs_quota_us")).unwrap(),
             "50000"
         );
-        assert_eq!(cg.procs_files().len(), 3);
+        assert_eq!(
+            cg.join_plan(),
+            JoinPlan {
+                self_tasks: vec![
+                    mem.join("tasks"),
+                    tmp.path().join("pids/paddock-9/x2/tasks"),
+                    tmp.path().join("cpu/paddock-9/x2/tasks"),
+                ],
+                parent_procs: vec![],
+            }
+        );
         std::fs::write(
             mem.join("memory.oom_control"),
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",

@@ -14,8 +14,11 @@
 //!    brings `lo` up, `pivot_root`s into the new root and detaches the old one, creates the
 //!    landlock ruleset, applies rlimits, drops every capability, sets `no_new_privs` and makes
 //!    itself non-dumpable (its memory is a copy of Paddock's).
-//! 4. Init forks the shell, which points stdio at the pipes, `chdir`s to the cwd, restricts
-//!    itself with landlock and seccomp, and `execve`s `/bin/bash -c CMD`.
+//! 4. Init then waits for its command (argv, environment, cwd) on the sync pipe: the jail is
+//!    built before the command is known, so a runtime can build the next exec's jail ahead
+//!    of time ([`PendingJail`]) and an exec pays only for the shell. Init forks the shell,
+//!    which points stdio at the pipes, `chdir`s to the cwd, restricts itself with landlock
+//!    and seccomp, and `execve`s `/bin/bash -c CMD`.
 //! 5. Init reaps every process of the namespace, reports the shell's wait status on the
 //!    status pipe as soon as the shell exits, and lives on while background processes remain.
 //!    Killing init (SIGKILL through its pidfd) makes the kernel kill the whole namespace, so
@@ -63,20 +66,97 @@ pub struct JailSpec {
     pub net: NetMode,
     /// Hostname inside.
     pub hostname: String,
-    /// Program to execute (absolute jail path).
+    /// Program to execute (absolute jail path); its argv comes with the [`JailCommand`].
     pub program: String,
-    /// Its argv.
+    /// Limits.
+    pub rlimits: Vec<Rlimit>,
+    /// The exec's cgroups: v1 `tasks` files init joins by itself as its first step, v2
+    /// `cgroup.procs` files the parent writes init's pid into before releasing it.
+    pub cgroup: crate::cgroup::JoinPlan,
+    /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
+    pub cap_last_cap: u32,
+}
+
+/// The per-exec part of a jail, sent to a built jail's init: what to run, with which
+/// environment, where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailCommand {
+    /// argv of [`JailSpec::program`] (argv\[0\] included).
     pub argv: Vec<String>,
-    /// Its environment.
+    /// The environment.
     pub env: Vec<(String, String)>,
     /// Working directory (jail path).
     pub cwd: String,
-    /// Limits.
-    pub rlimits: Vec<Rlimit>,
-    /// `cgroup.procs` files init is written to before it starts.
-    pub cgroup_procs: Vec<PathBuf>,
-    /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
-    pub cap_last_cap: u32,
+}
+
+/// Most bytes a command message may take (argv, environment and cwd with their NULs): the
+/// kernel's own `execve` limit is lower (`ARG_MAX`, a quarter of the stack limit, 2 MiB by
+/// default), so no command `execve` accepts is refused here.
+pub const COMMAND_MAX_BYTES: usize = 4 << 20;
+/// Most argv entries of a command.
+pub const COMMAND_MAX_ARGS: usize = 1024;
+/// Most environment entries of a command.
+pub const COMMAND_MAX_ENV: usize = 4096;
+const COMMAND_HEADER: usize = 12;
+/// The shell child's stack before `execve`: it runs a dozen raw syscalls and no formatting.
+const SHELL_STACK_BYTES: usize = 256 * 1024;
+
+/// A [`JailCommand`] encoded for init: `[body length, argc, envc]` (u32, native order), then
+/// `cwd\0 argv…\0 KEY=VALUE…\0`. Encoding checks every limit, so a message that
+/// encodes is one init accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedCommand(Vec<u8>);
+
+impl JailCommand {
+    /// Encodes the command, refusing NUL bytes and anything over the limits.
+    pub fn encode(&self) -> Result<EncodedCommand, SpawnError> {
+        if self.argv.is_empty() || self.argv.len() > COMMAND_MAX_ARGS {
+            return Err(SpawnError::TooLarge {
+                what: "argv (1 to 1024 entries)",
+            });
+        }
+        if self.env.len() > COMMAND_MAX_ENV {
+            return Err(SpawnError::TooLarge {
+                what: "environment (at most 4096 entries)",
+            });
+        }
+        let mut out = vec![0u8; COMMAND_HEADER];
+        let mut put = |bytes: &[&[u8]], what: &'static str| -> Result<(), SpawnError> {
+            for b in bytes {
+                if b.contains(&0) {
+                    return Err(SpawnError::Nul { what });
+                }
+                out.extend_from_slice(b);
+            }
+            out.push(0);
+            Ok(())
+        };
+        put(&[self.cwd.as_bytes()], "cwd")?;
+        for a in &self.argv {
+            put(&[a.as_bytes()], "command")?;
+        }
+        for (k, v) in &self.env {
+            put(&[k.as_bytes(), b"=", v.as_bytes()], "environment")?;
+        }
+        let body = out.len() - COMMAND_HEADER;
+        if body > COMMAND_MAX_BYTES {
+            return Err(SpawnError::TooLarge {
+                what: "command and environment (at most 4 MiB)",
+            });
+        }
+        // The limits above keep all three far below u32::MAX.
+        out[0..4].copy_from_slice(&(body as u32).to_ne_bytes());
+        out[4..8].copy_from_slice(&(self.argv.len() as u32).to_ne_bytes());
+        out[8..12].copy_from_slice(&(self.env.len() as u32).to_ne_bytes());
+        Ok(EncodedCommand(out))
+    }
+}
+
+impl EncodedCommand {
+    /// The bytes sent to init.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// The network namespace of a jail.
@@ -178,6 +258,12 @@ pub enum SpawnError {
         /// Which.
         what: &'static str,
     },
+    /// A command over the limits.
+    #[error("{what} is too large")]
+    TooLarge {
+        /// Which part, with its limit.
+        what: &'static str,
+    },
     /// A syscall in the parent failed.
     #[error("{step}: {source}")]
     Os {
@@ -227,6 +313,8 @@ pub const STEPS: &[&str] = &[
     "execute the shell",
     "set the parent-death signal",
     "make init non-dumpable",
+    "join the exec cgroup",
+    "read the command",
 ];
 
 const S_SYNC: u32 = 0;
@@ -261,6 +349,8 @@ const S_SECCOMP: u32 = 28;
 const S_EXEC: u32 = 29;
 const S_PDEATHSIG: u32 = 30;
 const S_DUMPABLE: u32 = 31;
+const S_CGROUP: u32 = 32;
+const S_COMMAND: u32 = 33;
 
 const TAG_EXIT: u32 = 1;
 const TAG_SETUP: u32 = 2;
@@ -308,6 +398,64 @@ impl StatusRecord {
         out[4..8].copy_from_slice(&a.to_ne_bytes());
         out[8..12].copy_from_slice(&c.to_ne_bytes());
         out
+    }
+}
+
+/// A built jail whose init waits for its command ([`PendingJail::start`]). Dropping it
+/// kills and reaps init.
+#[derive(Debug)]
+pub struct PendingJail {
+    parts: Option<(JailChild, OwnedFd)>,
+}
+
+impl PendingJail {
+    /// The waiting init.
+    pub fn init(&self) -> Option<&PidFd> {
+        self.parts.as_ref().map(|(c, _)| &c.init)
+    }
+
+    /// Sends the command: init forks the shell and the jail runs. Blocks only while the pipe
+    /// is full (a message over 64 KiB and an init still building the jail). When init is
+    /// gone (setup failed, or it was killed) the write fails with `EPIPE`; a setup failure is
+    /// then also waiting on the status pipe of the returned error's jail, which is dropped.
+    pub fn start(mut self, cmd: &EncodedCommand) -> Result<JailChild, SpawnError> {
+        let Some((child, pipe)) = self.parts.take() else {
+            return Err(os("send the command")(io::Error::other(
+                "jail already used",
+            )));
+        };
+        let mut off = 0usize;
+        let bytes = cmd.as_bytes();
+        while off < bytes.len() {
+            // SAFETY: writing from a live buffer to our pipe's write end.
+            let n = unsafe {
+                libc::write(
+                    pipe.as_raw_fd(),
+                    bytes[off..].as_ptr().cast(),
+                    bytes.len() - off,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.parts = Some((child, pipe));
+                return Err(os("send the command")(e));
+            }
+            off += n as usize;
+        }
+        Ok(child)
+    }
+}
+
+impl Drop for PendingJail {
+    fn drop(&mut self) {
+        if let Some((child, pipe)) = self.parts.take() {
+            drop(pipe);
+            let _ = child.init.kill();
+            let _ = child.init.wait_blocking();
+        }
     }
 }
 
@@ -373,9 +521,11 @@ struct Prepared {
     staging: CString,
     hostname: CString,
     program: CString,
-    argv: Vec<CString>,
-    env: Vec<CString>,
-    cwd: CString,
+    /// The command message lands here (pages are touched only by the read).
+    cmd_buf: Vec<u8>,
+    /// Pointers into `cmd_buf`, NULL-terminated, filled by init.
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
     ll_rules: Vec<(CString, u64)>,
     ll: Option<(i32, u64, u64)>,
     rlimits: Vec<Rlimit>,
@@ -447,10 +597,6 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         }
         ll = Some((p.abi, p.handled_fs, p.scoped));
     }
-    let mut env = Vec::with_capacity(spec.env.len());
-    for (k, v) in &spec.env {
-        env.push(cstr(&format!("{k}={v}"), "environment")?);
-    }
     Ok(Prepared {
         source_fds: vec![-1; sources.len()],
         sources,
@@ -458,13 +604,9 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         staging: cpath(&spec.mounts.staging, "staging path")?,
         hostname: cstr(&spec.hostname, "hostname")?,
         program: cstr(&spec.program, "program")?,
-        argv: spec
-            .argv
-            .iter()
-            .map(|a| cstr(a, "command"))
-            .collect::<Result<Vec<_>, _>>()?,
-        env,
-        cwd: cstr(&spec.cwd, "cwd")?,
+        cmd_buf: vec![0u8; COMMAND_MAX_BYTES],
+        argv_ptrs: vec![std::ptr::null(); COMMAND_MAX_ARGS + 1],
+        env_ptrs: vec![std::ptr::null(); COMMAND_MAX_ENV + 1],
         ll_rules,
         ll,
         rlimits: spec.rlimits.clone(),
@@ -522,22 +664,17 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Spawns the jail. Call it from a thread that lives as long as the jails it starts: init's
+/// Spawns the jail and starts `cmd` in it: [`build`] then [`PendingJail::start`].
+pub fn spawn(spec: &JailSpec, cmd: &JailCommand) -> Result<JailChild, SpawnError> {
+    let cmd = cmd.encode()?;
+    build(spec)?.start(&cmd)
+}
+
+/// Builds the jail: returns once init is released and building the root; init then waits for
+/// its command. Call it from a thread that lives as long as the jails it starts: init's
 /// parent-death signal fires when *that thread* exits.
-pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
+pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
     let mut p = prepare(spec)?;
-    let argv_ptrs: Vec<*const libc::c_char> = p
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let env_ptrs: Vec<*const libc::c_char> = p
-        .env
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
     let fprog = libc::sock_fprog {
         len: u16::try_from(spec.seccomp.len()).map_err(|_| SpawnError::Os {
             step: "seccomp program",
@@ -546,6 +683,23 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
         // seccompiler's sock_filter is #[repr(C)] with the kernel's layout (u16, u8, u8, u32).
         filter: spec.seccomp.as_ptr() as *mut libc::sock_filter,
     };
+    // Opened here, with Paddock's credentials (the kernel checks the opener's), and written
+    // by the child: see `ExecCgroup::join_plan`.
+    let tasks = spec
+        .cgroup
+        .self_tasks
+        .iter()
+        .map(|f| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(f)
+                .map(OwnedFd::from)
+        })
+        .collect::<io::Result<Vec<OwnedFd>>>()
+        .map_err(os("open the exec cgroup"))?;
+    let task_fds: Vec<RawFd> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+    // The child's copy of this buffer is the shell's stack (see `child_main`).
+    let mut shell_stack = vec![0u8; SHELL_STACK_BYTES];
     let (sync_r, sync_w) = pipe_pair("sync pipe")?;
     let (status_r, status_w) = pipe_pair("status pipe")?;
     let (out_r, out_w) = pipe_pair("stdout pipe")?;
@@ -565,6 +719,8 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
         status_w: status_w.as_raw_fd(),
         out_w: out_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
+        cgroup_tasks: &task_fds,
+        shell_stack: shell_stack.as_mut_ptr(),
     };
     let mut pidfd: libc::c_int = -1;
     let mut do_clone = |pidfd: &mut libc::c_int| {
@@ -585,7 +741,7 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
             // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls
             // over the prepared memory and ends in execve or _exit — it never returns here,
             // so the child never runs the parent's code after the clone.
-            unsafe { child_main(&mut p, &fds, &argv_ptrs, &env_ptrs, &fprog) }
+            unsafe { child_main(&mut p, &fds, &fprog) }
         }
         r
     };
@@ -599,7 +755,7 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
     let pid = i32::try_from(pid).map_err(|_| os("clone")(io::Error::other("pid out of range")))?;
     // SAFETY: CLONE_PIDFD filled in a fresh descriptor owned by us.
     let init = PidFd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid);
-    drop((sync_r, status_w, out_w, err_w));
+    drop((sync_r, status_w, out_w, err_w, tasks));
     let setup = (|| -> Result<(), SpawnError> {
         let proc = PathBuf::from(format!("/proc/{pid}"));
         if !spec.privileged {
@@ -609,7 +765,7 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
             .map_err(os("write uid_map"))?;
         std::fs::write(proc.join("gid_map"), crate::uidmap::identity_map(spec.gid))
             .map_err(os("write gid_map"))?;
-        for f in &spec.cgroup_procs {
+        for f in &spec.cgroup.parent_procs {
             std::fs::write(f, pid.to_string()).map_err(os("join the exec cgroup"))?;
         }
         let one = [1u8];
@@ -619,28 +775,34 @@ pub fn spawn(spec: &JailSpec) -> Result<JailChild, SpawnError> {
         }
         Ok(())
     })();
-    drop(sync_w);
-    if let Err(e) = setup {
-        let _ = init.kill();
-        let _ = init.wait_blocking();
-        return Err(e);
-    }
-    set_nonblocking(&out_r).map_err(os("stdout pipe"))?;
-    set_nonblocking(&err_r).map_err(os("stderr pipe"))?;
-    set_nonblocking(&status_r).map_err(os("status pipe"))?;
-    Ok(JailChild {
+    let child = JailChild {
         init,
         status: status_r,
         stdout: out_r,
         stderr: err_r,
-    })
+    };
+    // From here on, dropping `pending` kills and reaps init.
+    let pending = PendingJail {
+        parts: Some((child, sync_w)),
+    };
+    setup?;
+    if let Some((c, _)) = &pending.parts {
+        set_nonblocking(&c.stdout).map_err(os("stdout pipe"))?;
+        set_nonblocking(&c.stderr).map_err(os("stderr pipe"))?;
+        set_nonblocking(&c.status).map_err(os("status pipe"))?;
+    }
+    Ok(pending)
 }
 
-struct ChildFds {
+struct ChildFds<'a> {
     sync_r: RawFd,
     status_w: RawFd,
     out_w: RawFd,
     err_w: RawFd,
+    /// v1 `tasks` files to write `0` into (closed with the rest afterwards).
+    cgroup_tasks: &'a [RawFd],
+    /// `SHELL_STACK_BYTES` of memory the shell child runs on until its `execve`.
+    shell_stack: *mut u8,
 }
 
 fn errno() -> i32 {
@@ -728,13 +890,7 @@ struct LandlockPathBeneath {
 ///
 /// # Safety
 /// Must only be called in the child right after `clone`, never returns.
-unsafe fn child_main(
-    p: &mut Prepared,
-    fds: &ChildFds,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-    fprog: &libc::sock_fprog,
-) -> ! {
+unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog) -> ! {
     let st = fds.status_w;
     macro_rules! check {
         ($step:expr, $e:expr) => {
@@ -746,6 +902,15 @@ unsafe fn child_main(
     // SAFETY: raw syscalls with pointers into `p`, `fds`, `argv`, `envp` and stack buffers,
     // all alive until execve/_exit. Nothing allocates.
     unsafe {
+        // First of all, while single-threaded and before anything is charged to the wrong
+        // cgroup: move ourselves into the exec's v1 cgroups. Everything forked later is born
+        // inside.
+        let zero = [b'0'];
+        for fd in fds.cgroup_tasks {
+            if libc::write(*fd, zero.as_ptr().cast(), 1) != 1 {
+                fail(st, S_CGROUP, errno());
+            }
+        }
         // Keep only our four descriptors: init must not hold Paddock's sockets and files open
         // for as long as a background process keeps it alive.
         let mut keep = [
@@ -779,7 +944,6 @@ unsafe fn child_main(
             // The parent gave up (it could not write our maps): leave quietly.
             libc::_exit(125);
         }
-        libc::close(fds.sync_r);
 
         for (i, src) in p.sources.iter().enumerate() {
             let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
@@ -1000,18 +1164,31 @@ unsafe fn child_main(
         check!(S_NNP, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
         check!(S_DUMPABLE, libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0));
 
-        let shell = libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        // The jail is built: wait for the command.
+        let cwd = read_command(p, fds.sync_r, st);
+        libc::close(fds.sync_r);
+
+        // The shell shares init's memory until its execve (CLONE_VM | CLONE_VFORK, as
+        // posix_spawn does), on its own stack: init is a copy of all of Paddock's address
+        // space, and a plain fork would copy its page tables only for execve to throw them
+        // away. Init sleeps until the execve (or the child's exit). Descriptors, cwd,
+        // credentials, landlock and seccomp are per task, so the child's changes stay its own.
+        let args = ShellArgs {
+            p: &*p,
+            fds,
+            ruleset,
+            cwd,
+            fprog,
+        };
+        let top = fds.shell_stack.add(SHELL_STACK_BYTES);
+        let top = ((top as usize) & !15usize) as *mut libc::c_void;
+        let shell = libc::clone(
+            shell_entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&args as *const ShellArgs).cast_mut().cast(),
         );
-        check!(S_FORK, shell as i32);
-        if shell == 0 {
-            shell_main(p, fds, ruleset, argv, envp, fprog);
-        }
+        check!(S_FORK, shell);
         libc::close(fds.out_w);
         libc::close(fds.err_w);
         if ruleset >= 0 {
@@ -1026,11 +1203,30 @@ unsafe fn child_main(
                 }
                 break;
             }
-            if r as i64 == shell {
+            if r == shell {
                 put_record(st, &StatusRecord::encode(TAG_EXIT, status, 0));
             }
         }
         libc::_exit(0)
+    }
+}
+
+/// What the shell child needs, passed through `clone`'s argument pointer.
+struct ShellArgs<'a> {
+    p: &'a Prepared,
+    fds: &'a ChildFds<'a>,
+    ruleset: RawFd,
+    cwd: *const libc::c_char,
+    fprog: &'a libc::sock_fprog,
+}
+
+/// Entry point of the shell child on its own stack.
+extern "C" fn shell_entry(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at the `ShellArgs` on init's stack; init is suspended (vfork) until
+    // this child execs or exits, so it stays valid. shell_main never returns.
+    unsafe {
+        let a = &*(arg as *const ShellArgs);
+        shell_main(a.p, a.fds, a.ruleset, a.cwd, a.fprog)
     }
 }
 
@@ -1039,8 +1235,7 @@ unsafe fn shell_main(
     p: &Prepared,
     fds: &ChildFds,
     ruleset: RawFd,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
+    cwd: *const libc::c_char,
     fprog: &libc::sock_fprog,
 ) -> ! {
     let st = fds.status_w;
@@ -1073,7 +1268,7 @@ unsafe fn shell_main(
         libc::close(fds.out_w);
         libc::close(fds.err_w);
         libc::setsid();
-        check!(S_CWD, libc::chdir(p.cwd.as_ptr()));
+        check!(S_CWD, libc::chdir(cwd));
         check!(
             S_SECCOMP,
             libc::prctl(
@@ -1084,8 +1279,91 @@ unsafe fn shell_main(
                 0
             )
         );
-        libc::execve(p.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(
+            p.program.as_ptr(),
+            p.argv_ptrs.as_ptr(),
+            p.env_ptrs.as_ptr(),
+        );
         fail(st, S_EXEC, errno())
+    }
+}
+
+/// Reads `len` bytes from `fd` into `buf`; `Err(true)` on EOF before the first byte.
+///
+/// # Safety
+/// `buf` must hold `len` bytes.
+unsafe fn read_full(fd: RawFd, buf: *mut u8, len: usize) -> Result<(), bool> {
+    let mut off = 0usize;
+    while off < len {
+        // SAFETY: `buf + off` stays within the `len` bytes the caller guarantees.
+        let n = unsafe { libc::read(fd, buf.add(off).cast(), len - off) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return Err(off == 0);
+        }
+        off += n as usize;
+    }
+    Ok(())
+}
+
+/// Init's side of the command message (see [`EncodedCommand`]): reads it into the buffer
+/// prepared before the clone, points `argv_ptrs`/`env_ptrs` into it and returns the cwd.
+/// EOF before the message means the jail was abandoned: exit quietly.
+///
+/// # Safety
+/// Child only; raw syscalls over prepared memory.
+unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c_char {
+    let mut h = [0u8; COMMAND_HEADER];
+    // SAFETY: reads into live buffers of the stated sizes; fail/_exit never return.
+    unsafe {
+        match read_full(fd, h.as_mut_ptr(), h.len()) {
+            Ok(()) => {}
+            Err(true) => libc::_exit(0),
+            Err(false) => fail(st, S_COMMAND, libc::EPIPE),
+        }
+        let body = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let argc = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let envc = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]) as usize;
+        if body == 0 || body > p.cmd_buf.len() || argc == 0 || argc > COMMAND_MAX_ARGS {
+            fail(st, S_COMMAND, libc::EINVAL);
+        }
+        if envc > COMMAND_MAX_ENV {
+            fail(st, S_COMMAND, libc::EINVAL);
+        }
+        if read_full(fd, p.cmd_buf.as_mut_ptr(), body).is_err() {
+            fail(st, S_COMMAND, libc::EPIPE);
+        }
+        let want = 1 + argc + envc;
+        let base: *const u8 = p.cmd_buf.as_ptr();
+        let mut cwd: *const libc::c_char = std::ptr::null();
+        let mut seen = 0usize;
+        let mut start = 0usize;
+        for i in 0..body {
+            if p.cmd_buf[i] != 0 {
+                continue;
+            }
+            if seen >= want {
+                fail(st, S_COMMAND, libc::EINVAL);
+            }
+            let ptr: *const libc::c_char = base.add(start).cast();
+            if seen == 0 {
+                cwd = ptr;
+            } else if seen <= argc {
+                p.argv_ptrs[seen - 1] = ptr;
+            } else {
+                p.env_ptrs[seen - 1 - argc] = ptr;
+            }
+            seen += 1;
+            start = i + 1;
+        }
+        if seen != want || start != body {
+            fail(st, S_COMMAND, libc::EINVAL);
+        }
+        p.argv_ptrs[argc] = std::ptr::null();
+        p.env_ptrs[envc] = std::ptr::null();
+        cwd
     }
 }
 
@@ -1140,7 +1418,7 @@ mod tests {
         );
         let r = StatusRecord::encode(9, 0, 0);
         assert_eq!(StatusRecord::parse(&r), None);
-        assert_eq!(STEPS.len() as u32, S_DUMPABLE + 1);
+        assert_eq!(STEPS.len() as u32, S_COMMAND + 1);
     }
 
     #[test]

@@ -299,6 +299,20 @@ pub struct MountInputs {
     pub tmp_size_bytes: u64,
     /// Where the root tmpfs goes (a host directory every uid can traverse, e.g. `/tmp`).
     pub staging: PathBuf,
+    /// Files bound read-only over the host's `/etc/{name}` (the sandbox user's `passwd`
+    /// and `group` entries). Ignored when the host has no `/etc` directory.
+    pub etc_files: Vec<EtcFile>,
+}
+
+/// A host file shown at `/etc/{name}` in the jail, read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcFile {
+    /// The host file.
+    pub host: PathBuf,
+    /// Its name below `/etc` (one plain component).
+    pub name: String,
+    /// Locked flags of the file's host mount ([`locked_flags_from_statvfs`]).
+    pub locked: u64,
 }
 
 /// Errors of planning.
@@ -375,6 +389,24 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
                         dst: dst.join(rel),
                         flags: ms::RDONLY | ms::NOSUID | ms::NODEV | sub_locked,
                     });
+                }
+                if name == "etc" {
+                    for f in &inp.etc_files {
+                        if f.name.is_empty() || f.name.contains('/') || f.name.starts_with('.') {
+                            return Err(PlanError::BadJailPath(format!("/etc/{}", f.name)));
+                        }
+                        let fdst = dst.join(&f.name);
+                        let i = src(f.host.clone());
+                        ops.push(MountOp::Bind {
+                            source: i,
+                            dst: fdst.clone(),
+                            recursive: false,
+                        });
+                        ops.push(MountOp::Remount {
+                            dst: fdst,
+                            flags: ms::RDONLY | ms::NOSUID | ms::NODEV | f.locked,
+                        });
+                    }
                 }
             }
         }
@@ -555,6 +587,42 @@ mod tests {
             binds,
             tmp_size_bytes: 1 << 20,
             staging: "/tmp".into(),
+            etc_files: vec![],
+        }
+    }
+
+    #[test]
+    fn etc_files_are_bound_read_only_over_the_hosts_etc() {
+        let mut inp = inputs(vec![]);
+        inp.etc_files = vec![EtcFile {
+            host: "/data/state/jail-etc/951000.951000/passwd".into(),
+            name: "passwd".into(),
+            locked: ms::NOATIME,
+        }];
+        let plan = plan_mounts(&inp).unwrap();
+        let at = |want: &MountOp| plan.ops.iter().position(|o| o == want).unwrap();
+        let etc_ro = at(&MountOp::Remount {
+            dst: "/tmp/etc".into(),
+            flags: ms::RDONLY | ms::NOSUID | ms::NODEV | ms::RELATIME,
+        });
+        let i = plan
+            .sources
+            .iter()
+            .position(|p| p.ends_with("passwd"))
+            .unwrap();
+        let bind = at(&MountOp::Bind {
+            source: i,
+            dst: "/tmp/etc/passwd".into(),
+            recursive: false,
+        });
+        let ro = at(&MountOp::Remount {
+            dst: "/tmp/etc/passwd".into(),
+            flags: ms::RDONLY | ms::NOSUID | ms::NODEV | ms::NOATIME,
+        });
+        assert!(etc_ro < bind && bind + 1 == ro, "{:?}", plan.ops);
+        for bad in ["", "a/b", "..", ".hidden"] {
+            inp.etc_files[0].name = bad.into();
+            assert!(plan_mounts(&inp).is_err(), "{bad:?} accepted");
         }
     }
 

@@ -7,7 +7,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use paddock_sys::jail::{
-    JailSpec, NetMode, Rlimit, StatusRecord, cap_last_cap, create_netns, spawn,
+    COMMAND_MAX_BYTES, COMMAND_MAX_ENV, JailChild, JailCommand, JailSpec, NetMode, Rlimit,
+    SpawnError, StatusRecord, build, cap_last_cap, create_netns, spawn,
 };
 use paddock_sys::mountplan::{DataBind, HostFacts, MountInputs, plan_mounts};
 use paddock_sys::probe::{Action, probe};
@@ -42,11 +43,7 @@ fn run(cmd: &str, ws: &std::path::Path) -> (String, String, Option<StatusRecord>
     run_net(cmd, ws, NetMode::PerExec)
 }
 
-fn run_net(
-    cmd: &str,
-    ws: &std::path::Path,
-    net: NetMode,
-) -> (String, String, Option<StatusRecord>) {
+fn spec_for(ws: &std::path::Path, net: NetMode) -> JailSpec {
     let uid = paddock_sys::process::euid();
     let id = if uid == 0 { 951_000 } else { uid };
     let gid = if uid == 0 {
@@ -67,10 +64,11 @@ fn run_net(
         }],
         tmp_size_bytes: 1 << 20,
         staging: "/tmp".into(),
+        etc_files: vec![],
     })
     .unwrap();
     let abi = paddock_sys::landlock::kernel_abi();
-    let spec = JailSpec {
+    JailSpec {
         landlock: paddock_sys::landlock::plan(abi, &plan.writable_dirs, &plan.device_files),
         mounts: plan,
         seccomp: Arc::new(paddock_sys::seccomp::build_program().unwrap()),
@@ -80,17 +78,32 @@ fn run_net(
         net,
         hostname: "sandbox".into(),
         program: "/bin/sh".into(),
-        argv: vec!["sh".into(), "-c".into(), cmd.into()],
-        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
-        cwd: "/mnt/user-data/workspace".into(),
         rlimits: vec![Rlimit {
             resource: libc::RLIMIT_CORE as i32,
             value: 0,
         }],
-        cgroup_procs: vec![],
+        cgroup: Default::default(),
         cap_last_cap: cap_last_cap(),
-    };
-    let child = spawn(&spec).unwrap();
+    }
+}
+
+fn command(cmd: &str) -> JailCommand {
+    JailCommand {
+        argv: vec!["sh".into(), "-c".into(), cmd.into()],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+        cwd: "/mnt/user-data/workspace".into(),
+    }
+}
+
+fn run_net(
+    cmd: &str,
+    ws: &std::path::Path,
+    net: NetMode,
+) -> (String, String, Option<StatusRecord>) {
+    collect(spawn(&spec_for(ws, net), &command(cmd)).unwrap())
+}
+
+fn collect(child: JailChild) -> (String, String, Option<StatusRecord>) {
     for fd in [&child.stdout, &child.stderr, &child.status] {
         blocking(fd);
     }
@@ -110,6 +123,130 @@ fn run_net(
         .and_then(|()| StatusRecord::parse(&rec));
     child.init.wait_blocking().unwrap();
     (out, err, status)
+}
+
+fn workspace(tmp: &tempfile::TempDir) -> std::path::PathBuf {
+    let ws = tmp.path().join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    if paddock_sys::process::euid() == 0 {
+        paddock_sys::process::lchown(&ws, 951_000, 951_000).unwrap();
+    }
+    ws
+}
+
+#[test]
+fn a_built_jail_waits_for_its_command_then_runs_it() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let pending = build(&spec_for(&ws, NetMode::PerExec)).unwrap();
+    let pid = pending.init().unwrap().pid();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Built and idle: init is alive, nothing ran.
+    assert!(paddock_sys::process::pid_exists(pid));
+    assert_eq!(std::fs::read_dir(&ws).unwrap().count(), 0);
+    let mut cmd = command("echo \"$GREETING\" > f; cat f; pwd; echo $$");
+    cmd.env.push(("GREETING".into(), "hello later".into()));
+    cmd.cwd = "/tmp".into();
+    let (out, err, st) = collect(pending.start(&cmd.encode().unwrap()).unwrap());
+    assert_eq!(
+        st,
+        Some(StatusRecord::ShellExited(WaitStatus::Exited(0))),
+        "stderr: {err}"
+    );
+    assert_eq!(out, "hello later\n/tmp\n2\n");
+}
+
+#[test]
+fn an_abandoned_jail_is_killed_and_reaped() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let pending = build(&spec_for(&ws, NetMode::PerExec)).unwrap();
+    let pid = pending.init().unwrap().pid();
+    assert!(paddock_sys::process::pid_exists(pid));
+    drop(pending);
+    // Reaped, not a zombie: the pid is gone.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+#[test]
+fn a_command_sent_to_a_dead_jail_is_an_error() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let pending = build(&spec_for(&ws, NetMode::PerExec)).unwrap();
+    pending.init().unwrap().kill().unwrap();
+    let msg = command("true").encode().unwrap();
+    // The kill lands asynchronously; once init is gone the pipe has no reader.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let e = pending.start(&msg).unwrap_err();
+    assert!(e.to_string().contains("send the command"), "{e}");
+}
+
+#[test]
+fn commands_larger_than_a_pipe_buffer_arrive_whole() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    // 100 KiB of script (execve allows 128 KiB per argument), plus a large environment.
+    let filler = "x".repeat(100 * 1024);
+    let mut cmd = command(&format!(": {filler}; echo ${{#BIG}}"));
+    cmd.env.push(("BIG".into(), "y".repeat(60 * 1024)));
+    let (out, err, st) = collect(spawn(&spec_for(&ws, NetMode::PerExec), &cmd).unwrap());
+    assert_eq!(
+        st,
+        Some(StatusRecord::ShellExited(WaitStatus::Exited(0))),
+        "{err}"
+    );
+    assert_eq!(out, "61440\n");
+}
+
+#[test]
+fn commands_are_checked_before_they_are_sent() {
+    let mut c = command("true");
+    c.argv.push("a\0b".into());
+    assert!(matches!(
+        c.encode(),
+        Err(SpawnError::Nul { what: "command" })
+    ));
+    let mut c = command("true");
+    c.env.push(("K".into(), "v\0".into()));
+    assert!(matches!(
+        c.encode(),
+        Err(SpawnError::Nul {
+            what: "environment"
+        })
+    ));
+    let mut c = command("true");
+    c.argv.clear();
+    assert!(matches!(c.encode(), Err(SpawnError::TooLarge { .. })));
+    let mut c = command("true");
+    c.env = (0..=COMMAND_MAX_ENV)
+        .map(|i| (format!("K{i}"), String::new()))
+        .collect();
+    assert!(matches!(c.encode(), Err(SpawnError::TooLarge { .. })));
+    let c = command(&"z".repeat(COMMAND_MAX_BYTES));
+    assert!(matches!(c.encode(), Err(SpawnError::TooLarge { .. })));
+    // The wire form: header then cwd, argv, env, each NUL-terminated.
+    let e = command("true").encode().unwrap();
+    let b = e.as_bytes();
+    let body = b"/mnt/user-data/workspace\0sh\0-c\0true\0PATH=/usr/bin:/bin\0";
+    assert_eq!(&b[12..], body);
+    assert_eq!(
+        u32::from_ne_bytes(b[0..4].try_into().unwrap()) as usize,
+        body.len()
+    );
+    assert_eq!(u32::from_ne_bytes(b[4..8].try_into().unwrap()), 3);
+    assert_eq!(u32::from_ne_bytes(b[8..12].try_into().unwrap()), 1);
 }
 
 #[test]
