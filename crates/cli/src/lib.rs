@@ -314,7 +314,17 @@ fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
         &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
         false,
     );
-    let rt = tokio_rt()?;
+    // One command: a single-threaded runtime (the jail spawner has its own thread).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            report(
+                &anyhow::Error::from(e).context("could not start the async runtime"),
+                None,
+            );
+            ExitCode::FAILURE
+        })?;
     match rt.block_on(paddock_runtime::cli::run_exec_with(cmd.args, cfg.sandbox)) {
         Ok(code) => Ok(exit_code(code)),
         Err(e) => {

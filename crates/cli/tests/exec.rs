@@ -82,3 +82,56 @@ fn exit_codes_streams_and_persistence() {
         "{o:?}"
     );
 }
+
+/// `paddock-{pid}[-n]` cgroup directories of process `pid` in any v1 hierarchy or v2.
+fn cgroup_dirs_of(pid: u32) -> Vec<std::path::PathBuf> {
+    let prefix = format!("paddock-{pid}");
+    let mut out = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == prefix || name.starts_with(&format!("{prefix}-")) {
+                out.push(e.path());
+            } else if !name.starts_with("paddock-") && stack.len() < 10_000 {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_one_shot_exec_leaves_no_cgroup_or_process_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["exec", "--data-dir"])
+        .arg(&data)
+        .args(["--user", "alice", "--thread", "tidy", "--"])
+        .arg("sleep 612399 & echo started")
+        .env_remove("PADDOCK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
+    let survivors = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains("612399"))
+        .count();
+    assert_eq!(survivors, 0, "the background process outlived paddock exec");
+    // The kernel probe passed once and is remembered for the next run.
+    assert!(data.join("state/kernel-probe").is_file());
+}

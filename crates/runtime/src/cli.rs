@@ -105,14 +105,12 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
     if let Some(i) = args.isolation {
         opts.isolation = i;
     }
-    // One command per process: a jail built for a next command would only be killed.
-    opts.prebuild_jail = false;
     let mut req = ExecRequest::new(command_string(&args.command));
     req.timeout_secs = args.timeout;
     if let Err(e) = req.validate() {
         return Ok(usage(e));
     }
-    let provider = match LocalProvider::new(&args.data_dir, opts, Vec::new()) {
+    let provider = match LocalProvider::one_shot(&args.data_dir, opts, Vec::new()) {
         Ok(p) => p,
         Err(crate::RuntimeError::Options(e)) => return Ok(usage(e)),
         Err(e) => {
@@ -141,6 +139,11 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
             1
         }
     };
+    // Background processes would die with this process anyway (parent-death signal); end
+    // them now and let the reaper remove the exec's cgroup, so no directory is left for the
+    // next run to sweep.
+    sb.kill_all();
+    sb.settle(std::time::Duration::from_millis(500)).await;
     drop(sb);
     provider.shutdown();
     Ok(code)

@@ -15,6 +15,7 @@ mod drive;
 pub mod env;
 mod etc;
 pub mod options;
+mod probecache;
 pub mod provider;
 pub mod runtime;
 pub mod sandbox;

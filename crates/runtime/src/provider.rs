@@ -57,12 +57,27 @@ impl LocalProvider {
         opts: RuntimeOptions,
         custom: Vec<Mount>,
     ) -> Result<Self, RuntimeError> {
-        Ok(Self {
-            rt: Runtime::new(data_dir, opts)?,
+        Ok(Self::over(Runtime::new(data_dir, opts)?, custom))
+    }
+
+    /// A provider for a process that runs one command and exits (`paddock exec`): no jail
+    /// is prebuilt, and each exec gets a fresh loopback-only network instead of a kept one
+    /// (nothing could use it after the process is gone).
+    pub fn one_shot(
+        data_dir: impl Into<PathBuf>,
+        opts: RuntimeOptions,
+        custom: Vec<Mount>,
+    ) -> Result<Self, RuntimeError> {
+        Ok(Self::over(Runtime::one_shot(data_dir, opts)?, custom))
+    }
+
+    fn over(rt: Arc<Runtime>, custom: Vec<Mount>) -> Self {
+        Self {
+            rt,
             custom,
             cache: Mutex::new(Cache::default()),
             init_hook: None,
-        })
+        }
     }
 
     /// Runs `hook` (blocking, on a worker thread) inside every sandbox initialisation — used

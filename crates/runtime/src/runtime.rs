@@ -7,7 +7,7 @@
 //! The spawner is one long-lived thread because init's parent-death signal is tied to the
 //! thread that cloned it: a pool thread exiting would kill every sandbox it had started.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -65,6 +65,8 @@ pub struct Runtime {
     pub(crate) opts: RuntimeOptions,
     pub(crate) layout: DataLayout,
     pub(crate) jail: Option<Arc<JailBase>>,
+    /// One command per process: no prebuilt jails, no kept network namespace.
+    pub(crate) one_shot: bool,
 }
 
 /// Exec numbers are process-wide: several runtimes in one process (tests, a server with two
@@ -132,8 +134,25 @@ impl Runtime {
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
+        Self::build(data_dir.into(), opts, false)
+    }
+
+    /// The runtime of a process that runs one command and exits (see
+    /// [`crate::LocalProvider::one_shot`]).
+    pub fn one_shot(
+        data_dir: impl Into<PathBuf>,
+        opts: RuntimeOptions,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        Self::build(data_dir.into(), opts, true)
+    }
+
+    fn build(
+        data_dir: PathBuf,
+        opts: RuntimeOptions,
+        one_shot: bool,
+    ) -> Result<Arc<Self>, RuntimeError> {
         opts.validate()?;
-        let layout = DataLayout::new(data_dir.into());
+        let layout = DataLayout::new(data_dir);
         let jail = match opts.isolation {
             Isolation::None => {
                 tracing::warn!(
@@ -142,12 +161,22 @@ impl Runtime {
                 );
                 None
             }
-            Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts)?)),
+            Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts, layout.root())?)),
         };
-        Ok(Arc::new(Self { opts, layout, jail }))
+        Ok(Arc::new(Self {
+            opts,
+            layout,
+            jail,
+            one_shot,
+        }))
     }
 
-    fn jail_base(opts: &RuntimeOptions) -> Result<JailBase, RuntimeError> {
+    /// Whether execs prebuild the next jail.
+    pub(crate) fn prebuilds(&self) -> bool {
+        self.opts.prebuild_jail && !self.one_shot
+    }
+
+    fn jail_base(opts: &RuntimeOptions, data_root: &Path) -> Result<JailBase, RuntimeError> {
         // One child checks everything; only when it fails do the single probes run, to name
         // the missing feature.
         let mut all = libc::CLONE_NEWUSER
@@ -158,7 +187,13 @@ impl Runtime {
         if opts.network == Network::None {
             all |= libc::CLONE_NEWNET;
         }
-        let combined = probe(all, Action::Jail);
+        let cache = crate::probecache::ProbeCache::new(data_root, opts.network == Network::None);
+        let cached = cache.hit();
+        let combined = if cached {
+            Ok(())
+        } else {
+            probe(all, Action::Jail)
+        };
         for (feature, flags, action, hint) in required_probes(opts.network) {
             if combined.is_ok() {
                 break;
@@ -187,15 +222,23 @@ impl Runtime {
             detail: e.to_string(),
             hint: "this CPU architecture is not supported by the filter compiler; use isolation: none",
         })?;
-        let landlock_abi = paddock_sys::landlock::kernel_abi();
+        let mut landlock_abi = paddock_sys::landlock::kernel_abi();
         if landlock_abi < 1 {
             tracing::warn!(
                 "landlock is not available on this kernel: the jail runs without its landlock layer (namespaces, uid, seccomp and read-only mounts still apply)"
             );
-        } else if let Err(e) = probe(0, Action::Landlock) {
+        } else if !cached && let Err(e) = probe(0, Action::Landlock) {
             tracing::warn!(
                 "landlock ABI {landlock_abi} is reported but restricting failed ({e}); continuing without it"
             );
+            landlock_abi = 0;
+        }
+        // Only a full pass is remembered (see `probecache`).
+        if !cached
+            && landlock_abi == paddock_sys::landlock::kernel_abi()
+            && let Err(e) = cache.record()
+        {
+            tracing::debug!(error = %e, "could not record the kernel probe");
         }
         let layout = paddock_sys::cgroup::discover_self();
         let swept = paddock_sys::cgroup::sweep_stale(&layout, |pid| {

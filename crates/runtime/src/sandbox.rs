@@ -207,6 +207,8 @@ pub struct LocalSandbox {
     /// The next exec's jail, when `prebuild_jail` is on.
     warm: Arc<Mutex<WarmSlot>>,
     live: Arc<Mutex<HashMap<u64, Live>>>,
+    /// Reapers still to finish (each removes its exec's cgroup when init is gone).
+    reaping: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
 }
 
 impl std::fmt::Debug for LocalSandbox {
@@ -349,7 +351,7 @@ impl LocalSandbox {
                     &mounts.device_files,
                 );
                 let mut netns = None;
-                if base.privileged && o.network == Network::None {
+                if base.privileged && o.network == Network::None && !rt.one_shot {
                     let ns = paddock_sys::jail::create_netns().map_err(|e| {
                         tracing::error!(error = %e, "could not create the sandbox's network namespace");
                         internal("could not create the sandbox's network namespace")
@@ -383,6 +385,7 @@ impl LocalSandbox {
             jail,
             warm: Arc::default(),
             live: Arc::new(Mutex::new(HashMap::new())),
+            reaping: Arc::default(),
         })
     }
 
@@ -410,6 +413,22 @@ impl LocalSandbox {
                 Live::Group(g) => *g,
             })
             .collect()
+    }
+
+    /// Waits (at most `limit`) until every exec's process tree is gone and its cgroup
+    /// removed; true when that happened. Used after [`Self::kill_all`] by a process about to
+    /// exit, so it leaves nothing behind.
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.reaping.1.notified();
+            if self.reaping.0.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Kills every running command of this sandbox, including background processes, and
@@ -506,7 +525,7 @@ impl LocalSandbox {
         // a small host the build would compete with the command for the CPU. An agent's
         // next call comes later than that; a caller running commands back to back waits
         // for the build in flight, which is never slower than building anew.
-        let shell_done = if o.prebuild_jail {
+        let shell_done = if self.rt.prebuilds() {
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let slot = Arc::downgrade(&self.warm);
             let factory = factory.clone();
@@ -539,12 +558,16 @@ impl LocalSandbox {
             let live = Arc::downgrade(&self.live);
             let init = init.clone();
             let cg = cgroup.clone();
+            let reaping = self.reaping.clone();
+            reaping.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 let _ = paddock_sys::process::wait_exit(init).await;
                 if let Some(live) = live.upgrade() {
                     live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
                 }
                 drop(cg);
+                reaping.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                reaping.1.notify_waiters();
             });
         }
         let shell = Box::pin(async move {

@@ -324,9 +324,17 @@ impl CgroupSet {
         Ok(cg)
     }
 
-    /// Removes the (empty) base directories.
+    /// Removes the base directories and any exec directories left in them whose processes
+    /// are gone (a busy one stays, for [`sweep_stale`] after this process exits).
     pub fn remove(&self) {
         for (_, base) in self.bases.values() {
+            if let Ok(rd) = std::fs::read_dir(base) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            }
             let _ = std::fs::remove_dir(base);
         }
     }
