@@ -50,6 +50,8 @@ pub struct Control {
     pub oom_check: Box<dyn Fn() -> bool + Send + Sync>,
     /// Rewrites an output chunk (host-path masking in `isolation: none`).
     pub map_output: Option<Box<dyn Fn(Bytes) -> Bytes + Send + Sync>>,
+    /// Runs once the exit record is handed to the consumer (or the stream ended early).
+    pub on_end: Option<Box<dyn FnOnce() + Send>>,
 }
 
 struct Capped {
@@ -96,7 +98,18 @@ async fn run<O, E>(
         kill,
         oom_check,
         map_output,
+        on_end,
     } = ctl;
+    // Runs `on_end` however this function returns.
+    struct OnEnd(Option<Box<dyn FnOnce() + Send>>);
+    impl Drop for OnEnd {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    let _on_end = OnEnd(on_end);
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out_cap = Capped {

@@ -177,9 +177,14 @@ struct Warm {
 /// A failure is only logged by the exec that takes it, which then builds its own jail and
 /// reports.
 fn prebuild(slot: &Mutex<WarmSlot>, factory: JailFactory) {
+    // Called from a driver task, so normally inside a runtime; outside one (a driver dropped
+    // by a runtime being torn down) there is nothing to build for.
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
     let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
     if slot.is_none() {
-        *slot = Some(tokio::spawn(async move { factory.build().await }));
+        *slot = Some(rt.spawn(async move { factory.build().await }));
     }
 }
 
@@ -521,21 +526,18 @@ impl LocalSandbox {
                 (child, cgroup, n)
             }
         };
-        // The next jail is built once this command's shell is done, not while it runs: on
+        // The next jail is built once this command has ended, not while it runs: on
         // a small host the build would compete with the command for the CPU. An agent's
         // next call comes later than that; a caller running commands back to back waits
         // for the build in flight, which is never slower than building anew.
-        let shell_done = if self.rt.prebuilds() {
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let on_end: Option<Box<dyn FnOnce() + Send>> = if self.rt.prebuilds() {
             let slot = Arc::downgrade(&self.warm);
             let factory = factory.clone();
-            tokio::spawn(async move {
-                let _ = rx.await;
+            Some(Box::new(move || {
                 if let Some(slot) = slot.upgrade() {
                     prebuild(&slot, factory);
                 }
-            });
-            Some(tx)
+            }))
         } else {
             None
         };
@@ -572,11 +574,7 @@ impl LocalSandbox {
         }
         let shell = Box::pin(async move {
             let mut rec = [0u8; StatusRecord::LEN];
-            let read = status.read_exact(&mut rec).await;
-            if let Some(tx) = shell_done {
-                let _ = tx.send(());
-            }
-            match read {
+            match status.read_exact(&mut rec).await {
                 Ok(_) => match StatusRecord::parse(&rec) {
                     Some(StatusRecord::ShellExited(WaitStatus::Exited(c))) => ShellEnd::Exited(c),
                     Some(StatusRecord::ShellExited(WaitStatus::Signaled(s))) => {
@@ -602,6 +600,7 @@ impl LocalSandbox {
             }),
             oom_check: Box::new(move || oom_cg.as_ref().is_some_and(|g| g.0.oom_kills() > 0)),
             map_output: None,
+            on_end,
         };
         Ok(drive(out, err, ctl, timeout, cap))
     }
@@ -691,6 +690,7 @@ impl LocalSandbox {
                 },
                 Err(_) => b,
             })),
+            on_end: None,
         };
         Ok(drive(out, err, ctl, timeout, cap))
     }
