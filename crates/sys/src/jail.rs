@@ -3,11 +3,14 @@
 //! Design (one exec = one short-lived set of namespaces):
 //!
 //! 1. The parent (a long-lived spawner thread of the runtime) prepares everything — C
-//!    strings, argv/envp pointer arrays, the mount ops, the landlock plan, the seccomp
-//!    program, rlimits — then calls `clone(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS
-//!    | NEWCGROUP [| NEWNET] | CLONE_PIDFD)` with no new stack (fork semantics).
-//! 2. The child is pid 1 of the new pid namespace: the exec's *init*. It waits on a sync
-//!    pipe while the parent writes its uid/gid maps and moves it into the exec's cgroups.
+//!    strings, the mount ops, the landlock plan, the seccomp program, rlimits, a buffer for
+//!    the command, the shell's stack, the exec cgroups' v1 `tasks` files opened for writing —
+//!    then calls `clone(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS | NEWCGROUP
+//!    [| NEWNET] | CLONE_PIDFD)` with no new stack (fork semantics).
+//! 2. The child is pid 1 of the new pid namespace: the exec's *init*. First it moves itself
+//!    into its v1 cgroups (see `cgroup::ExecCgroup::join_plan` for why itself), then waits on
+//!    a sync pipe while the parent writes its uid/gid maps (and, on cgroup v2, its pid into
+//!    `cgroup.procs`).
 //! 3. Init opens every bind source (`O_PATH`) while it still holds its original host
 //!    credentials, switches to the sandbox uid/gid (keeping its capabilities *inside* the new
 //!    user namespace), builds the root on a tmpfs, mounts a fresh procfs, sets the hostname,
@@ -16,9 +19,10 @@
 //!    itself non-dumpable (its memory is a copy of Paddock's).
 //! 4. Init then waits for its command (argv, environment, cwd) on the sync pipe: the jail is
 //!    built before the command is known, so a runtime can build the next exec's jail ahead
-//!    of time ([`PendingJail`]) and an exec pays only for the shell. Init forks the shell,
-//!    which points stdio at the pipes, `chdir`s to the cwd, restricts itself with landlock
-//!    and seccomp, and `execve`s `/bin/bash -c CMD`.
+//!    of time ([`PendingJail`]) and an exec pays only for the shell. Init starts the shell
+//!    with `CLONE_VM | CLONE_VFORK` (no copy of its address space), which points stdio at
+//!    the pipes, `chdir`s to the cwd, restricts itself with landlock and seccomp, and
+//!    `execve`s `/bin/bash -c CMD`.
 //! 5. Init reaps every process of the namespace, reports the shell's wait status on the
 //!    status pipe as soon as the shell exits, and lives on while background processes remain.
 //!    Killing init (SIGKILL through its pidfd) makes the kernel kill the whole namespace, so
