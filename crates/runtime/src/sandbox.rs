@@ -31,7 +31,9 @@ use paddock_core::{MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualP
 use paddock_fsops::{FsOps, FsOptions};
 use paddock_sys::PidFd;
 use paddock_sys::cgroup::{CgroupLimits, Controller, ExecCgroup};
-use paddock_sys::jail::{JailCommand, JailSpec, NetMode, PendingJail, Rlimit, StatusRecord};
+use paddock_sys::jail::{
+    EncodedCommand, JailChild, JailCommand, JailSpec, NetMode, PendingJail, Rlimit, StatusRecord,
+};
 use paddock_sys::landlock::LandlockPlan;
 use paddock_sys::mountplan::{
     DataBind, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
@@ -186,6 +188,27 @@ fn prebuild(slot: &Mutex<WarmSlot>, factory: JailFactory) {
     if slot.is_none() {
         *slot = Some(rt.spawn(async move { factory.build().await }));
     }
+}
+
+/// Sends `cmd` to a prebuilt jail. A message that fits a pipe buffer is written at once;
+/// a larger one blocks until init has read it, so it is written off the async threads.
+async fn send_command(
+    pending: PendingJail,
+    cmd: &EncodedCommand,
+) -> Result<JailChild, paddock_sys::jail::SpawnError> {
+    const PIPE_BUFFER: usize = 64 * 1024;
+    if cmd.as_bytes().len() <= PIPE_BUFFER {
+        return pending.start(cmd);
+    }
+    let cmd = cmd.clone();
+    tokio::task::spawn_blocking(move || pending.start(&cmd))
+        .await
+        .unwrap_or_else(|e| {
+            Err(paddock_sys::jail::SpawnError::Os {
+                step: "send the command",
+                source: std::io::Error::other(e.to_string()),
+            })
+        })
 }
 
 /// The next exec's jail: a build task, maybe finished. Whoever takes the handle gets the
@@ -503,7 +526,7 @@ impl LocalSandbox {
         let mut started = None;
         if let Some(task) = warm {
             match task.await {
-                Ok(Ok(Warm { pending, cgroup, n })) => match pending.start(&cmd) {
+                Ok(Ok(Warm { pending, cgroup, n })) => match send_command(pending, &cmd).await {
                     Ok(child) => started = Some((child, cgroup, n)),
                     Err(e) => {
                         tracing::debug!(error = %e, "prebuilt jail unusable; building one now")

@@ -343,6 +343,15 @@ async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
     let o = sb.exec(r).await.unwrap();
     assert_eq!(o.stdout, "per-exec\n/mnt/user-data/outputs\n");
     assert_eq!(o.exit.exit_code, Some(7));
+    // A command larger than a pipe buffer reaches a prebuilt jail whole.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let filler = "x".repeat(100 * 1024);
+    let o = run(&sb, &format!(": {filler}; {INIT_AGE}")).await;
+    let age: i64 = o.stdout.trim().parse().unwrap();
+    assert!(
+        age >= 20,
+        "init was {age} ticks old: the jail was not prebuilt"
+    );
     // Reset kills the prebuilt jail too.
     tokio::time::sleep(Duration::from_millis(300)).await;
     sb.kill_all();
