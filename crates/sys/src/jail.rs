@@ -517,6 +517,42 @@ fn cpath(p: &Path, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul { what })
 }
 
+/// A private anonymous mapping, unmapped on drop. The command buffer and the shell's stack
+/// are large and almost never touched: a mapping costs two syscalls and its untouched pages
+/// nothing, where a heap buffer of that size would be zeroed (and made resident) by the
+/// allocator on every jail once glibc has raised its mmap threshold past it.
+struct AnonMap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl AnonMap {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr: p.cast(), len })
+    }
+}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping `new` created, once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 /// The memory the child reads. Built before the clone; the child gets a private copy.
 struct Prepared {
     sources: Vec<CString>,
@@ -526,7 +562,7 @@ struct Prepared {
     hostname: CString,
     program: CString,
     /// The command message lands here (pages are touched only by the read).
-    cmd_buf: Vec<u8>,
+    cmd_buf: AnonMap,
     /// Pointers into `cmd_buf`, NULL-terminated, filled by init.
     argv_ptrs: Vec<*const libc::c_char>,
     env_ptrs: Vec<*const libc::c_char>,
@@ -608,7 +644,7 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         staging: cpath(&spec.mounts.staging, "staging path")?,
         hostname: cstr(&spec.hostname, "hostname")?,
         program: cstr(&spec.program, "program")?,
-        cmd_buf: vec![0u8; COMMAND_MAX_BYTES],
+        cmd_buf: AnonMap::new(COMMAND_MAX_BYTES).map_err(os("map the command buffer"))?,
         argv_ptrs: vec![std::ptr::null(); COMMAND_MAX_ARGS + 1],
         env_ptrs: vec![std::ptr::null(); COMMAND_MAX_ENV + 1],
         ll_rules,
@@ -703,7 +739,7 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         .map_err(os("open the exec cgroup"))?;
     let task_fds: Vec<RawFd> = tasks.iter().map(|f| f.as_raw_fd()).collect();
     // The child's copy of this buffer is the shell's stack (see `child_main`).
-    let mut shell_stack = vec![0u8; SHELL_STACK_BYTES];
+    let shell_stack = AnonMap::new(SHELL_STACK_BYTES).map_err(os("map the shell stack"))?;
     let (sync_r, sync_w) = pipe_pair("sync pipe")?;
     let (status_r, status_w) = pipe_pair("status pipe")?;
     let (out_r, out_w) = pipe_pair("stdout pipe")?;
@@ -724,7 +760,7 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         out_w: out_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
         cgroup_tasks: &task_fds,
-        shell_stack: shell_stack.as_mut_ptr(),
+        shell_stack: shell_stack.ptr,
     };
     let mut pidfd: libc::c_int = -1;
     let mut do_clone = |pidfd: &mut libc::c_int| {
@@ -1330,22 +1366,24 @@ unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c
         let body = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let argc = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) as usize;
         let envc = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]) as usize;
-        if body == 0 || body > p.cmd_buf.len() || argc == 0 || argc > COMMAND_MAX_ARGS {
+        if body == 0 || body > p.cmd_buf.len || argc == 0 || argc > COMMAND_MAX_ARGS {
             fail(st, S_COMMAND, libc::EINVAL);
         }
         if envc > COMMAND_MAX_ENV {
             fail(st, S_COMMAND, libc::EINVAL);
         }
-        if read_full(fd, p.cmd_buf.as_mut_ptr(), body).is_err() {
+        if read_full(fd, p.cmd_buf.ptr, body).is_err() {
             fail(st, S_COMMAND, libc::EPIPE);
         }
         let want = 1 + argc + envc;
-        let base: *const u8 = p.cmd_buf.as_ptr();
+        let base: *const u8 = p.cmd_buf.ptr;
+        // SAFETY: the mapping holds `len` bytes and `body <= len`; only this process uses it.
+        let buf = std::slice::from_raw_parts(base, body);
         let mut cwd: *const libc::c_char = std::ptr::null();
         let mut seen = 0usize;
         let mut start = 0usize;
         for i in 0..body {
-            if p.cmd_buf[i] != 0 {
+            if buf[i] != 0 {
                 continue;
             }
             if seen >= want {
