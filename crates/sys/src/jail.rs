@@ -1382,8 +1382,8 @@ unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c
         let mut cwd: *const libc::c_char = std::ptr::null();
         let mut seen = 0usize;
         let mut start = 0usize;
-        for i in 0..body {
-            if buf[i] != 0 {
+        for (i, &b) in buf.iter().enumerate() {
+            if b != 0 {
                 continue;
             }
             if seen >= want {
