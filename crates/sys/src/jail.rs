@@ -15,14 +15,15 @@
 //!    credentials, switches to the sandbox uid/gid (keeping its capabilities *inside* the new
 //!    user namespace), builds the root on a tmpfs, mounts a fresh procfs, sets the hostname,
 //!    brings `lo` up, `pivot_root`s into the new root and detaches the old one, creates the
-//!    landlock ruleset, applies rlimits, drops every capability, sets `no_new_privs` and makes
-//!    itself non-dumpable (its memory is a copy of Paddock's).
+//!    landlock ruleset, applies rlimits, drops every capability, sets `no_new_privs`, makes
+//!    itself non-dumpable (its memory is a copy of Paddock's) and installs the seccomp filter
+//!    on itself (the shell inherits it).
 //! 4. Init then waits for its command (argv, environment, cwd) on the sync pipe: the jail is
 //!    built before the command is known, so a runtime can build the next exec's jail ahead
 //!    of time ([`PendingJail`]) and an exec pays only for the shell. Init starts the shell
 //!    with `CLONE_VM | CLONE_VFORK` (no copy of its address space), which points stdio at
-//!    the pipes, `chdir`s to the cwd, restricts itself with landlock and seccomp, and
-//!    `execve`s `/bin/bash -c CMD`.
+//!    the pipes, `chdir`s to the cwd, restricts itself with landlock, and `execve`s
+//!    `/bin/bash -c CMD`.
 //! 5. Init reaps every process of the namespace, reports the shell's wait status on the
 //!    status pipe as soon as the shell exits, and lives on while background processes remain.
 //!    Killing init (SIGKILL through its pidfd) makes the kernel kill the whole namespace, so
@@ -1203,6 +1204,20 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
         );
         check!(S_NNP, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
         check!(S_DUMPABLE, libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0));
+        // The seccomp filter goes on init itself, before the command comes: the shell
+        // inherits it, and attaching a filter (the kernel validates it and precomputes its
+        // per-syscall cache) leaves the exec's critical path. What init does from here on —
+        // read, clone without namespace flags, wait4, write, exit — the filter allows.
+        check!(
+            S_SECCOMP,
+            libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                fprog as *const libc::sock_fprog as libc::c_ulong,
+                0,
+                0
+            )
+        );
 
         // The jail is built: wait for the command.
         let cwd = read_command(p, fds.sync_r, st);
@@ -1218,7 +1233,6 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             fds,
             ruleset,
             cwd,
-            fprog,
         };
         let top = fds.shell_stack.add(SHELL_STACK_BYTES);
         let top = ((top as usize) & !15usize) as *mut libc::c_void;
@@ -1257,7 +1271,6 @@ struct ShellArgs<'a> {
     fds: &'a ChildFds<'a>,
     ruleset: RawFd,
     cwd: *const libc::c_char,
-    fprog: &'a libc::sock_fprog,
 }
 
 /// Entry point of the shell child on its own stack.
@@ -1266,18 +1279,14 @@ extern "C" fn shell_entry(arg: *mut libc::c_void) -> libc::c_int {
     // this child execs or exits, so it stays valid. shell_main never returns.
     unsafe {
         let a = &*(arg as *const ShellArgs);
-        shell_main(a.p, a.fds, a.ruleset, a.cwd, a.fprog)
+        shell_main(a.p, a.fds, a.ruleset, a.cwd)
     }
 }
 
-/// The shell child: stdio, cwd, landlock, seccomp, execve.
-unsafe fn shell_main(
-    p: &Prepared,
-    fds: &ChildFds,
-    ruleset: RawFd,
-    cwd: *const libc::c_char,
-    fprog: &libc::sock_fprog,
-) -> ! {
+/// The shell child: landlock, stdio, cwd, execve (seccomp it inherited from init). Landlock
+/// stays here, not on init: init outside the sandbox's landlock domain is what keeps the
+/// command from signalling it (the domain's signal scope).
+unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const libc::c_char) -> ! {
     let st = fds.status_w;
     macro_rules! check {
         ($step:expr, $e:expr) => {
@@ -1309,16 +1318,6 @@ unsafe fn shell_main(
         libc::close(fds.err_w);
         libc::setsid();
         check!(S_CWD, libc::chdir(cwd));
-        check!(
-            S_SECCOMP,
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-                fprog as *const libc::sock_fprog as libc::c_ulong,
-                0,
-                0
-            )
-        );
         libc::execve(
             p.program.as_ptr(),
             p.argv_ptrs.as_ptr(),
