@@ -13,8 +13,15 @@
 //! kept namespace is not permitted, so each exec gets a fresh one and background servers are
 //! only reachable from the exec that started them. `network: host` joins nothing.
 //!
+//! Prebuilt jails (`prebuild_jail`, the default): a jail does not need its command until
+//! the end of its build, so once an exec's stream has ended the sandbox builds the next
+//! exec's jail in the background (`JailFactory::build`), and the next exec only sends its
+//! command to the waiting init. An exec that finds the build still running awaits it; one
+//! that finds the jail dead (killed from outside) builds a fresh one.
+//!
 //! Invariants: every running exec is registered in `live` until its process tree is gone,
-//! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them.
+//! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them and the
+//! prebuilt jail; a prebuilt jail is never counted as running and is used by one exec only.
 
 use std::collections::HashMap;
 use std::io::Read;
