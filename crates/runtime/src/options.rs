@@ -112,6 +112,10 @@ pub struct RuntimeOptions {
     /// runs, so the next exec only starts its shell (default true). Costs one idle process
     /// per sandbox that has run a command. One-shot `paddock exec` never prebuilds.
     pub prebuild_jail: bool,
+    /// Seconds a prebuilt jail waits for a command before it is dropped (300). Its init holds
+    /// a copy-on-write snapshot of Paddock's memory that turns private as Paddock's heap
+    /// changes, so only recently active sandboxes keep one.
+    pub prebuilt_jail_idle_secs: u64,
 }
 
 impl Default for RuntimeOptions {
@@ -128,6 +132,7 @@ impl Default for RuntimeOptions {
             environment: BTreeMap::new(),
             max_cached_sandboxes: 256,
             prebuild_jail: true,
+            prebuilt_jail_idle_secs: 300,
         }
     }
 }
@@ -162,6 +167,12 @@ impl RuntimeOptions {
         }
         if self.output_cap_bytes == 0 {
             return err("output_cap_bytes", "must be at least 1".into());
+        }
+        if self.prebuilt_jail_idle_secs == 0 {
+            return err(
+                "prebuilt_jail_idle_secs",
+                "must be at least 1 (set prebuild_jail: false to turn prebuilding off)".into(),
+            );
         }
         if !(self.limits.cpus.is_finite() && self.limits.cpus >= 0.0) {
             return err(

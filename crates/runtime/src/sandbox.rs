@@ -185,15 +185,60 @@ struct Warm {
 /// Starts building the next exec's jail in the background, unless a build is already there.
 /// A failure is only logged by the exec that takes it, which then builds its own jail and
 /// reports.
-fn prebuild(slot: &Mutex<WarmSlot>, factory: JailFactory) {
+fn prebuild(slot: &Arc<Mutex<WarmSlot>>, factory: JailFactory) {
     // Called from a driver task, so normally inside a runtime; outside one (a driver dropped
     // by a runtime being torn down) there is nothing to build for.
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if slot.is_none() {
-        *slot = Some(rt.spawn(async move { factory.build().await }));
+    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+    if guard.is_some() {
+        return;
+    }
+    let generation = PREBUILT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ttl = Duration::from_secs(factory.rt.options().prebuilt_jail_idle_secs);
+    let build = rt.spawn(async move { factory.build().await });
+    // An unused jail is not kept forever: its init holds a copy-on-write snapshot of
+    // Paddock's memory, which turns into private memory as Paddock's heap changes.
+    let weak = Arc::downgrade(slot);
+    let expiry = rt.spawn(async move {
+        tokio::time::sleep(ttl).await;
+        let Some(slot) = weak.upgrade() else {
+            return;
+        };
+        let expired = {
+            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if s.as_ref().is_some_and(|p| p.generation == generation) {
+                s.take()
+            } else {
+                None
+            }
+        };
+        drop(expired);
+    });
+    *guard = Some(Prebuilt {
+        generation,
+        build,
+        expiry: expiry.abort_handle(),
+    });
+}
+
+static PREBUILT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The next exec's jail: its build task (maybe finished) and the timer that drops it unused.
+/// Whoever takes the build handle gets the jail; a handle dropped untaken drops the jail
+/// (killing it) when the task ends.
+struct Prebuilt {
+    generation: u64,
+    build: tokio::task::JoinHandle<Result<Warm, String>>,
+    expiry: tokio::task::AbortHandle,
+}
+
+impl Prebuilt {
+    /// The build, with the expiry timer stopped.
+    fn take_build(self) -> tokio::task::JoinHandle<Result<Warm, String>> {
+        self.expiry.abort();
+        self.build
     }
 }
 
@@ -218,9 +263,7 @@ async fn send_command(
         })
 }
 
-/// The next exec's jail: a build task, maybe finished. Whoever takes the handle gets the
-/// jail; a handle dropped untaken drops the jail (killing it) when the task ends.
-type WarmSlot = Option<tokio::task::JoinHandle<Result<Warm, String>>>;
+type WarmSlot = Option<Prebuilt>;
 
 /// Removes the exec's cgroup when the last holder (driver or reaper) is done with it.
 struct CgroupGuard(ExecCgroup);
@@ -469,7 +512,12 @@ impl LocalSandbox {
     /// Kills every running command of this sandbox, including background processes, and
     /// the jail prebuilt for its next command.
     pub fn kill_all(&self) {
-        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(Prebuilt::take_build);
         // A finished build's jail is dropped (killed, then its cgroup removed) with the
         // handle; a running one is left to finish and its jail dropped then, in that order.
         // (Cancelling it could remove the cgroup before the jail is gone.)
@@ -529,7 +577,12 @@ impl LocalSandbox {
         // from outside, or its setup failed), build a fresh one now, which reports any
         // systematic failure.
         // A build still in flight is awaited: it finishes sooner than a new one would.
-        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let warm = self
+            .warm
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(Prebuilt::take_build);
         let mut started = None;
         if let Some(task) = warm {
             match task.await {

@@ -377,3 +377,30 @@ async fn without_prebuilding_every_jail_is_built_on_demand() {
     let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
     assert!(age < 30, "init was {age} ticks old");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unused_prebuilt_jail_is_dropped_after_its_idle_time() {
+    if !isolated_supported() || paddock_sys::process::euid() != 0 {
+        eprintln!("SKIPPED: needs root to run the sandbox as a dedicated uid");
+        return;
+    }
+    let uid = 951_778;
+    let e = env_with(RuntimeOptions {
+        sandbox_uid: uid,
+        sandbox_gid: uid,
+        prebuilt_jail_idle_secs: 1,
+        ..RuntimeOptions::default()
+    });
+    let sb = e.sandbox("idle").await;
+    run(&sb, "true").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(processes_of_uid(uid).len(), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
+    // The next exec builds its jail on demand and works as ever.
+    let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
+    assert!(age < 30, "init was {age} ticks old");
+}
