@@ -239,6 +239,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
 pub struct CgroupSet {
     /// Controller -> (version, base directory of our subtree).
     pub bases: BTreeMap<Controller, (u8, PathBuf)>,
+    /// Set by [`CgroupSet::flat`]: the bases are our own cgroups, exec cgroups are named
+    /// `{prefix}-{name}` beside us, and [`CgroupSet::remove`] leaves the bases alone.
+    flat_prefix: Option<String>,
 }
 
 impl CgroupSet {
@@ -278,6 +281,39 @@ impl CgroupSet {
         (set, failed)
     }
 
+    /// Uses our own cgroup of every discovered controller directly as the parent of exec
+    /// cgroups, named `{prefix}-{name}`: for a process that runs one command and exits,
+    /// where a subtree level of its own would cost a `mkdir` and an `rmdir` per controller
+    /// and isolate nothing more (the exec cgroup holds the limits either way). On v2 the
+    /// controllers are enabled in our cgroup's `cgroup.subtree_control`, as [`Self::create`]
+    /// does. `prefix` must start with `paddock-{pid}` so [`sweep_stale`] finds leftovers.
+    pub fn flat(layout: &Layout, prefix: &str) -> (Self, Vec<(Controller, CgroupError)>) {
+        let mut set = Self {
+            flat_prefix: Some(prefix.to_owned()),
+            ..Self::default()
+        };
+        let mut failed = Vec::new();
+        for (c, loc) in &layout.controllers {
+            if loc.version == 2 {
+                let sc = loc.dir.join("cgroup.subtree_control");
+                if let Err(e) = std::fs::write(&sc, format!("+{}", c.name())) {
+                    failed.push((*c, io_err("enable controller in", &sc)(e)));
+                    continue;
+                }
+            }
+            set.bases.insert(*c, (loc.version, loc.dir.clone()));
+        }
+        (set, failed)
+    }
+
+    /// The directory of exec cgroup `name` below `base`.
+    fn exec_dir(&self, base: &Path, name: &str) -> PathBuf {
+        match &self.flat_prefix {
+            Some(prefix) => base.join(format!("{prefix}-{name}")),
+            None => base.join(name),
+        }
+    }
+
     /// Whether a controller is usable.
     pub fn has(&self, c: Controller) -> bool {
         self.bases.contains_key(&c)
@@ -294,7 +330,7 @@ impl CgroupSet {
         let mut made: Vec<PathBuf> = Vec::new();
         let result = (|| -> Result<(), CgroupError> {
             for (c, (version, base)) in &self.bases {
-                let dir = base.join(name);
+                let dir = self.exec_dir(base, name);
                 if !made.contains(&dir) {
                     match std::fs::create_dir(&dir) {
                         Ok(()) => made.push(dir.clone()),
@@ -325,8 +361,13 @@ impl CgroupSet {
     }
 
     /// Removes the base directories and any exec directories left in them whose processes
-    /// are gone (a busy one stays, for [`sweep_stale`] after this process exits).
+    /// are gone (a busy one stays, for [`sweep_stale`] after this process exits). A flat set
+    /// removes nothing: its bases are our own cgroups, and each exec cgroup is removed by
+    /// its [`ExecCgroup::remove`].
     pub fn remove(&self) {
+        if self.flat_prefix.is_some() {
+            return;
+        }
         for (_, base) in self.bases.values() {
             if let Ok(rd) = std::fs::read_dir(base) {
                 for e in rd.flatten() {
@@ -468,9 +509,13 @@ pub fn parse_oom_kills(text: &str) -> u64 {
 
 /// The layout of the running process.
 pub fn discover_self() -> Layout {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    discover_self_with(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// [`discover_self`] with the text of `/proc/self/mountinfo` already read.
+pub fn discover_self_with(mountinfo: &str) -> Layout {
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    discover(&mi, &cg, |d| {
+    discover(mountinfo, &cg, |d| {
         std::fs::read_to_string(d.join("cgroup.controllers")).ok()
     })
 }
@@ -663,6 +708,98 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.oom_kills(), 2);
+    }
+
+    #[test]
+    fn a_flat_set_puts_exec_cgroups_beside_us_and_never_removes_our_own() {
+        let tmp = tempfile::tempdir().unwrap();
+        for c in ["memory/process_api/abc", "pids", "cpu"] {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+        }
+        let t = tmp.path().display();
+        let mi = format!(
+            "35 31 0:32 / {t}/memory rw - cgroup cgroup rw,memory\n39 31 0:36 / {t}/pids rw - cgroup cgroup rw,pids\n32 31 0:29 / {t}/cpu rw - cgroup cgroup rw,cpu\n"
+        );
+        let layout = discover(&mi, HYBRID_CG, |_| None);
+        let (set, failed) = CgroupSet::flat(&layout, "paddock-9-0");
+        assert!(failed.is_empty());
+        let cg = set
+            .create_exec(
+                "x3",
+                &CgroupLimits {
+                    memory_bytes: Some(5),
+                    pids: Some(6),
+                    cpus: None,
+                },
+            )
+            .unwrap();
+        let mem = tmp.path().join("memory/process_api/abc/paddock-9-0-x3");
+        assert_eq!(
+            std::fs::read_to_string(mem.join("memory.limit_in_bytes")).unwrap(),
+            "5"
+        );
+        assert_eq!(
+            std::fs::read_to_string(tmp.path().join("pids/paddock-9-0-x3/pids.max")).unwrap(),
+            "6"
+        );
+        assert_eq!(
+            cg.join_plan().self_tasks,
+            vec![
+                mem.join("tasks"),
+                tmp.path().join("pids/paddock-9-0-x3/tasks"),
+                tmp.path().join("cpu/paddock-9-0-x3/tasks"),
+            ]
+        );
+        // A leftover flat exec cgroup is found by its owner's pid.
+        assert_eq!(stale_owner("paddock-9-0-x3"), Some(9));
+        // Removing the set leaves our own cgroups (and the exec's, which its guard removes).
+        set.remove();
+        assert!(tmp.path().join("memory/process_api/abc").is_dir());
+        assert!(tmp.path().join("pids").is_dir());
+        assert!(mem.is_dir());
+    }
+
+    #[test]
+    fn a_flat_set_enables_v2_controllers_in_our_own_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("system.slice/paddock.service");
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        let mi = format!(
+            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let layout = discover(&mi, "0::/system.slice/paddock.service\n", |d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+        });
+        let (set, failed) = CgroupSet::flat(&layout, "paddock-4-1");
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(set.has(Controller::Memory) && set.has(Controller::Pids));
+        assert!(!set.has(Controller::Cpu));
+        assert!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control"))
+                .unwrap()
+                .starts_with('+')
+        );
+        let cg = set
+            .create_exec(
+                "x0",
+                &CgroupLimits {
+                    memory_bytes: Some(1000),
+                    pids: Some(7),
+                    cpus: None,
+                },
+            )
+            .unwrap();
+        let d = own.join("paddock-4-1-x0");
+        assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
+        assert_eq!(
+            cg.join_plan(),
+            JoinPlan {
+                self_tasks: vec![],
+                parent_procs: vec![d.join("cgroup.procs")],
+            }
+        );
     }
 
     #[test]

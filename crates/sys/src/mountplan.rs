@@ -137,8 +137,14 @@ impl HostFacts {
     /// Looks at the running host: symlink or directory for each of [`SYSTEM_NAMES`], mount
     /// flags via `statvfs`, submounts via `/proc/self/mountinfo`.
     pub fn gather() -> std::io::Result<Self> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        let points = parse_mount_points(&mountinfo);
+        Self::gather_with(&std::fs::read_to_string("/proc/self/mountinfo")?)
+    }
+
+    /// [`Self::gather`] with the text of `/proc/self/mountinfo` already read (reading it
+    /// makes the kernel format every mount of the host; a caller that needs it for
+    /// something else too reads it once).
+    pub fn gather_with(mountinfo: &str) -> std::io::Result<Self> {
+        let points = parse_mount_points(mountinfo);
         let mut system = Vec::new();
         for name in SYSTEM_NAMES {
             let p = Path::new("/").join(name);
