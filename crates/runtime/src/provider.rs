@@ -60,9 +60,8 @@ impl LocalProvider {
         Ok(Self::over(Runtime::new(data_dir, opts)?, custom))
     }
 
-    /// A provider for a process that runs one command and exits (`paddock exec`): no jail
-    /// is prebuilt, and each exec gets a fresh loopback-only network instead of a kept one
-    /// (nothing could use it after the process is gone).
+    /// A provider for a process that runs one command and exits (`paddock exec`); see
+    /// [`Runtime::one_shot`].
     pub fn one_shot(
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,

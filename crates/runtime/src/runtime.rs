@@ -65,7 +65,7 @@ pub struct Runtime {
     pub(crate) opts: RuntimeOptions,
     pub(crate) layout: DataLayout,
     pub(crate) jail: Option<Arc<JailBase>>,
-    /// One command per process: no prebuilt jails, no kept network namespace.
+    /// One command per process (see [`Runtime::one_shot`]).
     pub(crate) one_shot: bool,
 }
 
@@ -137,8 +137,13 @@ impl Runtime {
         Self::build(data_dir.into(), opts, false)
     }
 
-    /// The runtime of a process that runs one command and exits (see
-    /// [`crate::LocalProvider::one_shot`]).
+    /// The runtime of a process that runs one command and exits (`paddock exec`), and so
+    /// skips what only a long-lived process needs: no jail is prebuilt; each exec gets a
+    /// fresh loopback-only network instead of a kept one (nothing could use it after the
+    /// process is gone); exec cgroups sit right beside the process's own cgroup instead of
+    /// in a subtree of their own; and jails are cloned on the calling thread, not on the
+    /// spawner thread, so drive it from the thread that outlives its jails (the main thread
+    /// of a current-thread tokio runtime).
     pub fn one_shot(
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
@@ -161,7 +166,7 @@ impl Runtime {
                 );
                 None
             }
-            Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts, layout.root())?)),
+            Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts, layout.root(), one_shot)?)),
         };
         Ok(Arc::new(Self {
             opts,
@@ -176,7 +181,11 @@ impl Runtime {
         self.opts.prebuild_jail && !self.one_shot
     }
 
-    fn jail_base(opts: &RuntimeOptions, data_root: &Path) -> Result<JailBase, RuntimeError> {
+    fn jail_base(
+        opts: &RuntimeOptions,
+        data_root: &Path,
+        one_shot: bool,
+    ) -> Result<JailBase, RuntimeError> {
         // One child checks everything; only when it fails do the single probes run, to name
         // the missing feature.
         let mut all = libc::CLONE_NEWUSER
@@ -213,10 +222,12 @@ impl Runtime {
                 hint: "each feature works alone but not together; run `paddock doctor` and report it",
             });
         }
-        let facts = HostFacts::gather().map_err(|source| RuntimeError::Host {
+        let host_err = |source| RuntimeError::Host {
             what: "inspect system directories",
             source,
-        })?;
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(host_err)?;
+        let facts = HostFacts::gather_with(&mountinfo).map_err(host_err)?;
         let seccomp = paddock_sys::seccomp::build_program().map_err(|e| RuntimeError::Unsupported {
             feature: "seccomp filters",
             detail: e.to_string(),
@@ -240,7 +251,7 @@ impl Runtime {
         {
             tracing::debug!(error = %e, "could not record the kernel probe");
         }
-        let layout = paddock_sys::cgroup::discover_self();
+        let layout = paddock_sys::cgroup::discover_self_with(&mountinfo);
         let swept = paddock_sys::cgroup::sweep_stale(&layout, |pid| {
             paddock_sys::process::pid_exists(pid as i32)
         });
@@ -250,14 +261,18 @@ impl Runtime {
                 "removed cgroup subtrees of Paddock processes that are gone"
             );
         }
-        let (cgroups, failed) = CgroupSet::create(
-            &layout,
-            &format!(
-                "paddock-{}-{}",
-                std::process::id(),
-                RUNTIME_COUNTER.fetch_add(1, Ordering::Relaxed)
-            ),
+        let name = format!(
+            "paddock-{}-{}",
+            std::process::id(),
+            RUNTIME_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
+        // One command per process: its exec cgroup goes right beside us (see
+        // `CgroupSet::flat`); a long-lived runtime keeps a subtree of its own.
+        let (cgroups, failed) = if one_shot {
+            CgroupSet::flat(&layout, &name)
+        } else {
+            CgroupSet::create(&layout, &name)
+        };
         for (c, e) in failed {
             tracing::warn!(
                 "cgroup controller {} is unusable ({e}); falling back to rlimits for it",
@@ -384,8 +399,19 @@ async fn on_spawner<T>(spec: JailSpec, task: impl FnOnce(Reply<T>) -> Task) -> R
         .map_err(|e| e.to_string())
 }
 
-/// Builds a jail and starts `cmd` in it, on the spawner thread.
-pub(crate) async fn spawn_jail(spec: JailSpec, cmd: EncodedCommand) -> Result<JailChild, String> {
+/// Builds a jail and starts `cmd` in it: on the spawner thread, or — in a one-shot runtime
+/// — on the calling thread, which is the process's main thread (`paddock exec` drives a
+/// current-thread runtime) and so outlives the jail; no thread is started for one clone.
+pub(crate) async fn spawn_jail(
+    rt: &Runtime,
+    spec: JailSpec,
+    cmd: EncodedCommand,
+) -> Result<JailChild, String> {
+    if rt.one_shot {
+        return paddock_sys::jail::build(&spec)
+            .and_then(|p| p.start(&cmd))
+            .map_err(|e| e.to_string());
+    }
     on_spawner(spec, |r| Task::Run(cmd, r)).await
 }
 

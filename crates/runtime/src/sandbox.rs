@@ -602,7 +602,7 @@ impl LocalSandbox {
                 let n = self.rt.next_exec_id();
                 let cgroup = factory.cgroup(n)?;
                 let spec = factory.spec(cgroup.as_deref());
-                let child = spawn_jail(spec, cmd).await.map_err(|message| {
+                let child = spawn_jail(&self.rt, spec, cmd).await.map_err(|message| {
                     tracing::error!(%message, "jail spawn failed");
                     SandboxError::Spawn { message }
                 })?;
