@@ -135,3 +135,124 @@ fn a_one_shot_exec_leaves_no_cgroup_or_process_behind() {
     // The kernel probe passed once and is remembered for the next run.
     assert!(data.join("state/kernel-probe").is_file());
 }
+
+/// `(controllers, path)` of each v1 hierarchy line of `/proc/{pid}/cgroup`.
+fn v1_cgroups(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            (!c.is_empty()).then(|| (c.to_owned(), path.to_owned()))
+        })
+        .collect()
+}
+
+/// `/proc/{pid}/cmdline` of the command of the cgroup test.
+const SLEEPER_CMDLINE: &[u8] = b"sleep\x00612401\x00";
+
+#[test]
+fn a_one_shot_exec_runs_in_a_limited_cgroup_right_beside_paddocks_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["exec", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--user",
+            "alice",
+            "--thread",
+            "limits",
+            "--timeout",
+            "20",
+            "--",
+        ])
+        .arg("sleep 612401")
+        .env_remove("PADDOCK_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paddock = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sleeper = loop {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmd == SLEEPER_CMDLINE).then(|| e.file_name().to_string_lossy().parse::<u32>().ok())?
+        });
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let ours = v1_cgroups(paddock);
+    let theirs = v1_cgroups(sleeper);
+    let mut checked = 0;
+    for (ctrl, path) in &theirs {
+        let Some(file) = (match ctrl.as_str() {
+            "pids" => Some("pids.max"),
+            c if c.split(',').any(|x| x == "memory") => Some("memory.limit_in_bytes"),
+            c if c.split(',').any(|x| x == "cpu") => Some("cpu.cfs_quota_us"),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let own = &ours.iter().find(|(c, _)| c == ctrl).unwrap().1;
+        let (parent, leaf) = path.rsplit_once('/').unwrap();
+        // One level below Paddock's own cgroup, named after the paddock process.
+        assert_eq!(
+            parent.trim_end_matches('/'),
+            own.trim_end_matches('/'),
+            "{ctrl}"
+        );
+        assert!(
+            leaf.starts_with(&format!("paddock-{paddock}-")),
+            "{ctrl}: {leaf}"
+        );
+        let mount = ctrl
+            .split(',')
+            .find(|c| ["pids", "memory", "cpu"].contains(c))
+            .unwrap();
+        let value = std::fs::read_to_string(format!("/sys/fs/cgroup/{mount}{path}/{file}"))
+            .unwrap_or_else(|e| panic!("{mount}{path}/{file}: {e}"));
+        let expected = match file {
+            "pids.max" => "512",
+            "memory.limit_in_bytes" => "2147483648",
+            _ => "200000",
+        };
+        assert_eq!(value.trim(), expected, "{file}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "memory, pids and cpu cgroups: {theirs:?}");
+    // SIGTERM to paddock exec: it kills the command, removes its cgroup and says so.
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(paddock.to_string())
+        .status();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(143));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("interrupted by SIGTERM"),
+        "{o:?}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{sleeper}")).exists()
+            || std::fs::read(format!("/proc/{sleeper}/cmdline")).unwrap_or_default()
+                != SLEEPER_CMDLINE,
+        "the command outlived paddock exec"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cgroup_dirs_of(paddock).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cgroups left: {:?}",
+            cgroup_dirs_of(paddock)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

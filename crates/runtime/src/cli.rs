@@ -4,6 +4,8 @@
 //! Exit codes of `exec`: the command's own code, 128+signal when it was killed, 124 on
 //! timeout, 2 for a usage error (the message names the field), 126 when the command could
 //! not be started, 1 when the runtime itself is unavailable (the message carries a hint).
+//! When `paddock exec` itself gets SIGINT, SIGTERM or SIGHUP it kills the command, removes
+//! its cgroup and exits with 128 + that signal (130, 143, 129).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -17,7 +19,6 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use crate::options::{Isolation, Network, RuntimeOptions};
-use crate::provider::LocalProvider;
 
 /// `paddock exec`: run one command in a thread's sandbox.
 #[derive(Debug, Clone, clap::Args)]
@@ -110,22 +111,39 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
     if let Err(e) = req.validate() {
         return Ok(usage(e));
     }
-    let provider = match LocalProvider::one_shot(&args.data_dir, opts, Vec::new()) {
-        Ok(p) => p,
+    let rt = match crate::Runtime::one_shot(&args.data_dir, opts) {
+        Ok(rt) => rt,
         Err(crate::RuntimeError::Options(e)) => return Ok(usage(e)),
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(1);
         }
     };
-    let sb = match provider.acquire(&user, &thread).await {
+    // One sandbox, prepared right here: a one-shot process has nothing to do beside it, so
+    // its directory work needs no worker thread (and no provider cache).
+    let sb = match crate::LocalSandbox::prepare(rt, &user, &thread, Vec::new()) {
         Ok(sb) => sb,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(1);
         }
     };
-    let code = match stream_to_stdio(sb.as_ref(), req).await {
+    // Installed before the command starts, so an interrupt at any point still ends it.
+    let mut signals = match Interrupts::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: could not install signal handlers: {e}");
+            return Ok(1);
+        }
+    };
+    let result = tokio::select! {
+        r = stream_to_stdio(&sb, req) => r,
+        sig = signals.next() => {
+            eprintln!("paddock: interrupted by {}; the command was killed", sig.name());
+            Ok(128 + sig.number())
+        }
+    };
+    let code = match result {
         Ok(code) => code,
         Err(e @ (SandboxError::InvalidArgument { .. } | SandboxError::InvalidPath { .. })) => {
             usage(e)
@@ -145,8 +163,58 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
     sb.kill_all();
     sb.settle(std::time::Duration::from_millis(500)).await;
     drop(sb);
-    provider.shutdown();
     Ok(code)
+}
+
+/// SIGINT, SIGTERM and SIGHUP of `paddock exec` itself: instead of dying and leaving the
+/// command to its parent-death signal (and its cgroup to the next run's sweep), the exec
+/// kills the command, cleans up and exits with 128 + the signal, as a shell reports it.
+struct Interrupts([(Interrupt, tokio::signal::unix::Signal); 3]);
+
+#[derive(Debug, Clone, Copy)]
+enum Interrupt {
+    Int,
+    Term,
+    Hup,
+}
+
+impl Interrupt {
+    fn number(self) -> i32 {
+        match self {
+            Self::Int => libc::SIGINT,
+            Self::Term => libc::SIGTERM,
+            Self::Hup => libc::SIGHUP,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Int => "SIGINT",
+            Self::Term => "SIGTERM",
+            Self::Hup => "SIGHUP",
+        }
+    }
+}
+
+impl Interrupts {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self([
+            (Interrupt::Int, signal(SignalKind::interrupt())?),
+            (Interrupt::Term, signal(SignalKind::terminate())?),
+            (Interrupt::Hup, signal(SignalKind::hangup())?),
+        ]))
+    }
+
+    /// The next of them to arrive.
+    async fn next(&mut self) -> Interrupt {
+        let [(a, sa), (b, sb), (c, sc)] = &mut self.0;
+        tokio::select! {
+            _ = sa.recv() => *a,
+            _ = sb.recv() => *b,
+            _ = sc.recv() => *c,
+        }
+    }
 }
 
 /// Streams a command's output to this process's stdout/stderr; returns the shell status.
