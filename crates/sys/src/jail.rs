@@ -178,58 +178,34 @@ pub enum NetMode {
     Join(std::sync::Arc<OwnedFd>),
 }
 
-/// Creates a loopback-only network namespace (with `lo` up), owned by a fresh user
-/// namespace, and returns a descriptor that keeps it alive. Joining it later needs
-/// CAP_SYS_ADMIN in Paddock's user namespace, so this is for a root Paddock.
+/// Creates a loopback-only network namespace (with `lo` up) and returns a descriptor that
+/// keeps it alive. A short-lived thread of our own moves itself into a new network
+/// namespace (`unshare(CLONE_NEWNET)` changes only the calling thread), brings `lo` up
+/// there, opens its namespace and ends; nothing is forked, so the cost does not grow with
+/// Paddock's memory. Creating (and later joining) a network namespace needs CAP_SYS_ADMIN
+/// in Paddock's user namespace, so this is for a root Paddock. The namespace belongs to
+/// Paddock's user namespace: a jail that joins it has no capability over it (its
+/// capabilities are in the jail's own user namespace), so it cannot reconfigure it.
 pub fn create_netns() -> io::Result<OwnedFd> {
-    let (sync_r, sync_w) = pipe_pair("sync pipe").map_err(|e| io::Error::other(e.to_string()))?;
-    let sync_r_raw = sync_r.as_raw_fd();
-    // SAFETY: fork semantics (NULL stack); the child only makes raw syscalls and _exits.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (libc::CLONE_NEWUSER | libc::CLONE_NEWNET) as libc::c_ulong
-                | libc::SIGCHLD as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
-    };
-    if pid == 0 {
-        // SAFETY: child side: raw syscalls only.
-        unsafe {
-            // Keep only our end of the sync pipe. A sibling child cloned concurrently by
-            // another thread inherited *our* write end (O_CLOEXEC does not act on fork), and
-            // we inherited theirs: without this, each waits for an EOF the other holds.
-            let keep = sync_r_raw as u32;
-            if keep > 0 {
-                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
+    std::thread::Builder::new()
+        .name("paddock-netns".into())
+        .spawn(|| {
+            // SAFETY: unshare affects only this thread, which ends right after; no other
+            // code runs on it.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
+                return Err(io::Error::last_os_error());
             }
-            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
-            let code = if loopback_up() < 0 { 1 } else { 0 };
-            // Wait until the parent holds the namespace (EOF on the pipe), then leave.
-            let mut b = [0u8; 1];
-            libc::read(sync_r_raw, b.as_mut_ptr().cast(), 1);
-            libc::_exit(code)
-        }
-    }
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    drop(sync_r);
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map(OwnedFd::from);
-    drop(sync_w);
-    let mut status = 0;
-    // SAFETY: reaping our own child.
-    unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-    let ns = ns?;
-    match WaitStatus::from_raw(status) {
-        WaitStatus::Exited(0) => Ok(ns),
-        _ => Err(io::Error::other(
-            "could not bring up loopback in the new network namespace",
-        )),
-    }
+            // SAFETY: raw socket/ioctl on a local ifreq.
+            if unsafe { loopback_up() } < 0 {
+                return Err(io::Error::other(format!(
+                    "could not bring up loopback in the new network namespace: {}",
+                    io::Error::last_os_error()
+                )));
+            }
+            std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the network namespace thread panicked")))
 }
 
 /// Joins `target` on the calling thread for the duration of `f`, then returns to the

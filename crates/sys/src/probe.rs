@@ -108,7 +108,7 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
         // SAFETY: child side, raw syscalls only.
         unsafe {
             // Keep only the read end: inherited write ends of sibling children created at the
-            // same moment must not be held (see `jail::create_netns`).
+            // same moment must not be held, or both wait for an EOF the other holds.
             let keep = sync_r as u32;
             if keep > 0 {
                 libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);

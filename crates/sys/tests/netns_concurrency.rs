@@ -1,7 +1,7 @@
-//! Regression: network namespaces created concurrently from many threads must all finish.
-//! Each creation forks a child that waits for EOF on its own pipe; a sibling forked at the
-//! same moment inherits that pipe's write end unless the child closes what it inherited,
-//! and then both wait forever.
+//! Network namespaces created concurrently from many threads must all finish, each with
+//! loopback up, and leave the creating threads in Paddock's own namespace. (An earlier
+//! version forked a child per namespace; two forked at the same moment each held the
+//! other's pipe and waited forever.)
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -16,14 +16,27 @@ fn concurrent_create_netns_does_not_deadlock() {
         eprintln!("skipping: creating a joinable network namespace needs root");
         return;
     }
+    use std::os::unix::fs::MetadataExt;
+    let ours = || std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
     let (tx, rx) = mpsc::channel();
     for _ in 0..16 {
         let tx = tx.clone();
         std::thread::spawn(move || {
             for _ in 0..5 {
+                let before = ours();
                 let r = paddock_sys::jail::create_netns()
-                    .map(drop)
-                    .map_err(|e| e.to_string());
+                    .map_err(|e| e.to_string())
+                    .and_then(|fd| {
+                        let made = std::fs::File::from(fd).metadata().unwrap().ino();
+                        if made == before || ours() != before {
+                            Err(format!(
+                                "namespaces: ours {before} -> {}, made {made}",
+                                ours()
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    });
                 let _ = tx.send(r);
             }
         });
