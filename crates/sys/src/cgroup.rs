@@ -4,7 +4,10 @@
 //! Paddock never moves itself or anyone else out of the cgroup it was started in: it creates
 //! a delegated subtree `paddock-{pid}` *beneath* its own cgroup of each controller (read from
 //! `/proc/self/cgroup`), one child per exec, and puts only the exec's init in it (the jail's
-//! processes inherit it). Discovery ([`discover`]) and the file-writing logic
+//! processes inherit it). On v2, where a cgroup with processes of its own cannot enable
+//! controllers for children, Paddock first moves itself one level down into
+//! `paddock-{pid}-supervisor` — when, and only when, it is alone in its cgroup
+//! ([`delegate_v2`]). Discovery ([`discover`]) and the file-writing logic
 //! ([`CgroupSet::create_exec`]) work on any root directory, so both versions are unit-tested
 //! against a fake cgroupfs in a temp dir. Invariant: a limit that was asked for is either
 //! written or reported as unavailable — never silently dropped.
@@ -216,6 +219,20 @@ fn quota_us(cpus: f64) -> Option<u64> {
 /// Errors of cgroup handling.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    /// On cgroup v2 our cgroup also holds processes that are not ours.
+    #[error(
+        "cgroup {} also holds {others} process(es) other than Paddock: cgroup v2 lets only a \
+         cgroup without processes of its own enable controllers for child cgroups, and Paddock \
+         never moves other processes; run Paddock in a cgroup of its own (a systemd service \
+         with Delegate=yes, or `systemd-run --scope -p Delegate=yes paddock ...`)",
+        path.display()
+    )]
+    Shared {
+        /// Our cgroup directory.
+        path: PathBuf,
+        /// How many other processes are in it.
+        others: usize,
+    },
     /// A directory or file could not be written.
     #[error("cgroup {what} {path}: {source}")]
     Io {
@@ -234,6 +251,63 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
     move |source| CgroupError::Io { what, path, source }
 }
 
+/// The leaf cgroup a Paddock process moves itself into on cgroup v2 (see [`delegate_v2`]).
+pub fn supervisor_name(pid: u32) -> String {
+    format!("paddock-{pid}-supervisor")
+}
+
+/// The pids listed in a `cgroup.procs` text.
+pub fn parse_procs(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Makes our cgroup v2 directory `own` able to enable controllers for child cgroups.
+///
+/// cgroup v2 only lets a cgroup that has no processes of its own enable controllers in its
+/// `cgroup.subtree_control` (the "no internal processes" rule; the root is exempt), and
+/// Paddock runs in the cgroup it was started in. So when nobody but Paddock (process `pid`)
+/// is in `own`, Paddock moves itself one level down, into `own/paddock-{pid}-supervisor`:
+/// it stays inside the cgroup it was started in, and `own` can then delegate. A cgroup
+/// that also holds other processes is left alone — other processes are never moved — and
+/// the caller falls back to rlimits for its controllers ([`CgroupError::Shared`]).
+pub fn delegate_v2(own: &Path, pid: u32) -> Result<(), CgroupError> {
+    let procs = own.join("cgroup.procs");
+    let members = parse_procs(&std::fs::read_to_string(&procs).map_err(io_err("read", &procs))?);
+    if members.is_empty() {
+        // Nobody is in it (we moved down earlier, or were started elsewhere below it).
+        return Ok(());
+    }
+    let others = members.iter().filter(|p| **p != pid).count();
+    if others > 0 {
+        return Err(CgroupError::Shared {
+            path: own.to_path_buf(),
+            others,
+        });
+    }
+    let leaf = own.join(supervisor_name(pid));
+    match std::fs::create_dir(&leaf) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err("create", &leaf)(e)),
+    }
+    let leaf_procs = leaf.join("cgroup.procs");
+    // One write of the pid moves every thread of the process.
+    std::fs::write(&leaf_procs, pid.to_string()).map_err(io_err("move Paddock into", &leaf_procs))
+}
+
+/// Enables `c` for the children of our v2 cgroup `own`, delegating it first (once per
+/// directory: `delegated` remembers which were done).
+fn enable_v2(own: &Path, c: Controller, delegated: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+    if !delegated.iter().any(|d| d == own) {
+        delegate_v2(own, std::process::id())?;
+        delegated.push(own.to_path_buf());
+    }
+    let sc = own.join("cgroup.subtree_control");
+    std::fs::write(&sc, format!("+{}", c.name())).map_err(io_err("enable controller in", &sc))
+}
+
 /// The `paddock-{pid}` subtree of each usable controller.
 #[derive(Debug, Clone, Default)]
 pub struct CgroupSet {
@@ -246,18 +320,17 @@ pub struct CgroupSet {
 
 impl CgroupSet {
     /// Creates `{our cgroup}/{name}` for every discovered controller that lets us. On v2 the
-    /// controllers are enabled in our cgroup's and the base's `cgroup.subtree_control`;
-    /// a controller whose setup fails is left out (see `unavailable`).
+    /// controllers are enabled in our cgroup's (after [`delegate_v2`]) and the base's
+    /// `cgroup.subtree_control`; a controller whose setup fails is left out, with its error.
     pub fn create(layout: &Layout, name: &str) -> (Self, Vec<(Controller, CgroupError)>) {
         let mut set = Self::default();
         let mut failed = Vec::new();
+        let mut delegated = Vec::new();
         for (c, loc) in &layout.controllers {
             let base = loc.dir.join(name);
             let r = (|| -> Result<(), CgroupError> {
                 if loc.version == 2 {
-                    let sc = loc.dir.join("cgroup.subtree_control");
-                    std::fs::write(&sc, format!("+{}", c.name()))
-                        .map_err(io_err("enable controller in", &sc))?;
+                    enable_v2(&loc.dir, *c, &mut delegated)?;
                 }
                 match std::fs::create_dir(&base) {
                     Ok(()) => {}
@@ -285,21 +358,21 @@ impl CgroupSet {
     /// cgroups, named `{prefix}-{name}`: for a process that runs one command and exits,
     /// where a subtree level of its own would cost a `mkdir` and an `rmdir` per controller
     /// and isolate nothing more (the exec cgroup holds the limits either way). On v2 the
-    /// controllers are enabled in our cgroup's `cgroup.subtree_control`, as [`Self::create`]
-    /// does. `prefix` must start with `paddock-{pid}` so [`sweep_stale`] finds leftovers.
+    /// controllers are enabled in our cgroup's `cgroup.subtree_control` after
+    /// [`delegate_v2`], as [`Self::create`] does. `prefix` must start with `paddock-{pid}` so [`sweep_stale`] finds leftovers.
     pub fn flat(layout: &Layout, prefix: &str) -> (Self, Vec<(Controller, CgroupError)>) {
         let mut set = Self {
             flat_prefix: Some(prefix.to_owned()),
             ..Self::default()
         };
         let mut failed = Vec::new();
+        let mut delegated = Vec::new();
         for (c, loc) in &layout.controllers {
-            if loc.version == 2 {
-                let sc = loc.dir.join("cgroup.subtree_control");
-                if let Err(e) = std::fs::write(&sc, format!("+{}", c.name())) {
-                    failed.push((*c, io_err("enable controller in", &sc)(e)));
-                    continue;
-                }
+            if loc.version == 2
+                && let Err(e) = enable_v2(&loc.dir, *c, &mut delegated)
+            {
+                failed.push((*c, e));
+                continue;
             }
             set.bases.insert(*c, (loc.version, loc.dir.clone()));
         }
@@ -426,13 +499,14 @@ pub fn stale_owner(name: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// The files through which an exec's init joins its cgroups (see [`ExecCgroup::join_plan`]).
+/// How an exec's init joins its cgroups (see [`ExecCgroup::join_plan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinPlan {
     /// v1 `tasks` files the child writes `0` into (opened by the parent before the clone).
     pub self_tasks: Vec<PathBuf>,
-    /// v2 `cgroup.procs` files the parent writes the child's pid into.
-    pub parent_procs: Vec<PathBuf>,
+    /// The v2 cgroup directory init is cloned into (`clone3` with `CLONE_INTO_CGROUP`; on a
+    /// kernel without it the parent writes init's pid into its `cgroup.procs` instead).
+    pub clone_into: Option<PathBuf>,
 }
 
 /// One exec's cgroup directories.
@@ -442,28 +516,29 @@ pub struct ExecCgroup {
 }
 
 impl ExecCgroup {
-    /// How the exec's init enters its cgroups: the files it writes `0` into itself (v1
-    /// `tasks`) and the `cgroup.procs` files the parent writes its pid into (v2), one per
-    /// distinct directory.
+    /// How the exec's init enters its cgroups: the v1 `tasks` files it writes `0` into itself,
+    /// one per distinct directory, and the v2 directory it is cloned into.
     ///
-    /// Why two routes: a write of another process's pid (or any write to `cgroup.procs`)
-    /// takes the kernel's global threadgroup lock, whose writer side waits for an RCU grace
-    /// period unless the hierarchy was mounted with `favordynmods`: about 10 ms on an idle
-    /// host, on every exec. A single thread moving *itself* through v1's `tasks` file skips
-    /// that lock. Init is single-threaded at that point, so moving the thread moves the
-    /// process, and every process it forks is born inside. The file is opened by the parent,
-    /// and the kernel checks the opener's credentials, so the child needs no privilege of its
-    /// own. cgroup v2 has no `tasks` file; there the parent writes the pid.
+    /// Why not the obvious route: a write of another process's pid (or any write to
+    /// `cgroup.procs`) takes the kernel's global threadgroup lock, whose writer side waits for
+    /// an RCU grace period unless the hierarchy was mounted with `favordynmods`: about 10 ms on
+    /// an idle host, on every exec. On v1, a single thread moving *itself* through the
+    /// `tasks` file skips that lock: init is single-threaded at that point, so moving the
+    /// thread moves the process, and every process it forks is born inside. The file is
+    /// opened by the parent, and the kernel checks the opener's credentials, so the child
+    /// needs no privilege of its own. v2 has no `tasks` file, but `clone3(CLONE_INTO_CGROUP)`
+    /// creates init inside its cgroup, taking that lock only for reading.
     pub fn join_plan(&self) -> JoinPlan {
         let mut plan = JoinPlan::default();
         for (_, version, d) in &self.dirs {
-            let (list, f) = if *version == 1 {
-                (&mut plan.self_tasks, d.join("tasks"))
+            if *version == 1 {
+                let f = d.join("tasks");
+                if !plan.self_tasks.contains(&f) {
+                    plan.self_tasks.push(f);
+                }
             } else {
-                (&mut plan.parent_procs, d.join("cgroup.procs"))
-            };
-            if !list.contains(&f) {
-                list.push(f);
+                // Every v2 controller of an exec shares its one directory.
+                plan.clone_into = Some(d.clone());
             }
         }
         plan
@@ -507,6 +582,24 @@ pub fn parse_oom_kills(text: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A `/proc/self/cgroup` text with our v2 cgroup taken as the one we started in: once
+/// [`delegate_v2`] moved process `pid` into its `paddock-{pid}-supervisor` leaf, that
+/// leaf's parent is still the cgroup Paddock works in.
+pub fn without_supervisor(self_cgroup: &str, pid: u32) -> String {
+    let leaf = format!("/{}", supervisor_name(pid));
+    self_cgroup
+        .lines()
+        .map(|l| match l.strip_prefix("0::") {
+            Some(path) if path.ends_with(&leaf) => {
+                let parent = &path[..path.len() - leaf.len()];
+                format!("0::{}", if parent.is_empty() { "/" } else { parent })
+            }
+            _ => l.to_owned(),
+        })
+        .map(|l| l + "\n")
+        .collect()
+}
+
 /// The layout of the running process.
 pub fn discover_self() -> Layout {
     discover_self_with(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
@@ -515,6 +608,7 @@ pub fn discover_self() -> Layout {
 /// [`discover_self`] with the text of `/proc/self/mountinfo` already read.
 pub fn discover_self_with(mountinfo: &str) -> Layout {
     let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let cg = without_supervisor(&cg, std::process::id());
     discover(mountinfo, &cg, |d| {
         std::fs::read_to_string(d.join("cgroup.controllers")).ok()
     })
@@ -609,6 +703,8 @@ mod tests {
         let own = tmp.path().join("system.slice/paddock.service");
         std::fs::create_dir_all(&own).unwrap();
         std::fs::write(own.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        // Nobody in it (as after a move down): nothing to delegate first.
+        std::fs::write(own.join("cgroup.procs"), "").unwrap();
         let mi = format!(
             "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
             tmp.path().display()
@@ -644,7 +740,7 @@ mod tests {
             cg.join_plan(),
             JoinPlan {
                 self_tasks: vec![],
-                parent_procs: vec![d.join("cgroup.procs")],
+                clone_into: Some(d.clone()),
             }
         );
         std::fs::write(
@@ -699,7 +795,7 @@ mod tests {
                     tmp.path().join("pids/paddock-9/x2/tasks"),
                     tmp.path().join("cpu/paddock-9/x2/tasks"),
                 ],
-                parent_procs: vec![],
+                clone_into: None,
             }
         );
         std::fs::write(
@@ -765,6 +861,7 @@ mod tests {
         let own = tmp.path().join("system.slice/paddock.service");
         std::fs::create_dir_all(&own).unwrap();
         std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        std::fs::write(own.join("cgroup.procs"), "").unwrap();
         let mi = format!(
             "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
             tmp.path().display()
@@ -797,9 +894,75 @@ mod tests {
             cg.join_plan(),
             JoinPlan {
                 self_tasks: vec![],
-                parent_procs: vec![d.join("cgroup.procs")],
+                clone_into: Some(d.clone()),
             }
         );
+    }
+
+    #[test]
+    fn v2_delegation_moves_only_paddock_and_only_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("paddock.service");
+        std::fs::create_dir_all(&own).unwrap();
+        // Only Paddock (pid 42) in its cgroup: it moves into its supervisor leaf.
+        std::fs::write(own.join("cgroup.procs"), "42\n").unwrap();
+        delegate_v2(&own, 42).unwrap();
+        let leaf = own.join("paddock-42-supervisor");
+        assert_eq!(
+            std::fs::read_to_string(leaf.join("cgroup.procs")).unwrap(),
+            "42"
+        );
+        // Others beside it: nothing is moved, and the error says why and what to do.
+        std::fs::write(own.join("cgroup.procs"), "42\n7\n9\n").unwrap();
+        std::fs::remove_dir_all(&leaf).unwrap();
+        let e = delegate_v2(&own, 42).unwrap_err();
+        assert!(matches!(e, CgroupError::Shared { others: 2, .. }), "{e}");
+        assert!(e.to_string().contains("Delegate=yes"), "{e}");
+        assert!(!leaf.exists());
+        // Empty (we moved down earlier): nothing to do.
+        std::fs::write(own.join("cgroup.procs"), "").unwrap();
+        delegate_v2(&own, 42).unwrap();
+        assert!(!leaf.exists());
+        // A v2 controller of a shared cgroup is reported unusable, never half set up.
+        std::fs::write(own.join("cgroup.procs"), "42\n7\n").unwrap();
+        std::fs::write(own.join("cgroup.controllers"), "memory").unwrap();
+        let mi = format!(
+            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let layout = discover(&mi, "0::/paddock.service\n", |d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+        });
+        let (set, failed) = CgroupSet::create(&layout, "paddock-42-0");
+        assert!(set.bases.is_empty());
+        assert!(matches!(
+            failed[..],
+            [(Controller::Memory, CgroupError::Shared { .. })]
+        ));
+        assert!(!own.join("paddock-42-0").exists());
+    }
+
+    #[test]
+    fn the_supervisor_leaf_is_not_taken_for_our_cgroup() {
+        let cg = "4:memory:/a\n0::/system.slice/paddock.service/paddock-42-supervisor\n";
+        assert_eq!(
+            without_supervisor(cg, 42),
+            "4:memory:/a\n0::/system.slice/paddock.service\n"
+        );
+        assert_eq!(
+            without_supervisor("0::/paddock-42-supervisor\n", 42),
+            "0::/\n"
+        );
+        // Another process's leaf, or a name that merely ends alike, is kept.
+        assert_eq!(
+            without_supervisor("0::/x/paddock-43-supervisor\n", 42),
+            "0::/x/paddock-43-supervisor\n"
+        );
+        assert_eq!(
+            without_supervisor("0::/xpaddock-42-supervisor\n", 42),
+            "0::/xpaddock-42-supervisor\n"
+        );
+        assert_eq!(stale_owner(&supervisor_name(42)), Some(42));
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //!    strings, the mount ops, the landlock plan, the seccomp program, rlimits, a buffer for
 //!    the command, the shell's stack, the exec cgroups' v1 `tasks` files opened for writing —
 //!    then calls `clone(CLONE_NEWUSER | NEWNS | NEWPID | NEWIPC | NEWUTS | NEWCGROUP
-//!    [| NEWNET] | CLONE_PIDFD)` with no new stack (fork semantics).
+//!    [| NEWNET] | CLONE_PIDFD)` with no new stack (fork semantics); with a v2 exec cgroup,
+//!    `clone3` with `CLONE_INTO_CGROUP` as well, so init is born inside it.
 //! 2. The child is pid 1 of the new pid namespace: the exec's *init*. First it moves itself
 //!    into its v1 cgroups (see `cgroup::ExecCgroup::join_plan` for why itself), then waits on
-//!    a sync pipe while the parent writes its uid/gid maps (and, on cgroup v2, its pid into
-//!    `cgroup.procs`).
+//!    a sync pipe while the parent writes its uid/gid maps (and, on a kernel older than 5.7
+//!    with a v2 exec cgroup, its pid into `cgroup.procs`).
 //! 3. Init opens every bind source (`O_PATH`) while it still holds its original host
 //!    credentials, switches to the sandbox uid/gid (keeping its capabilities *inside* the new
 //!    user namespace), builds the root on a tmpfs, mounts a fresh procfs, sets the hostname,
@@ -75,8 +76,8 @@ pub struct JailSpec {
     pub program: String,
     /// Limits.
     pub rlimits: Vec<Rlimit>,
-    /// The exec's cgroups: v1 `tasks` files init joins by itself as its first step, v2
-    /// `cgroup.procs` files the parent writes init's pid into before releasing it.
+    /// The exec's cgroups: v1 `tasks` files init joins by itself as its first step, and the
+    /// v2 directory init is cloned into.
     pub cgroup: crate::cgroup::JoinPlan,
     /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: u32,
@@ -739,21 +740,63 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         cgroup_tasks: &task_fds,
         shell_stack: shell_stack.ptr,
     };
+    // The v2 cgroup init is created in (CLONE_INTO_CGROUP), opened with our credentials.
+    let into = spec
+        .cgroup
+        .clone_into
+        .as_ref()
+        .map(|d| std::fs::File::open(d).map(OwnedFd::from))
+        .transpose()
+        .map_err(os("open the exec cgroup"))?;
     let mut pidfd: libc::c_int = -1;
-    let mut do_clone = |pidfd: &mut libc::c_int| {
-        // SAFETY: clone with a NULL stack has fork semantics: the child runs on a private copy
-        // of this thread's stack and memory. CLONE_PIDFD stores the pidfd through the
-        // parent_tid pointer, which points at a live local.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
-                std::ptr::null_mut::<libc::c_void>(),
-                pidfd as *mut libc::c_int,
-                std::ptr::null_mut::<libc::c_int>(),
-                0 as libc::c_ulong,
-            )
-        };
+    // Whether init was created inside its v2 cgroup (else the parent moves it there below).
+    let mut joined_by_clone = false;
+    let mut do_clone = |pidfd: &mut libc::c_int, joined: &mut bool| {
+        let mut r = -1;
+        if let Some(cg) = &into {
+            let args = CloneArgs {
+                flags: flags as u64 | CLONE_INTO_CGROUP,
+                pidfd: pidfd as *mut libc::c_int as u64,
+                exit_signal: libc::SIGCHLD as u64,
+                cgroup: cg.as_raw_fd() as u64,
+                ..CloneArgs::default()
+            };
+            // SAFETY: clone3 with no stack has fork semantics, as clone below; `args` and the
+            // pidfd slot it points at are live locals.
+            r = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    &args as *const CloneArgs,
+                    std::mem::size_of::<CloneArgs>(),
+                )
+            };
+            *joined = r >= 0;
+            // A kernel before 5.7 (no CLONE_INTO_CGROUP) or 5.3 (no clone3) refuses it: fall
+            // back to clone, and the parent moves init afterwards.
+            if r < 0
+                && !matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                )
+            {
+                return r;
+            }
+        }
+        if r < 0 {
+            // SAFETY: clone with a NULL stack has fork semantics: the child runs on a private
+            // copy of this thread's stack and memory. CLONE_PIDFD stores the pidfd through
+            // the parent_tid pointer, which points at a live local.
+            r = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (flags as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+                    std::ptr::null_mut::<libc::c_void>(),
+                    pidfd as *mut libc::c_int,
+                    std::ptr::null_mut::<libc::c_int>(),
+                    0 as libc::c_ulong,
+                )
+            };
+        }
         if r == 0 {
             // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls
             // over the prepared memory and ends in execve or _exit — it never returns here,
@@ -763,8 +806,8 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         r
     };
     let pid = match &spec.net {
-        NetMode::Join(ns) => in_netns(ns, || do_clone(&mut pidfd))?,
-        _ => do_clone(&mut pidfd),
+        NetMode::Join(ns) => in_netns(ns, || do_clone(&mut pidfd, &mut joined_by_clone))?,
+        _ => do_clone(&mut pidfd, &mut joined_by_clone),
     };
     if pid < 0 {
         return Err(os("clone")(io::Error::last_os_error()));
@@ -782,8 +825,9 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
             .map_err(os("write uid_map"))?;
         std::fs::write(proc.join("gid_map"), crate::uidmap::identity_map(spec.gid))
             .map_err(os("write gid_map"))?;
-        for f in &spec.cgroup.parent_procs {
-            std::fs::write(f, pid.to_string()).map_err(os("join the exec cgroup"))?;
+        if let (Some(dir), false) = (&spec.cgroup.clone_into, joined_by_clone) {
+            std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+                .map_err(os("join the exec cgroup"))?;
         }
         let one = [1u8];
         // SAFETY: write one byte from a live buffer to our pipe.
@@ -810,6 +854,26 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
     }
     Ok(pending)
 }
+
+/// `struct clone_args` of `clone3(2)` (the 88-byte version with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 struct ChildFds<'a> {
     sync_r: RawFd,

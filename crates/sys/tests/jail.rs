@@ -319,3 +319,61 @@ fn a_joined_network_namespace_is_shared_across_execs() {
     let host = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_ne!(a.lines().next().unwrap(), host.to_str().unwrap());
 }
+
+/// Our cgroup v2 directory (the cgroup2 mount point joined with our `0::` path), if this
+/// host mounts cgroup2 at all.
+fn own_v2_dir() -> Option<std::path::PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = mi.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let dash = f.iter().position(|x| *x == "-")?;
+        (f.get(dash + 1) == Some(&"cgroup2")).then(|| f[4].to_owned())
+    })?;
+    let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let ours = cg.lines().find_map(|l| l.strip_prefix("0::"))?;
+    Some(std::path::Path::new(&point).join(ours.trim_start_matches('/')))
+}
+
+#[test]
+fn init_is_created_inside_its_v2_cgroup() {
+    if !supported() {
+        return;
+    }
+    let Some(own) = own_v2_dir() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI hosts mount cgroup2"
+        );
+        eprintln!("SKIPPED: no cgroup2 mount");
+        return;
+    };
+    if paddock_sys::process::euid() != 0 {
+        eprintln!("SKIPPED: creating a cgroup here needs root");
+        return;
+    }
+    // No controller is needed to observe membership, so this runs on hybrid hosts too.
+    let dir = own.join(format!("paddock-test-into-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let mut spec = spec_for(&ws, NetMode::PerExec);
+    spec.cgroup.clone_into = Some(dir.clone());
+    let child = spawn(&spec, &command("sleep 0.2; echo done")).unwrap();
+    let init = child.init.pid();
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    let own_rel = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let (out, _, st) = collect(child);
+    assert_eq!(st, Some(StatusRecord::ShellExited(WaitStatus::Exited(0))));
+    assert_eq!(out, "done\n");
+    assert!(
+        paddock_sys::cgroup::parse_procs(&procs).contains(&(init as u32)),
+        "init {init} not in {}: {procs:?}",
+        dir.display()
+    );
+    assert!(
+        own_rel.lines().any(|l| l.starts_with("0::")
+            && l.ends_with(&format!("/paddock-test-into-{}", std::process::id()))),
+        "{own_rel}"
+    );
+    std::fs::remove_dir(&dir).unwrap();
+}
