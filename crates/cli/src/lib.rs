@@ -314,7 +314,7 @@ fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
         &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
         false,
     );
-    // One command: a single-threaded runtime (the jail spawner has its own thread).
+    // One command: a current-thread runtime, whose thread (this one) also clones the jail.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
