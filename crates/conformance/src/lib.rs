@@ -67,7 +67,12 @@ fn seed(data_dir: &Path) -> anyhow::Result<()> {
     let layout = DataLayout::new(data_dir);
     let skill = layout.skills_dir().join("demo");
     std::fs::create_dir_all(&skill).context("seed skills")?;
-    std::fs::write(skill.join("SKILL.md"), SEEDED_SKILL_TEXT).context("seed skill")?;
+    // Cases sharing a data directory seed it concurrently while others read the skill: a
+    // plain write truncates the file under a reader, so the seed is put in place by rename
+    // (from outside any mount, so no listing sees the temporary file).
+    let tmp = tempfile::NamedTempFile::new_in(data_dir).context("seed skill")?;
+    std::fs::write(tmp.path(), SEEDED_SKILL_TEXT).context("seed skill")?;
+    tmp.persist(skill.join("SKILL.md")).context("seed skill")?;
     Ok(())
 }
 
