@@ -32,6 +32,27 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port below the kernel's ephemeral range, for a server that must come back on the
+/// same port after a restart: a port from the ephemeral range can be taken in between by
+/// the local end of any outgoing connection (other tests run in parallel), and the restart
+/// then fails with "Address already in use".
+fn free_port_for_restart() -> u16 {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = u32::from(low.saturating_sub(10_000).max(1));
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    (0..1000)
+        .map(|i| 10_000 + ((seed.wrapping_add(i * 7919)) % span) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
+}
+
 fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))
         .args([
@@ -124,7 +145,7 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deerflow_sequence_then_kill_9_and_recover() {
     let (_tmp, data) = data_dir();
-    let port = free_port();
+    let port = free_port_for_restart();
     let mut srv = start(&data, port, &[]);
     assert!(
         srv.stdout_lines
