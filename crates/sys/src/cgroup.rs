@@ -273,6 +273,10 @@ pub fn parse_procs(text: &str) -> Vec<u32> {
 /// that also holds other processes is left alone — other processes are never moved — and
 /// the caller falls back to rlimits for its controllers ([`CgroupError::Shared`]).
 pub fn delegate_v2(own: &Path, pid: u32) -> Result<(), CgroupError> {
+    // Only non-root cgroups have `cgroup.type`; the root is exempt from the rule.
+    if !own.join("cgroup.type").exists() {
+        return Ok(());
+    }
     let procs = own.join("cgroup.procs");
     let members = parse_procs(&std::fs::read_to_string(&procs).map_err(io_err("read", &procs))?);
     if members.is_empty() {
@@ -298,14 +302,45 @@ pub fn delegate_v2(own: &Path, pid: u32) -> Result<(), CgroupError> {
 }
 
 /// Enables `c` for the children of our v2 cgroup `own`, delegating it first (once per
-/// directory: `delegated` remembers which were done).
-fn enable_v2(own: &Path, c: Controller, delegated: &mut Vec<PathBuf>) -> Result<(), CgroupError> {
+/// directory: `delegated` remembers which were done). Returns whether it was Paddock that
+/// enabled it (it was not enabled before), so [`CgroupSet::remove`] can give it back.
+fn enable_v2(own: &Path, c: Controller, delegated: &mut Vec<PathBuf>) -> Result<bool, CgroupError> {
     if !delegated.iter().any(|d| d == own) {
         delegate_v2(own, std::process::id())?;
         delegated.push(own.to_path_buf());
     }
     let sc = own.join("cgroup.subtree_control");
-    std::fs::write(&sc, format!("+{}", c.name())).map_err(io_err("enable controller in", &sc))
+    let before = std::fs::read_to_string(&sc).unwrap_or_default();
+    if before.split_whitespace().any(|w| w == c.name()) {
+        return Ok(false);
+    }
+    std::fs::write(&sc, format!("+{}", c.name())).map_err(io_err("enable controller in", &sc))?;
+    Ok(true)
+}
+
+/// Gives back what [`enable_v2`] changed in `own`, so the cgroup Paddock was started in can
+/// hold processes again (another Paddock, or whatever its owner starts there next): the
+/// `controllers` Paddock enabled are disabled again — but only when no child cgroup other
+/// than Paddock's own supervisor leaf is left in `own`, else someone still uses them.
+/// Paddock stays in its leaf (moving back would take the threadgroup lock for writing); the
+/// leaf, empty once Paddock exits, is swept by the next Paddock started there.
+pub fn undelegate_v2(own: &Path, controllers: &[&str], pid: u32) {
+    let leaf = supervisor_name(pid);
+    let Ok(rd) = std::fs::read_dir(own) else {
+        return;
+    };
+    let busy = rd.flatten().any(|e| {
+        e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name().to_str() != Some(leaf.as_str())
+    });
+    if busy {
+        return;
+    }
+    let sc = own.join("cgroup.subtree_control");
+    for c in controllers {
+        if let Err(e) = std::fs::write(&sc, format!("-{c}")) {
+            tracing::debug!(error = %e, path = %sc.display(), "could not disable a cgroup controller again");
+        }
+    }
 }
 
 /// The `paddock-{pid}` subtree of each usable controller.
@@ -316,6 +351,8 @@ pub struct CgroupSet {
     /// Set by [`CgroupSet::flat`]: the bases are our own cgroups, exec cgroups are named
     /// `{prefix}-{name}` beside us, and [`CgroupSet::remove`] leaves the bases alone.
     flat_prefix: Option<String>,
+    /// v2 controllers this set enabled in our own cgroup (see [`undelegate_v2`]).
+    v2_enabled: Vec<(PathBuf, Controller)>,
 }
 
 impl CgroupSet {
@@ -329,8 +366,8 @@ impl CgroupSet {
         for (c, loc) in &layout.controllers {
             let base = loc.dir.join(name);
             let r = (|| -> Result<(), CgroupError> {
-                if loc.version == 2 {
-                    enable_v2(&loc.dir, *c, &mut delegated)?;
+                if loc.version == 2 && enable_v2(&loc.dir, *c, &mut delegated)? {
+                    set.v2_enabled.push((loc.dir.clone(), *c));
                 }
                 match std::fs::create_dir(&base) {
                     Ok(()) => {}
@@ -368,11 +405,15 @@ impl CgroupSet {
         let mut failed = Vec::new();
         let mut delegated = Vec::new();
         for (c, loc) in &layout.controllers {
-            if loc.version == 2
-                && let Err(e) = enable_v2(&loc.dir, *c, &mut delegated)
-            {
-                failed.push((*c, e));
-                continue;
+            if loc.version == 2 {
+                match enable_v2(&loc.dir, *c, &mut delegated) {
+                    Ok(true) => set.v2_enabled.push((loc.dir.clone(), *c)),
+                    Ok(false) => {}
+                    Err(e) => {
+                        failed.push((*c, e));
+                        continue;
+                    }
+                }
             }
             set.bases.insert(*c, (loc.version, loc.dir.clone()));
         }
@@ -435,21 +476,32 @@ impl CgroupSet {
 
     /// Removes the base directories and any exec directories left in them whose processes
     /// are gone (a busy one stays, for [`sweep_stale`] after this process exits). A flat set
-    /// removes nothing: its bases are our own cgroups, and each exec cgroup is removed by
-    /// its [`ExecCgroup::remove`].
+    /// removes no directory: its bases are our own cgroups, and each exec cgroup is removed
+    /// by its [`ExecCgroup::remove`]. On v2, the controllers this set enabled in our own
+    /// cgroup are given back when nothing else uses them ([`undelegate_v2`]).
     pub fn remove(&self) {
-        if self.flat_prefix.is_some() {
-            return;
-        }
-        for (_, base) in self.bases.values() {
-            if let Ok(rd) = std::fs::read_dir(base) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        let _ = std::fs::remove_dir(e.path());
+        if self.flat_prefix.is_none() {
+            for (_, base) in self.bases.values() {
+                if let Ok(rd) = std::fs::read_dir(base) {
+                    for e in rd.flatten() {
+                        if e.file_type().is_ok_and(|t| t.is_dir()) {
+                            let _ = std::fs::remove_dir(e.path());
+                        }
                     }
                 }
+                let _ = std::fs::remove_dir(base);
             }
-            let _ = std::fs::remove_dir(base);
+        }
+        let mut dirs: Vec<&PathBuf> = self.v2_enabled.iter().map(|(d, _)| d).collect();
+        dirs.dedup();
+        for own in dirs {
+            let cs: Vec<&str> = self
+                .v2_enabled
+                .iter()
+                .filter(|(d, _)| d == own)
+                .map(|(_, c)| c.name())
+                .collect();
+            undelegate_v2(own, &cs, std::process::id());
         }
     }
 }
@@ -904,7 +956,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let own = tmp.path().join("paddock.service");
         std::fs::create_dir_all(&own).unwrap();
-        // Only Paddock (pid 42) in its cgroup: it moves into its supervisor leaf.
+        // Only Paddock (pid 42) in its (non-root: it has a type) cgroup: it moves down.
+        std::fs::write(own.join("cgroup.type"), "domain\n").unwrap();
         std::fs::write(own.join("cgroup.procs"), "42\n").unwrap();
         delegate_v2(&own, 42).unwrap();
         let leaf = own.join("paddock-42-supervisor");
@@ -940,6 +993,63 @@ mod tests {
             [(Controller::Memory, CgroupError::Shared { .. })]
         ));
         assert!(!own.join("paddock-42-0").exists());
+    }
+
+    #[test]
+    fn the_root_cgroup_needs_no_delegation() {
+        // The root has no `cgroup.type` and is exempt from "no internal processes".
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("cgroup.procs"), "1\n2\n42\n").unwrap();
+        delegate_v2(tmp.path(), 42).unwrap();
+        assert!(!tmp.path().join(supervisor_name(42)).exists());
+    }
+
+    #[test]
+    fn removing_a_set_gives_back_the_controllers_it_enabled_unless_still_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join("job");
+        std::fs::create_dir_all(&own).unwrap();
+        let pid = std::process::id();
+        std::fs::write(own.join("cgroup.type"), "domain\n").unwrap();
+        std::fs::write(own.join("cgroup.procs"), format!("{pid}\n")).unwrap();
+        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
+        let mi = format!(
+            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let layout = discover(&mi, "0::/job\n", |d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+        });
+        let (set, failed) = CgroupSet::flat(&layout, &format!("paddock-{pid}-0"));
+        assert!(failed.is_empty(), "{failed:?}");
+        assert!(own.join(supervisor_name(pid)).is_dir());
+        // Another child cgroup still there: nothing is given back.
+        let exec = own.join(format!("paddock-{pid}-0-x0"));
+        std::fs::create_dir(&exec).unwrap();
+        std::fs::write(own.join("cgroup.subtree_control"), "memory pids").unwrap();
+        set.remove();
+        assert_eq!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+            "memory pids"
+        );
+        // Only Paddock's leaf left: its controllers are disabled again (a plain file keeps
+        // the last write).
+        std::fs::remove_dir(&exec).unwrap();
+        set.remove();
+        assert!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control"))
+                .unwrap()
+                .starts_with('-')
+        );
+        // Controllers that were enabled before Paddock came are not Paddock's to disable.
+        std::fs::write(own.join("cgroup.subtree_control"), "memory pids").unwrap();
+        let (set, _) = CgroupSet::flat(&layout, &format!("paddock-{pid}-1"));
+        set.remove();
+        assert_eq!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control")).unwrap(),
+            "memory pids"
+        );
     }
 
     #[test]

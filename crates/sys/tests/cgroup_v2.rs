@@ -1,14 +1,16 @@
 //! cgroup v2's "no internal processes" rule, on the real kernel: with another process beside
 //! it, Paddock moves nothing and says why; alone in its cgroup, it moves itself one level
-//! down, and the cgroup can then enable a controller for its children. It uses the hugetlb
-//! controller, the one every cgroup2 mount of our CI hosts offers (memory, pids and cpu are
-//! bound to v1 there). This file is its own test binary because the test moves this
-//! process between cgroups.
+//! down, and the cgroup can then enable a controller for its children; given back, the
+//! cgroup takes processes again. It uses the hugetlb controller, the one every cgroup2 mount
+//! of our CI hosts offers (memory, pids and cpu are bound to v1 there). This file is its own
+//! test binary because the test moves this process between cgroups.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
-use paddock_sys::cgroup::{CgroupError, delegate_v2, supervisor_name, without_supervisor};
+use paddock_sys::cgroup::{
+    CgroupError, delegate_v2, supervisor_name, undelegate_v2, without_supervisor,
+};
 
 /// The cgroup2 mount point and our directory below it.
 fn v2() -> Option<(PathBuf, PathBuf)> {
@@ -96,6 +98,21 @@ fn paddock_alone_moves_down_and_can_delegate_and_never_moves_others() {
         );
         // Delegating again is a no-op: nobody is left in the cgroup itself.
         delegate_v2(&x, pid).unwrap();
+        // While the cgroup delegates, nobody can join it; a child still there keeps it so.
+        let mut later = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        assert!(std::fs::write(x.join("cgroup.procs"), later.id().to_string()).is_err());
+        undelegate_v2(&x, &["hugetlb"], pid);
+        assert!(has(&x.join("cgroup.subtree_control"), "hugetlb"));
+        // Given back once only Paddock's leaf is left: the cgroup takes processes again.
+        std::fs::remove_dir(x.join("child")).unwrap();
+        undelegate_v2(&x, &["hugetlb"], pid);
+        assert!(!has(&x.join("cgroup.subtree_control"), "hugetlb"));
+        std::fs::write(x.join("cgroup.procs"), later.id().to_string()).unwrap();
+        let _ = later.kill();
+        let _ = later.wait();
     }));
 
     let _ = other.kill();
