@@ -69,6 +69,56 @@ pub struct Runtime {
     pub(crate) one_shot: bool,
 }
 
+/// The warnings for controllers without a usable cgroup: one per distinct cause, naming the
+/// controllers it hit and what stands in for each (controllers that share a cause, as all of
+/// them do in a shared cgroup v2, would otherwise repeat the same long message).
+fn cgroup_warnings(
+    failed: &[(Controller, paddock_sys::cgroup::CgroupError)],
+    has: impl Fn(Controller) -> bool,
+) -> Vec<String> {
+    let instead = |c: Controller| match c {
+        Controller::Memory => "memory is limited with RLIMIT_AS and OOM kills are not reported",
+        Controller::Pids => "processes are limited with RLIMIT_NPROC (per host uid)",
+        Controller::Cpu => "cpu is not limited",
+    };
+    let describe = |cs: &[Controller]| {
+        let names: Vec<&str> = cs.iter().map(|c| c.name()).collect();
+        let fallbacks: Vec<&str> = cs.iter().map(|c| instead(*c)).collect();
+        (names.join(", "), fallbacks.join("; "))
+    };
+    let mut causes: Vec<(String, Vec<Controller>)> = Vec::new();
+    for (c, e) in failed {
+        let cause = e.to_string();
+        match causes.iter_mut().find(|(k, _)| *k == cause) {
+            Some((_, cs)) => cs.push(*c),
+            None => causes.push((cause, vec![*c])),
+        }
+    }
+    let mut out: Vec<String> = causes
+        .iter()
+        .map(|(cause, cs)| {
+            let (names, fallbacks) = describe(cs);
+            format!("cgroup {names} unusable ({cause}); falling back to rlimits: {fallbacks}")
+        })
+        .collect();
+    let missing: Vec<Controller> = Controller::ALL
+        .into_iter()
+        .filter(|c| !has(*c) && !failed.iter().any(|(f, _)| f == c))
+        .collect();
+    if !missing.is_empty() {
+        let (names, fallbacks) = describe(&missing);
+        let (noun, verb) = if missing.len() == 1 {
+            ("controller", "is")
+        } else {
+            ("controllers", "are")
+        };
+        out.push(format!(
+            "no cgroup {names} {noun} {verb} mounted for this process: {fallbacks}"
+        ));
+    }
+    out
+}
+
 /// Exec numbers are process-wide: several runtimes in one process (tests, a server with two
 /// providers) share the cgroup hierarchy, and two execs must never share a cgroup.
 static EXEC_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -273,26 +323,8 @@ impl Runtime {
         } else {
             CgroupSet::create(&layout, &name)
         };
-        for (c, e) in failed {
-            tracing::warn!(
-                "cgroup controller {} is unusable ({e}); falling back to rlimits for it",
-                c.name()
-            );
-        }
-        for c in Controller::ALL {
-            if !cgroups.has(c) {
-                tracing::warn!(
-                    "no usable cgroup {} controller: {}",
-                    c.name(),
-                    match c {
-                        Controller::Memory =>
-                            "memory is limited with RLIMIT_AS and OOM kills are not reported",
-                        Controller::Pids =>
-                            "processes are limited with RLIMIT_NPROC (per host uid)",
-                        Controller::Cpu => "cpu is not limited",
-                    }
-                );
-            }
+        for line in cgroup_warnings(&failed, |c| cgroups.has(c)) {
+            tracing::warn!("{line}");
         }
         Ok(JailBase {
             facts,
@@ -418,4 +450,40 @@ pub(crate) async fn spawn_jail(
 /// Builds a jail that waits for its command, on the spawner thread.
 pub(crate) async fn build_jail(spec: JailSpec) -> Result<PendingJail, String> {
     on_spawner(spec, Task::Build).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_sys::cgroup::CgroupError;
+
+    #[test]
+    fn one_warning_per_cause_naming_the_controllers_and_their_stand_ins() {
+        let shared = || CgroupError::Shared {
+            path: "/sys/fs/cgroup/user.slice".into(),
+            others: 3,
+        };
+        let failed = vec![
+            (Controller::Memory, shared()),
+            (Controller::Pids, shared()),
+            (Controller::Cpu, shared()),
+        ];
+        let w = cgroup_warnings(&failed, |_| false);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with(
+                "cgroup memory, pids, cpu unusable (cgroup /sys/fs/cgroup/user.slice also holds 3"
+            ),
+            "{w:?}"
+        );
+        assert!(w[0].contains("Delegate=yes"), "{w:?}");
+        assert!(w[0].ends_with("falling back to rlimits: memory is limited with RLIMIT_AS and OOM kills are not reported; processes are limited with RLIMIT_NPROC (per host uid); cpu is not limited"), "{w:?}");
+        // Controllers that are simply not there get one line of their own.
+        let w = cgroup_warnings(&[], |c| c == Controller::Pids);
+        assert_eq!(
+            w,
+            vec!["no cgroup memory, cpu controllers are mounted for this process: memory is limited with RLIMIT_AS and OOM kills are not reported; cpu is not limited".to_owned()]
+        );
+        assert!(cgroup_warnings(&[], |_| true).is_empty());
+    }
 }
