@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Paddock's whole test suite on a fresh Debian machine: installs what the tests
 # need (when run as root), runs every Rust test, then the Python compatibility tests that
-# drive a real `paddock agent` with the AIO sandbox SDK and an MCP client.
+# drive a real `paddock agent` with the AIO sandbox SDK and an MCP client, and the cgroup v2
+# checks in a qemu guest (tests/cgroupv2_vm installs qemu and fetches its kernel itself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,4 +34,6 @@ echo "--> official MCP Python SDK against paddock mcp"
 bash tests/compat_mcp/run.sh "$bin"
 echo "--> generated and shipped Kubernetes manifests against the official schemas"
 bash tests/kube_validate/run.sh "$bin"
+echo "--> cgroup v2: the real binary in a qemu guest whose only hierarchy is cgroup2"
+bash tests/cgroupv2_vm/run.sh "$bin"
 echo "==> all tests passed"
