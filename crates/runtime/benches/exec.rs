@@ -211,22 +211,35 @@ fn main() {
     }
 
     println!("\n{rounds} interleaved rounds\n");
-    println!("| command | runs | p50 | p99 | mean |");
-    println!("| --- | --- | --- | --- | --- |");
-    for mut r in [r_cli, r_bwrap, r_fork, r_warm, r_b2b, r_cold] {
-        if let Some(n) = r.note {
-            println!("| {} | - | - | - | {n} |", r.name);
+    println!("| command | runs | p50 | p99 | mean | p50 / bwrap | p50 / fork-exec |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let rows = [r_cli, r_bwrap, r_fork, r_warm, r_b2b, r_cold].map(|mut r| {
+        r.samples.sort();
+        r
+    });
+    let p50_of = |r: &Row| (!r.samples.is_empty()).then(|| pct(&r.samples, 0.5));
+    let (bwrap_p50, fork_p50) = (p50_of(&rows[1]), p50_of(&rows[2]));
+    let ratio = |p: Duration, base: Option<Duration>| {
+        base.map_or("-".to_owned(), |b| {
+            format!("{:.2}", p.as_secs_f64() / b.as_secs_f64())
+        })
+    };
+    for r in &rows {
+        if let Some(n) = &r.note {
+            println!("| {} | - | - | - | {n} | - | - |", r.name);
             continue;
         }
-        r.samples.sort();
         let mean = r.samples.iter().sum::<Duration>() / r.samples.len() as u32;
+        let p50 = pct(&r.samples, 0.5);
         println!(
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.samples.len(),
-            ms(pct(&r.samples, 0.5)),
+            ms(p50),
             ms(pct(&r.samples, 0.99)),
-            ms(mean)
+            ms(mean),
+            ratio(p50, bwrap_p50),
+            ratio(p50, fork_p50)
         );
     }
     drop((warm, busy, cold));
