@@ -677,6 +677,39 @@ mod tests {
         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
     const HYBRID_CG: &str = "8:pids:/\n4:memory:/process_api/abc\n1:cpu:/\n0::/\n";
 
+    /// A fake hybrid cgroupfs: v1 memory (our cgroup below /process_api/abc), pids, cpu.
+    fn fake_v1() -> (tempfile::TempDir, Layout) {
+        let tmp = tempfile::tempdir().unwrap();
+        for c in ["memory/process_api/abc", "pids", "cpu"] {
+            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
+        }
+        let t = tmp.path().display();
+        let mi = format!(
+            "35 31 0:32 / {t}/memory rw - cgroup cgroup rw,memory\n39 31 0:36 / {t}/pids rw - cgroup cgroup rw,pids\n32 31 0:29 / {t}/cpu rw - cgroup cgroup rw,cpu\n"
+        );
+        let layout = discover(&mi, HYBRID_CG, |_| None);
+        (tmp, layout)
+    }
+
+    /// A fake cgroup2 mount with our cgroup at `rel`, offering `controllers` and holding
+    /// `procs`; a non-root cgroup (it has a `cgroup.type`).
+    fn fake_v2(rel: &str, controllers: &str, procs: &str) -> (tempfile::TempDir, PathBuf, Layout) {
+        let tmp = tempfile::tempdir().unwrap();
+        let own = tmp.path().join(rel);
+        std::fs::create_dir_all(&own).unwrap();
+        std::fs::write(own.join("cgroup.controllers"), controllers).unwrap();
+        std::fs::write(own.join("cgroup.procs"), procs).unwrap();
+        std::fs::write(own.join("cgroup.type"), "domain\n").unwrap();
+        let mi = format!(
+            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let layout = discover(&mi, &format!("0::/{rel}\n"), |d| {
+            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
+        });
+        (tmp, own, layout)
+    }
+
     #[test]
     fn discovers_hybrid_v1() {
         let l = discover(HYBRID_MI, HYBRID_CG, |_| Some("hugetlb".into()));
@@ -751,19 +784,8 @@ mod tests {
 
     #[test]
     fn v2_subtree_is_written_in_a_fake_cgroupfs() {
-        let tmp = tempfile::tempdir().unwrap();
-        let own = tmp.path().join("system.slice/paddock.service");
-        std::fs::create_dir_all(&own).unwrap();
-        std::fs::write(own.join("cgroup.controllers"), "cpu memory pids").unwrap();
         // Nobody in it (as after a move down): nothing to delegate first.
-        std::fs::write(own.join("cgroup.procs"), "").unwrap();
-        let mi = format!(
-            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
-            tmp.path().display()
-        );
-        let layout = discover(&mi, "0::/system.slice/paddock.service\n", |d| {
-            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
-        });
+        let (_tmp, own, layout) = fake_v2("system.slice/paddock.service", "cpu memory pids", "");
         let (set, failed) = CgroupSet::create(&layout, "paddock-1");
         assert!(failed.is_empty(), "{failed:?}");
         // A real cgroupfs keeps "+memory +pids +cpu"; a plain file keeps the last write.
@@ -805,15 +827,7 @@ mod tests {
 
     #[test]
     fn v1_subtree_is_written_in_a_fake_cgroupfs() {
-        let tmp = tempfile::tempdir().unwrap();
-        for c in ["memory/process_api/abc", "pids", "cpu"] {
-            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
-        }
-        let t = tmp.path().display();
-        let mi = format!(
-            "35 31 0:32 / {t}/memory rw - cgroup cgroup rw,memory\n39 31 0:36 / {t}/pids rw - cgroup cgroup rw,pids\n32 31 0:29 / {t}/cpu rw - cgroup cgroup rw,cpu\n"
-        );
-        let layout = discover(&mi, HYBRID_CG, |_| None);
+        let (tmp, layout) = fake_v1();
         let (set, failed) = CgroupSet::create(&layout, "paddock-9");
         assert!(failed.is_empty());
         let cg = set
@@ -860,15 +874,7 @@ mod tests {
 
     #[test]
     fn a_flat_set_puts_exec_cgroups_beside_us_and_never_removes_our_own() {
-        let tmp = tempfile::tempdir().unwrap();
-        for c in ["memory/process_api/abc", "pids", "cpu"] {
-            std::fs::create_dir_all(tmp.path().join(c)).unwrap();
-        }
-        let t = tmp.path().display();
-        let mi = format!(
-            "35 31 0:32 / {t}/memory rw - cgroup cgroup rw,memory\n39 31 0:36 / {t}/pids rw - cgroup cgroup rw,pids\n32 31 0:29 / {t}/cpu rw - cgroup cgroup rw,cpu\n"
-        );
-        let layout = discover(&mi, HYBRID_CG, |_| None);
+        let (tmp, layout) = fake_v1();
         let (set, failed) = CgroupSet::flat(&layout, "paddock-9-0");
         assert!(failed.is_empty());
         let cg = set
@@ -909,18 +915,7 @@ mod tests {
 
     #[test]
     fn a_flat_set_enables_v2_controllers_in_our_own_cgroup() {
-        let tmp = tempfile::tempdir().unwrap();
-        let own = tmp.path().join("system.slice/paddock.service");
-        std::fs::create_dir_all(&own).unwrap();
-        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
-        std::fs::write(own.join("cgroup.procs"), "").unwrap();
-        let mi = format!(
-            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
-            tmp.path().display()
-        );
-        let layout = discover(&mi, "0::/system.slice/paddock.service\n", |d| {
-            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
-        });
+        let (_tmp, own, layout) = fake_v2("system.slice/paddock.service", "memory pids", "");
         let (set, failed) = CgroupSet::flat(&layout, "paddock-4-1");
         assert!(failed.is_empty(), "{failed:?}");
         assert!(set.has(Controller::Memory) && set.has(Controller::Pids));
@@ -1006,21 +1001,9 @@ mod tests {
 
     #[test]
     fn removing_a_set_gives_back_the_controllers_it_enabled_unless_still_used() {
-        let tmp = tempfile::tempdir().unwrap();
-        let own = tmp.path().join("job");
-        std::fs::create_dir_all(&own).unwrap();
         let pid = std::process::id();
-        std::fs::write(own.join("cgroup.type"), "domain\n").unwrap();
-        std::fs::write(own.join("cgroup.procs"), format!("{pid}\n")).unwrap();
-        std::fs::write(own.join("cgroup.controllers"), "memory pids").unwrap();
+        let (_tmp, own, layout) = fake_v2("job", "memory pids", &format!("{pid}\n"));
         std::fs::write(own.join("cgroup.subtree_control"), "").unwrap();
-        let mi = format!(
-            "30 1 0:26 / {} rw - cgroup2 cgroup2 rw\n",
-            tmp.path().display()
-        );
-        let layout = discover(&mi, "0::/job\n", |d| {
-            std::fs::read_to_string(d.join("cgroup.controllers")).ok()
-        });
         let (set, failed) = CgroupSet::flat(&layout, &format!("paddock-{pid}-0"));
         assert!(failed.is_empty(), "{failed:?}");
         assert!(own.join(supervisor_name(pid)).is_dir());
