@@ -60,7 +60,7 @@ pub struct JailSpec {
     /// The landlock ruleset (`None`: landlock unavailable and allowed to be skipped).
     pub landlock: Option<LandlockPlan>,
     /// The seccomp program (from [`crate::seccomp::build_program`]).
-    pub seccomp: std::sync::Arc<seccompiler::BpfProgram>,
+    pub seccomp: std::sync::Arc<crate::seccomp::BpfProgram>,
     /// Host uid the sandbox runs as (mapped to itself).
     pub uid: u32,
     /// Host gid the sandbox runs as.
@@ -698,7 +698,7 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
             step: "seccomp program",
             source: io::Error::other("too long"),
         })?,
-        // seccompiler's sock_filter is #[repr(C)] with the kernel's layout (u16, u8, u8, u32).
+        // `Insn` is #[repr(C)] with the kernel's `sock_filter` layout (u16, u8, u8, u32).
         filter: spec.seccomp.as_ptr() as *mut libc::sock_filter,
     };
     // Opened here, with Paddock's credentials (the kernel checks the opener's), and written

@@ -40,10 +40,10 @@ pub enum Action {
 ///
 /// # Safety
 /// Only raw syscalls: safe to call in a cloned child before `_exit`.
-unsafe fn install_filter(p: &[seccompiler::sock_filter]) -> i32 {
+unsafe fn install_filter(p: &[crate::seccomp::Insn]) -> i32 {
     let fprog = libc::sock_fprog {
         len: u16::try_from(p.len()).unwrap_or(u16::MAX),
-        // seccompiler's sock_filter has the kernel's layout (u16, u8, u8, u32).
+        // `Insn` has the kernel's `sock_filter` layout (u16, u8, u8, u32).
         filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
     };
     // SAFETY: `fprog` points at `p`, which outlives the call; the kernel copies the program.
