@@ -468,12 +468,12 @@ fn conditions(when: &[When]) -> Result<Vec<Insn>, SeccompError> {
                 tests.push((DATA_ARGS + 8 * u32::from(arg), BPF_JMP_JEQ_K, v));
             }
         }
-        if let When::AnyBits { arg, .. } | When::Equals { arg, .. } = *w {
-            if arg > 5 {
-                return Err(SeccompError::Compile(format!(
-                    "argument {arg} out of range"
-                )));
-            }
+        if let When::AnyBits { arg, .. } | When::Equals { arg, .. } = *w
+            && arg > 5
+        {
+            return Err(SeccompError::Compile(format!(
+                "argument {arg} out of range"
+            )));
         }
     }
     let mut code = Vec::with_capacity(tests.len() * 2 + 2);
@@ -653,9 +653,9 @@ mod tests {
             match off {
                 DATA_NR => nr,
                 DATA_ARCH => arch,
-                o if (DATA_ARGS..DATA_ARGS + 48).contains(&o) && o % 4 == 0 => {
+                o if (DATA_ARGS..DATA_ARGS + 48).contains(&o) && o.is_multiple_of(4) => {
                     let a = args[((o - DATA_ARGS) / 8) as usize];
-                    if (o - DATA_ARGS) % 8 == 0 {
+                    if (o - DATA_ARGS).is_multiple_of(8) {
                         a as u32
                     } else {
                         (a >> 32) as u32
@@ -771,9 +771,9 @@ mod tests {
             run(&p, libc::SYS_unshare as u32, arch, newns),
             SECCOMP_RET_ALLOW
         );
-        let tiocsti = [0, libc::TIOCSTI as u64, 0, 0, 0, 0];
+        let tiocsti = [0, libc::TIOCSTI, 0, 0, 0, 0];
         assert_eq!(run(&p, libc::SYS_ioctl as u32, arch, tiocsti), eperm);
-        let tcgets = [0, libc::TCGETS as u64, 0, 0, 0, 0];
+        let tcgets = [0, libc::TCGETS, 0, 0, 0, 0];
         assert_eq!(
             run(&p, libc::SYS_ioctl as u32, arch, tcgets),
             SECCOMP_RET_ALLOW
