@@ -216,6 +216,10 @@ cp "${CGV2_GUEST_SCRIPT:-$here/guest.sh}" "$share/guest.sh"
 case $paddock in
 /tmp/* | /run/* | /proc/* | /sys/* | /dev/*)
     cp "$paddock" "$share/paddock"
+    # `paddock` hands every subcommand but `exec` to `paddock-full` beside it.
+    if [[ -x $(dirname "$paddock")/paddock-full ]]; then
+        cp "$(dirname "$paddock")/paddock-full" "$share/paddock-full"
+    fi
     guest_paddock=/run/cgv2/paddock
     ;;
 *) guest_paddock=$paddock ;;

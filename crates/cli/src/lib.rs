@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod env;
+pub mod front;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -308,7 +309,8 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
     }
 }
 
-fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
+/// `paddock exec`, shared by both binaries.
+pub fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
     let cfg = load_config(cmd.config.as_deref())?;
     init_logging(
         &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),

@@ -1,8 +1,8 @@
-//! The `paddock` binary: a thin `main` over the library crates. Each subcommand parses
-//! its arguments with clap, resolves configuration once, and hands off to a library.
+//! The `paddock` binary: runs `paddock exec` itself and hands every other subcommand to
+//! `paddock-full` beside it (see [`paddock_cli::front`] for why).
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    paddock_cli::main_entry()
+    paddock_cli::front::main_entry()
 }
