@@ -218,7 +218,12 @@ impl Interrupts {
 }
 
 /// Streams a command's output to this process's stdout/stderr; returns the shell status.
-pub async fn stream_to_stdio(sb: &dyn Sandbox, req: ExecRequest) -> Result<i32, SandboxError> {
+/// Generic rather than `&dyn Sandbox`: a trait object would link every `Sandbox` method
+/// (grep, glob, file transfer) into the `paddock` front, which only ever runs this.
+pub async fn stream_to_stdio<S: Sandbox + ?Sized>(
+    sb: &S,
+    req: ExecRequest,
+) -> Result<i32, SandboxError> {
     let mut stream = sb.exec_stream(req).await?;
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();

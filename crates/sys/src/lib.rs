@@ -20,3 +20,4 @@ pub mod uidmap;
 
 pub use jail::{JailChild, JailSpec, NetMode, StatusRecord};
 pub use process::PidFd;
+
