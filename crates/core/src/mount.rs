@@ -10,7 +10,6 @@ use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{SandboxError, shown};
@@ -335,15 +334,19 @@ pub struct Walked<'a> {
 /// Most symlinks followed in one resolution (Linux uses 40).
 pub const MAX_SYMLINK_HOPS: usize = 40;
 
-/// A regex finding any host root in text, and the roots (host, virtual) longest first.
-type HostMask = (Regex, Vec<(String, VirtualPath)>);
+/// The roots (host, virtual) longest first, and which bytes a root can start with.
+#[derive(Debug, Clone)]
+struct HostMask {
+    roots: Vec<(String, VirtualPath)>,
+    first_bytes: [bool; 256],
+}
 
 /// The mount table of one sandbox.
 #[derive(Debug, Clone)]
 pub struct MountTable {
     /// Sorted by container depth, deepest first.
     mounts: Vec<Mount>,
-    /// Built on first use: a regex finding any host root, and the roots longest first.
+    /// Built on first use: the host roots longest first.
     host_mask: OnceLock<Option<HostMask>>,
 }
 
@@ -719,52 +722,55 @@ impl MountTable {
             let roots: Vec<(String, VirtualPath)> = self
                 .host_roots_longest_first()
                 .into_iter()
+                .filter(|(h, _)| !h.is_empty())
                 .map(|(h, c)| (h.to_owned(), c.clone()))
                 .collect();
             if roots.is_empty() {
                 return None;
             }
-            let alt: Vec<String> = roots.iter().map(|(h, _)| regex::escape(h)).collect();
-            Regex::new(&alt.join("|")).ok().map(|re| (re, roots))
+            let mut first_bytes = [false; 256];
+            for (h, _) in &roots {
+                first_bytes[usize::from(h.as_bytes()[0])] = true;
+            }
+            Some(HostMask { roots, first_bytes })
         });
-        let Some((re, roots)) = mask else {
+        let Some(mask) = mask else {
             return Cow::Borrowed(text);
         };
-        if !re.is_match(text) {
-            return Cow::Borrowed(text);
-        }
-        let mut out = String::with_capacity(text.len());
-        let mut pos = 0;
-        let mut search = 0;
-        while let Some(m) = re.find_at(text, search) {
-            let start = m.start();
-            let mut replaced = false;
-            for (host, container) in roots {
-                if !text[start..].starts_with(host) {
+        // A root starts with an ASCII byte or a UTF-8 lead byte, never a continuation
+        // byte, so every position that passes the first-byte test is a char boundary.
+        let bytes = text.as_bytes();
+        let boundary_after = |end: usize| {
+            text[end..]
+                .chars()
+                .next()
+                .is_none_or(|c| c == '/' || !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        };
+        let mut out: Option<String> = None;
+        let (mut pos, mut i) = (0, 0);
+        while i < bytes.len() {
+            if mask.first_bytes[usize::from(bytes[i])] {
+                let hit = mask.roots.iter().find(|(host, _)| {
+                    bytes[i..].starts_with(host.as_bytes()) && boundary_after(i + host.len())
+                });
+                if let Some((host, container)) = hit {
+                    let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                    o.push_str(&text[pos..i]);
+                    o.push_str(container.as_str());
+                    i += host.len();
+                    pos = i;
                     continue;
                 }
-                let end = start + host.len();
-                let boundary = text[end..].chars().next().is_none_or(|c| {
-                    c == '/' || !(c.is_alphanumeric() || matches!(c, '_' | '.' | '-'))
-                });
-                if boundary {
-                    out.push_str(&text[pos..start]);
-                    out.push_str(container.as_str());
-                    pos = end;
-                    search = end;
-                    replaced = true;
-                    break;
-                }
             }
-            if !replaced {
-                search = start + text[start..].chars().next().map_or(1, char::len_utf8);
-            }
-            if search >= text.len() {
-                break;
+            i += 1;
+        }
+        match out {
+            None => Cow::Borrowed(text),
+            Some(mut o) => {
+                o.push_str(&text[pos..]);
+                Cow::Owned(o)
             }
         }
-        out.push_str(&text[pos..]);
-        Cow::Owned(out)
     }
 
     /// Rewrites virtual paths in a shell command into host paths (only for

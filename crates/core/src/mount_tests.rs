@@ -328,6 +328,12 @@ fn masking_host_paths() {
         f.table.mask_host_paths("nothing here"),
         std::borrow::Cow::Borrowed(_)
     ));
+    // Multi-byte text around and between roots; a letter right after a root is no boundary.
+    let w = w.display();
+    assert_eq!(
+        f.table.mask_host_paths(&format!("é{w}/ü {w}é ✓{w}")),
+        "é/mnt/user-data/workspace/ü /mnt/user-data/workspaceé ✓/mnt/user-data/workspace"
+    );
 }
 
 #[test]
