@@ -183,6 +183,39 @@ fn init_logging(level: &str, json: bool) {
     };
 }
 
+/// Logging of `paddock exec`: warnings and errors unless `PADDOCK_LOG` says otherwise, since
+/// its stderr carries the command's. `PADDOCK_LOG` is a level or a `target=level,...` list
+/// here (no span or field filters): the `paddock` front links no regex engine.
+fn init_exec_logging(spec: Option<&str>) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let targets = match exec_log_targets(spec) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("paddock: PADDOCK_LOG ignored ({e}); logging warnings and errors");
+            Targets::new().with_default(LevelFilter::WARN)
+        }
+    };
+    let ansi = std::env::var_os("NO_COLOR").is_none()
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = tracing_subscriber::registry()
+        .with(layer)
+        .with(targets)
+        .try_init();
+}
+
+/// The filter of `paddock exec` for `PADDOCK_LOG` (unset or empty: warnings).
+pub fn exec_log_targets(spec: Option<&str>) -> Result<tracing_subscriber::filter::Targets, String> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    match spec.map(str::trim) {
+        None | Some("") => Ok(Targets::new().with_default(LevelFilter::WARN)),
+        Some(s) => s.parse::<Targets>().map_err(|e| format!("{s:?}: {e}")),
+    }
+}
+
 fn load_config(path: Option<&std::path::Path>) -> Result<config::PaddockConfig, ExitCode> {
     config::load(path, &process_env).map_err(|e| {
         report(
@@ -312,10 +345,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
 /// `paddock exec`, shared by both binaries.
 pub fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
     let cfg = load_config(cmd.config.as_deref())?;
-    init_logging(
-        &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
-        false,
-    );
+    init_exec_logging(std::env::var("PADDOCK_LOG").ok().as_deref());
     // One command: a current-thread runtime, whose thread (this one) also clones the jail.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -427,4 +457,26 @@ pub fn main_entry() -> ExitCode {
         }
     };
     r.unwrap_or_else(|code| code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::filter::LevelFilter;
+
+    #[test]
+    fn exec_logging_takes_a_level_or_targets_and_names_what_it_refuses() {
+        let t = exec_log_targets(None).unwrap();
+        assert!(t.would_enable("paddock_runtime", &tracing::Level::WARN));
+        assert!(!t.would_enable("paddock_runtime", &tracing::Level::INFO));
+        let t = exec_log_targets(Some("paddock_runtime=debug,error")).unwrap();
+        assert!(t.would_enable("paddock_runtime::sandbox", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("tokio", &tracing::Level::WARN));
+        assert_eq!(
+            exec_log_targets(Some("info")).unwrap().default_level(),
+            Some(LevelFilter::INFO)
+        );
+        let e = exec_log_targets(Some("paddock=loud")).unwrap_err();
+        assert!(e.starts_with("\"paddock=loud\": "), "{e}");
+    }
 }
