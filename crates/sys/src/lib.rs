@@ -20,4 +20,3 @@ pub mod uidmap;
 
 pub use jail::{JailChild, JailSpec, NetMode, StatusRecord};
 pub use process::PidFd;
-
