@@ -156,8 +156,13 @@ const SLEEPER_CMDLINE: &[u8] = b"sleep\x00612401\x00";
 fn a_one_shot_exec_runs_in_a_limited_cgroup_right_beside_paddocks_own() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
+    // Half a CPU: a cpu limit of at least every online CPU gets no cpu cgroup.
+    let config = tmp.path().join("paddock.yaml");
+    std::fs::write(&config, "sandbox:\n  limits:\n    cpus: 0.5\n").unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args(["exec", "--data-dir"])
+        .args(["exec", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
         .arg(&data)
         .args([
             "--user",
@@ -223,7 +228,7 @@ fn a_one_shot_exec_runs_in_a_limited_cgroup_right_beside_paddocks_own() {
         let expected = match file {
             "pids.max" => "512",
             "memory.limit_in_bytes" => "2147483648",
-            _ => "200000",
+            _ => "50000",
         };
         assert_eq!(value.trim(), expected, "{file}");
         checked += 1;

@@ -57,6 +57,9 @@ pub(crate) struct JailBase {
     pub privileged: bool,
     pub shell: &'static str,
     pub nofile_hard: u64,
+    /// CPUs online when the runtime started: a cpu limit of at least this many binds
+    /// nothing, so no cpu cgroup is made for it.
+    pub online_cpus: Option<u32>,
 }
 
 /// The runtime shared by every sandbox of one provider.
@@ -336,6 +339,7 @@ impl Runtime {
             shell: pick_shell(),
             nofile_hard: paddock_sys::process::rlimit_hard(libc::RLIMIT_NOFILE as i32)
                 .unwrap_or(1024),
+            online_cpus: paddock_sys::process::online_cpus(),
         })
     }
 

@@ -113,7 +113,7 @@ impl JailFactory {
         CgroupLimits {
             memory_bytes: nz(o.limits.memory_bytes),
             pids: nz(o.limits.pids),
-            cpus: (o.limits.cpus > 0.0).then_some(o.limits.cpus),
+            cpus: binding_cpus(o.limits.cpus, self.base().online_cpus),
         }
     }
 
@@ -956,9 +956,24 @@ impl Sandbox for LocalSandbox {
     }
 }
 
+/// The cpu limit worth a cgroup: none for 0 (no limit) or for at least every online CPU,
+/// which the quota could never hold back.
+fn binding_cpus(cpus: f64, online: Option<u32>) -> Option<f64> {
+    (cpus > 0.0 && online.is_none_or(|n| cpus < f64::from(n))).then_some(cpus)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_limits_only_where_they_can_bind() {
+        assert_eq!(binding_cpus(0.0, Some(4)), None);
+        assert_eq!(binding_cpus(1.5, Some(4)), Some(1.5));
+        assert_eq!(binding_cpus(4.0, Some(4)), None);
+        assert_eq!(binding_cpus(2.0, Some(2)), None);
+        assert_eq!(binding_cpus(2.0, None), Some(2.0));
+    }
 
     #[test]
     fn ids_round_trip() {

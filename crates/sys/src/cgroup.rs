@@ -434,7 +434,8 @@ impl CgroupSet {
     }
 
     /// Creates the exec's cgroup `{base}/{name}` and writes its limits. On v2 the controllers
-    /// share one directory; on v1 each has its own.
+    /// share one directory; on v1 each has its own, and a controller `limits` sets nothing
+    /// for gets none (its directory would only cost a `mkdir`, a join and an `rmdir`).
     pub fn create_exec(
         &self,
         name: &str,
@@ -444,6 +445,10 @@ impl CgroupSet {
         let mut made: Vec<PathBuf> = Vec::new();
         let result = (|| -> Result<(), CgroupError> {
             for (c, (version, base)) in &self.bases {
+                let writes = limit_writes(*version, *c, limits);
+                if *version == 1 && writes.is_empty() {
+                    continue;
+                }
                 let dir = self.exec_dir(base, name);
                 if !made.contains(&dir) {
                     match std::fs::create_dir(&dir) {
@@ -452,7 +457,7 @@ impl CgroupSet {
                         Err(e) => return Err(io_err("create", &dir)(e)),
                     }
                 }
-                for (file, value, required) in limit_writes(*version, *c, limits) {
+                for (file, value, required) in writes {
                     let f = dir.join(file);
                     match std::fs::write(&f, &value) {
                         Ok(()) => {}
@@ -901,9 +906,11 @@ mod tests {
             vec![
                 mem.join("tasks"),
                 tmp.path().join("pids/paddock-9-0-x3/tasks"),
-                tmp.path().join("cpu/paddock-9-0-x3/tasks"),
             ]
         );
+        // No cpu limit: no cpu cgroup (a v1 directory without limits would only cost).
+        assert!(!tmp.path().join("cpu/paddock-9-0-x3").exists());
+        assert!(!cg.has(Controller::Cpu));
         // A leftover flat exec cgroup is found by its owner's pid.
         assert_eq!(stale_owner("paddock-9-0-x3"), Some(9));
         // Removing the set leaves our own cgroups (and the exec's, which its guard removes).

@@ -175,6 +175,14 @@ pub fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
+/// How many CPUs are online (`None` when the C library cannot tell). No cpuset or affinity
+/// mask can give a process more than these.
+pub fn online_cpus() -> Option<u32> {
+    // SAFETY: sysconf only reads system configuration.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u32::try_from(n).ok().filter(|n| *n > 0)
+}
+
 /// The hard limit of an rlimit resource (`u64::MAX` for infinity).
 pub fn rlimit_hard(resource: i32) -> io::Result<u64> {
     let mut r = libc::rlimit {
