@@ -1,5 +1,5 @@
 //! Launch cost of one command, side by side in one run: `paddock exec -- true` (the built
-//! CLI), `bwrap --unshare-all --die-with-parent` with equivalent binds, a plain fork/exec of
+//! CLI's `paddock` front, and the same through `paddock-full`), `bwrap --unshare-all --die-with-parent` with equivalent binds, a plain fork/exec of
 //! `true`, and in-process `LocalSandbox::exec("true")` three ways (a prebuilt jail with a
 //! pause between execs, back to back, and `prebuild_jail: false`).
 //!
@@ -130,7 +130,9 @@ fn main() {
     let cold = acquire(&cold_provider, "bench-cold");
 
     let paddock = workspace_root().join("target/release/paddock");
+    let paddock_full = workspace_root().join("target/release/paddock-full");
     let have_paddock = paddock.exists();
+    let have_full = paddock_full.exists();
     let have_bwrap = Command::new("bwrap")
         .arg("--version")
         .stdout(Stdio::null())
@@ -139,8 +141,8 @@ fn main() {
     let ws = data
         .path()
         .join("users/default/threads/bench/user-data/workspace");
-    let paddock_exec = || {
-        let mut c = Command::new(&paddock);
+    let paddock_exec = |bin: &Path| {
+        let mut c = Command::new(bin);
         c.args(["exec", "--data-dir"]).arg(data.path()).args([
             "--user",
             "default",
@@ -153,6 +155,7 @@ fn main() {
     };
 
     let mut r_cli = Row::new("paddock exec -- true");
+    let mut r_full = Row::new("paddock-full exec -- true (the binary with every subcommand)");
     let mut r_bwrap = Row::new("bwrap --unshare-all --die-with-parent bash -c true");
     let mut r_fork = Row::new("fork/exec /bin/true");
     let mut r_warm =
@@ -166,6 +169,12 @@ fn main() {
             paddock.display()
         ));
     }
+    if !have_full {
+        r_full.note = Some(format!(
+            "skipped: {} not built (cargo build --release -p paddock-cli)",
+            paddock_full.display()
+        ));
+    }
     if !have_bwrap {
         r_bwrap.note = Some("skipped: bwrap not installed (apt-get install -y bubblewrap)".into());
     }
@@ -173,7 +182,10 @@ fn main() {
     // Warm-up: caches, the thread directories, the kernel-probe record, first jails.
     for _ in 0..3 {
         if have_paddock {
-            time_command(paddock_exec());
+            time_command(paddock_exec(&paddock));
+        }
+        if have_full {
+            time_command(paddock_exec(&paddock_full));
         }
         if have_bwrap {
             time_command(bwrap(&ws));
@@ -189,7 +201,12 @@ fn main() {
 
     for _ in 0..rounds {
         if have_paddock {
-            r_cli.samples.push(time_command(paddock_exec()));
+            r_cli.samples.push(time_command(paddock_exec(&paddock)));
+        }
+        if have_full {
+            r_full
+                .samples
+                .push(time_command(paddock_exec(&paddock_full)));
         }
         if have_bwrap {
             r_bwrap.samples.push(time_command(bwrap(&ws)));
@@ -213,12 +230,12 @@ fn main() {
     println!("\n{rounds} interleaved rounds\n");
     println!("| command | runs | p50 | p99 | mean | p50 / bwrap | p50 / fork-exec |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let rows = [r_cli, r_bwrap, r_fork, r_warm, r_b2b, r_cold].map(|mut r| {
+    let rows = [r_cli, r_full, r_bwrap, r_fork, r_warm, r_b2b, r_cold].map(|mut r| {
         r.samples.sort();
         r
     });
     let p50_of = |r: &Row| (!r.samples.is_empty()).then(|| pct(&r.samples, 0.5));
-    let (bwrap_p50, fork_p50) = (p50_of(&rows[1]), p50_of(&rows[2]));
+    let (bwrap_p50, fork_p50) = (p50_of(&rows[2]), p50_of(&rows[3]));
     let ratio = |p: Duration, base: Option<Duration>| {
         base.map_or("-".to_owned(), |b| {
             format!("{:.2}", p.as_secs_f64() / b.as_secs_f64())
