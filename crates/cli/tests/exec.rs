@@ -136,6 +136,50 @@ fn a_one_shot_exec_leaves_no_cgroup_or_process_behind() {
     assert!(data.join("state/kernel-probe").is_file());
 }
 
+#[test]
+fn the_cgroup_of_a_killed_exec_is_swept_by_the_next_one() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["exec", "--data-dir"])
+        .arg(&data)
+        .args(["--user", "alice", "--thread", "killed", "--"])
+        .arg("echo up; sleep 612403")
+        .env_remove("PADDOCK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    let left = cgroup_dirs_of(pid);
+    assert!(!left.is_empty(), "no exec cgroup while the command runs");
+    // SIGKILL: no chance to clean up. The jail dies with it (parent-death signal)...
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00612403\x00"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived a killed paddock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // ...but its cgroup stays, until the next paddock exec removes it.
+    assert_eq!(cgroup_dirs_of(pid), left);
+    let o = exec(&data, "other", &[], "true");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
+}
+
 /// `(controllers, path)` of each v1 hierarchy line of `/proc/{pid}/cgroup`.
 fn v1_cgroups(pid: u32) -> Vec<(String, String)> {
     std::fs::read_to_string(format!("/proc/{pid}/cgroup"))

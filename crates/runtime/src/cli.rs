@@ -136,8 +136,14 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
             return Ok(1);
         }
     };
+    let run = async {
+        let stream = sb.exec_stream(req).await?;
+        // The command runs; tidying up after earlier runs cannot delay it now.
+        sb.runtime().sweep_stale_cgroups();
+        pump_to_stdio(stream).await
+    };
     let result = tokio::select! {
-        r = stream_to_stdio(&sb, req) => r,
+        r = run => r,
         sig = signals.next() => {
             eprintln!("paddock: interrupted by {}; the command was killed", sig.name());
             Ok(128 + sig.number())
@@ -224,7 +230,14 @@ pub async fn stream_to_stdio<S: Sandbox + ?Sized>(
     sb: &S,
     req: ExecRequest,
 ) -> Result<i32, SandboxError> {
-    let mut stream = sb.exec_stream(req).await?;
+    pump_to_stdio(sb.exec_stream(req).await?).await
+}
+
+/// Writes a running command's output to this process's stdout/stderr as it comes; returns
+/// the shell status.
+pub async fn pump_to_stdio(
+    mut stream: paddock_core::sandbox::ExecStream,
+) -> Result<i32, SandboxError> {
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
     let (mut out_len, mut err_len) = (0u64, 0u64);

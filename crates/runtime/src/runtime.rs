@@ -60,6 +60,22 @@ pub(crate) struct JailBase {
     /// CPUs online when the runtime started: a cpu limit of at least this many binds
     /// nothing, so no cpu cgroup is made for it.
     pub online_cpus: Option<u32>,
+    /// The cgroups of a one-shot runtime, not yet swept for leftovers of dead Paddock
+    /// processes.
+    pub unswept: Option<paddock_sys::cgroup::Layout>,
+}
+
+/// Removes cgroups left behind by Paddock processes that are gone.
+fn sweep_stale(layout: &paddock_sys::cgroup::Layout) {
+    let swept = paddock_sys::cgroup::sweep_stale(layout, |pid| {
+        paddock_sys::process::pid_exists(pid as i32)
+    });
+    if swept > 0 {
+        tracing::info!(
+            swept,
+            "removed cgroup subtrees of Paddock processes that are gone"
+        );
+    }
 }
 
 /// The runtime shared by every sandbox of one provider.
@@ -305,14 +321,9 @@ impl Runtime {
             tracing::debug!(error = %e, "could not record the kernel probe");
         }
         let layout = paddock_sys::cgroup::discover_self_with(&mountinfo);
-        let swept = paddock_sys::cgroup::sweep_stale(&layout, |pid| {
-            paddock_sys::process::pid_exists(pid as i32)
-        });
-        if swept > 0 {
-            tracing::info!(
-                swept,
-                "removed cgroup subtrees of Paddock processes that are gone"
-            );
+        // A one-shot process sweeps once its command runs (see `sweep_stale_cgroups`).
+        if !one_shot {
+            sweep_stale(&layout);
         }
         let name = format!(
             "paddock-{}-{}",
@@ -340,7 +351,18 @@ impl Runtime {
             nofile_hard: paddock_sys::process::rlimit_hard(libc::RLIMIT_NOFILE as i32)
                 .unwrap_or(1024),
             online_cpus: paddock_sys::process::online_cpus(),
+            unswept: one_shot.then_some(layout),
         })
+    }
+
+    /// Removes cgroups left behind by Paddock processes that are gone (a `paddock exec`
+    /// killed with SIGKILL leaves its exec cgroup). A long-lived runtime does this when it
+    /// starts; a one-shot runtime leaves it to its caller, to do while the command runs,
+    /// since nothing before the command needs it.
+    pub fn sweep_stale_cgroups(&self) {
+        if let Some(layout) = self.jail.as_ref().and_then(|j| j.unswept.as_ref()) {
+            sweep_stale(layout);
+        }
     }
 
     /// The options in force.

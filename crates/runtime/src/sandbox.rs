@@ -493,6 +493,11 @@ impl LocalSandbox {
             .collect()
     }
 
+    /// The runtime this sandbox runs on.
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.rt
+    }
+
     /// Waits (at most `limit`) until every exec's process tree is gone and its cgroup
     /// removed; true when that happened. Used after [`Self::kill_all`] by a process about to
     /// exit, so it leaves nothing behind.
