@@ -54,12 +54,16 @@ pub(crate) fn etc_files(data_root: &Path, uid: u32, gid: u32) -> io::Result<Vec<
         ("group", 2, gid, format!("sandbox:x:{gid}:")),
     ];
     let mut out = Vec::new();
+    let mut dir_made = false;
     for (name, field, id, line) in wanted {
         let host = std::fs::read_to_string(Path::new("/etc").join(name)).unwrap_or_default();
         let Some(text) = with_entry(&host, &line, field, id) else {
             continue;
         };
-        std::fs::create_dir_all(&dir)?;
+        if !dir_made {
+            std::fs::create_dir_all(&dir)?;
+            dir_made = true;
+        }
         let file = dir.join(name);
         if std::fs::read_to_string(&file).ok().as_deref() != Some(text.as_str()) {
             // Unique per writer: sandboxes of one uid may be prepared concurrently.

@@ -386,7 +386,12 @@ impl LocalSandbox {
                         .max_by_key(|p| p.container.depth());
                     if let Some(p) = parent {
                         let rel = m.container.strip_prefix(&p.container).unwrap_or_default();
-                        std::fs::create_dir_all(p.host.join(rel)).map_err(|e| {
+                        let point = p.host.join(rel);
+                        // The mount's own directory (workspace inside user-data) exists.
+                        if point == m.host {
+                            continue;
+                        }
+                        std::fs::create_dir_all(point).map_err(|e| {
                             tracing::error!(error = %e, "could not create a mount point");
                             internal(format!(
                                 "could not create the mount point of {}",
