@@ -345,17 +345,6 @@ fn valid_jail_path(p: &str) -> bool {
             .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
-/// Whether `child`, a bind below `parent`, is exactly what `parent`'s bind already shows
-/// there: the same host directory (`parent.host` + the same relative path) and flags.
-fn shows_the_same(parent: &DataBind, child: &DataBind) -> bool {
-    let Some(rel) = child.jail.strip_prefix(&format!("{}/", parent.jail)) else {
-        return false;
-    };
-    child.read_only == parent.read_only
-        && child.locked == parent.locked
-        && child.host == parent.host.join(rel)
-}
-
 /// Builds the mount plan. Data binds are mounted shallowest first so a nested mount
 /// (`/mnt/skills/custom`) lands on top of its parent (`/mnt/skills`); a nested mount point
 /// must already exist in the parent's host directory (the runtime creates it when it prepares
@@ -517,23 +506,10 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
             .then(a.jail.cmp(&b.jail))
     });
     let mut created: BTreeSet<String> = BTreeSet::new();
-    let mut bound: Vec<&DataBind> = Vec::new();
+    let mut bound: Vec<&str> = Vec::new();
     for b in binds {
-        // The nearest bind above this one, if any.
-        let parent = bound
-            .iter()
-            .filter(|p| b.jail.starts_with(&format!("{}/", p.jail)))
-            .max_by_key(|p| p.jail.len());
-        if let Some(p) = parent
-            && shows_the_same(p, b)
-        {
-            // Already in place: the parent's bind shows this very directory with the same
-            // flags (`/mnt/user-data/workspace` inside `/mnt/user-data`), so a mount would
-            // change nothing but cost two syscalls and make renames across it fail.
-            bound.push(b);
-            continue;
-        }
-        if parent.is_none() {
+        let inside_bind = bound.iter().any(|p| b.jail.starts_with(&format!("{p}/")));
+        if !inside_bind {
             let mut acc = String::new();
             for seg in b.jail[1..].split('/') {
                 acc.push('/');
@@ -560,7 +536,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
         if !b.read_only {
             writable_dirs.push(b.jail.clone());
         }
-        bound.push(b);
+        bound.push(&b.jail);
     }
     // Last: the root itself becomes read-only, so nothing can be created at `/`.
     ops.push(MountOp::Remount {
@@ -812,56 +788,6 @@ mod tests {
                 "/mnt/user-data/workspace"
             ]
         );
-    }
-
-    #[test]
-    fn a_bind_the_parent_bind_already_shows_is_not_mounted_again() {
-        let ro_ws = bind("/d/ud/workspace", "/mnt/user-data/workspace", true);
-        for (child, mounted) in [
-            // The same directory, same flags: covered by the parent.
-            (
-                bind("/d/ud/workspace", "/mnt/user-data/workspace", false),
-                false,
-            ),
-            // Another directory at that path, or other flags: a mount of its own.
-            (
-                bind("/d/elsewhere", "/mnt/user-data/workspace", false),
-                true,
-            ),
-            (
-                bind("/d/ud/outputs", "/mnt/user-data/workspace", false),
-                true,
-            ),
-            (ro_ws, true),
-        ] {
-            let p = plan_mounts(&inputs(vec![
-                bind("/d/ud", "/mnt/user-data", false),
-                child.clone(),
-                bind(
-                    "/d/ud/workspace/deeper",
-                    "/mnt/user-data/workspace/deeper",
-                    false,
-                ),
-            ]))
-            .unwrap();
-            let sources: Vec<&Path> = p.sources.iter().map(PathBuf::as_path).collect();
-            assert_eq!(
-                sources.contains(&child.host.as_path()),
-                mounted,
-                "{child:?}"
-            );
-            // The deepest bind is compared with its nearest parent: covered only when that
-            // parent shows the parent's tree.
-            assert_eq!(
-                sources.contains(&Path::new("/d/ud/workspace/deeper")),
-                mounted,
-                "{child:?}"
-            );
-            let remounted = p.ops.iter().any(|o| {
-                matches!(o, MountOp::Remount { dst, .. } if dst == Path::new("/tmp/mnt/user-data/workspace"))
-            });
-            assert_eq!(remounted, mounted, "{child:?}");
-        }
     }
 
     #[test]
