@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use paddock_core::sandbox::{ExecRequest, ReadText};
 use paddock_core::{Sandbox, ThreadId, UserId};
-use paddock_runtime::{Limits, RuntimeOptions};
+use paddock_runtime::{Limits, LocalProvider, RuntimeOptions};
 
 /// Runs a raw syscall inside the sandbox with python's ctypes; returns (result, errno).
 async fn syscall(sb: &paddock_runtime::LocalSandbox, nr: i64, args: &str) -> (i64, i32) {
@@ -176,6 +176,58 @@ async fn symlinks_cannot_reach_the_host() {
         let r = sb.read_text(ReadText::new(p)).await;
         assert!(r.is_err(), "{p} was readable through a symlink: {r:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_directories_cannot_be_swapped_for_symlinks() {
+    // The thread's directories are mount points inside the jail, so the agent cannot
+    // remove or rename them: were /mnt/user-data/workspace a symlink on the host, the next
+    // sandbox's mount table would follow it, and its target would become the root the
+    // host-side file API resolves beneath.
+    need!();
+    let e = env();
+    let victim = e.sandbox("swapvictim").await;
+    run(&victim, "echo SWAP-SECRET > secret.txt").await;
+    let victim_ws = e
+        .dir
+        .path()
+        .join("users/default/threads/swapvictim/user-data/workspace");
+    let sb = e.sandbox("swapper").await;
+    let cmd = format!(
+        "cd /; for d in workspace uploads outputs; do \
+           rm -rf /mnt/user-data/$d; mv /mnt/user-data/$d /mnt/user-data/$d.old; \
+           ln -sfn {v} /mnt/user-data/$d; done; echo end",
+        v = victim_ws.display()
+    );
+    let o = run(&sb, &cmd).await;
+    assert!(o.stdout.ends_with("end\n"), "{o:?}");
+    let user_data = e.dir.path().join("users/default/threads/swapper/user-data");
+    for d in ["workspace", "uploads", "outputs"] {
+        let md = std::fs::symlink_metadata(user_data.join(d)).unwrap();
+        assert!(md.is_dir(), "{d} was replaced: {md:?} ({o:?})");
+        assert!(
+            !user_data.join(format!("{d}.old")).exists(),
+            "{d} was renamed"
+        );
+    }
+    // A fresh sandbox of the same thread (a new provider prepares it anew) still sees its own.
+    drop(sb);
+    let again = LocalProvider::new(e.dir.path(), RuntimeOptions::default(), Vec::new()).unwrap();
+    let sb = again
+        .acquire(&UserId::default(), &ThreadId::new("swapper").unwrap())
+        .await
+        .unwrap();
+    let o = run(
+        &sb,
+        "cat /mnt/user-data/workspace/secret.txt; ls /mnt/user-data/workspace",
+    )
+    .await;
+    assert!(!o.stdout.contains("SWAP-SECRET"), "{o:?}");
+    let r = sb
+        .read_text(ReadText::new("/mnt/user-data/workspace/secret.txt"))
+        .await;
+    assert!(r.is_err(), "the file API reached another thread: {r:?}");
+    again.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
