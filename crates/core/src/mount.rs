@@ -399,6 +399,28 @@ impl MountTable {
         let canon = |what: &'static str, p: &Path| {
             std::fs::canonicalize(p).map_err(|source| MountTableError::Resolve { what, source })
         };
+        // Below the thread directory every directory is one Paddock made, and the agent can
+        // write into user-data: a symlink there was planted, so it is refused, never
+        // followed (its target would become a mount root the file API resolves beneath).
+        let own = |what: &'static str, parent: &Path, name: &str| {
+            let p = parent.join(name);
+            let md = std::fs::symlink_metadata(&p)
+                .map_err(|source| MountTableError::Resolve { what, source })?;
+            if md.is_dir() {
+                Ok(p)
+            } else {
+                Err(MountTableError::Resolve {
+                    what,
+                    source: std::io::Error::other(if md.is_symlink() {
+                        "it is a symbolic link (refusing to follow it)"
+                    } else {
+                        "it is not a directory"
+                    }),
+                })
+            }
+        };
+        let thread_dir = canon("thread", &dirs.thread)?;
+        let user_data = own("user-data", &thread_dir, "user-data")?;
         let vp = |s: &str| {
             VirtualPath::parse(s).map_err(|e| MountTableError::Resolve {
                 what: "virtual",
@@ -408,31 +430,31 @@ impl MountTable {
         let mut mounts = vec![
             Mount {
                 container: vp(USER_DATA)?,
-                host: canon("user-data", &dirs.user_data)?,
+                host: user_data.clone(),
                 read_only: false,
                 kind: MountKind::UserData,
             },
             Mount {
                 container: vp(WORKSPACE)?,
-                host: canon("workspace", &dirs.workspace)?,
+                host: own("workspace", &user_data, "workspace")?,
                 read_only: false,
                 kind: MountKind::Workspace,
             },
             Mount {
                 container: vp(UPLOADS)?,
-                host: canon("uploads", &dirs.uploads)?,
+                host: own("uploads", &user_data, "uploads")?,
                 read_only: false,
                 kind: MountKind::Uploads,
             },
             Mount {
                 container: vp(OUTPUTS)?,
-                host: canon("outputs", &dirs.outputs)?,
+                host: own("outputs", &user_data, "outputs")?,
                 read_only: false,
                 kind: MountKind::Outputs,
             },
             Mount {
                 container: vp(ACP_WORKSPACE)?,
-                host: canon("acp-workspace", &dirs.acp_workspace)?,
+                host: own("acp-workspace", &thread_dir, "acp-workspace")?,
                 read_only: true,
                 kind: MountKind::AcpWorkspace,
             },

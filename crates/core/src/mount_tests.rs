@@ -407,3 +407,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn planted_symlinks_in_a_threads_directories_are_refused_not_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The data directory itself may be reached through a symlink (an operator's choice).
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::os::unix::fs::symlink(&real, tmp.path().join("data")).unwrap();
+    let layout = DataLayout::new(tmp.path().join("data"));
+    let (u, t) = (UserId::new("u1").unwrap(), ThreadId::new("t1").unwrap());
+    let table = MountTable::for_thread(&layout, &u, &t, vec![]).unwrap();
+    let ws = table
+        .mounts()
+        .iter()
+        .find(|m| m.kind == MountKind::Workspace)
+        .unwrap();
+    let real = std::fs::canonicalize(&real).unwrap();
+    assert_eq!(ws.host, real.join("users/u1/threads/t1/user-data/workspace"));
+    // An agent-made symlink in place of a thread directory is refused.
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    for name in ["workspace", "uploads", "outputs"] {
+        let d = real.join("users/u1/threads/t1/user-data").join(name);
+        std::fs::remove_dir(&d).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &d).unwrap();
+        let e = MountTable::for_thread(&layout, &u, &t, vec![]).unwrap_err();
+        let MountTableError::Resolve { what, source } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(*what, name);
+        assert!(source.to_string().contains("symbolic link"), "{source}");
+        std::fs::remove_file(&d).unwrap();
+        std::fs::create_dir(&d).unwrap();
+    }
+    assert!(MountTable::for_thread(&layout, &u, &t, vec![]).is_ok());
+}
