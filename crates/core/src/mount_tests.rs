@@ -424,7 +424,10 @@ fn planted_symlinks_in_a_threads_directories_are_refused_not_followed() {
         .find(|m| m.kind == MountKind::Workspace)
         .unwrap();
     let real = std::fs::canonicalize(&real).unwrap();
-    assert_eq!(ws.host, real.join("users/u1/threads/t1/user-data/workspace"));
+    assert_eq!(
+        ws.host,
+        real.join("users/u1/threads/t1/user-data/workspace")
+    );
     // An agent-made symlink in place of a thread directory is refused.
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir(&elsewhere).unwrap();
