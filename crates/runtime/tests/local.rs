@@ -106,14 +106,19 @@ async fn timeout_kills_the_whole_namespace() {
     let e = env();
     let sb = e.sandbox("t4").await;
     let start = Instant::now();
-    let o = run_t(&sb, "setsid sleep 300 & (sleep 301 &) ; sleep 302", 1.0).await;
+    let o = run_t(
+        &sb,
+        "setsid sleep 612300 & (sleep 612301 &) ; sleep 612302",
+        1.0,
+    )
+    .await;
     assert!(o.exit.timed_out);
     assert_eq!(o.exit.shell_status(), 124);
     assert!(start.elapsed() < Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(sb.running().is_empty(), "init still registered");
     assert!(
-        !sleepers(&["300", "301", "302"]),
+        !sleepers(&["612300", "612301", "612302"]),
         "a sleep survived the timeout"
     );
 }
@@ -137,19 +142,19 @@ async fn background_returns_promptly_and_dies_on_reset() {
     let e = env();
     let sb = e.sandbox("t5").await;
     let start = Instant::now();
-    let o = run(&sb, "sleep 303 & echo started").await;
+    let o = run(&sb, "sleep 612303 & echo started").await;
     assert_eq!(o.stdout, "started\n");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "took {:?}",
         start.elapsed()
     );
-    assert!(sleepers(&["303"]));
+    assert!(sleepers(&["612303"]));
     assert_eq!(sb.running().len(), 1);
     drop(sb);
     e.provider.reset();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!sleepers(&["303"]), "background process survived reset");
+    assert!(!sleepers(&["612303"]), "background process survived reset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
