@@ -137,6 +137,8 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
         }
     };
     let run = async {
+        // On the LocalSandbox itself, never as `&dyn Sandbox`: a trait object's vtable
+        // would link every Sandbox method (grep, glob, transfers) into the `paddock` front.
         let stream = sb.exec_stream(req).await?;
         // The command runs; tidying up after earlier runs cannot delay it now.
         sb.runtime().sweep_stale_cgroups();
@@ -221,16 +223,6 @@ impl Interrupts {
             _ = sc.recv() => *c,
         }
     }
-}
-
-/// Streams a command's output to this process's stdout/stderr; returns the shell status.
-/// Generic rather than `&dyn Sandbox`: a trait object would link every `Sandbox` method
-/// (grep, glob, file transfer) into the `paddock` front, which only ever runs this.
-pub async fn stream_to_stdio<S: Sandbox + ?Sized>(
-    sb: &S,
-    req: ExecRequest,
-) -> Result<i32, SandboxError> {
-    pump_to_stdio(sb.exec_stream(req).await?).await
 }
 
 /// Writes a running command's output to this process's stdout/stderr as it comes; returns
