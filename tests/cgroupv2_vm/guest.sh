@@ -127,6 +127,17 @@ exec_cgroups() {
         [[ -d $d && $d != "$1/paddock-$2-supervisor" ]] && echo "$d"
     done
 }
+populated_exec_cgroup() { # DIR PID -> the exec cgroup of paddock PID below DIR once init is in it
+    # (the limits are written before init is cloned; cgroupfs files have size 0, so read it);
+    # empty when PID ends or 60 s pass first.
+    local d deadline=$((SECONDS + 60))
+    while kill -0 "$2" 2>/dev/null && ((SECONDS < deadline)); do
+        for d in $(exec_cgroups "$1" "$2"); do
+            [[ -n $(cat "$d/cgroup.procs" 2>/dev/null) ]] && { echo "$d"; return; }
+        done
+        sleep 0.1
+    done
+}
 cgls() { # DIR -> the cgroup directories below it, relative, one line
     (cd "$1" && find . -mindepth 1 -type d | sort | tr '\n' ' ')
 }
@@ -215,16 +226,7 @@ T=$CG/t-live
 ex live
 start_alone t-live live "${EX[@]}" --config "$cfg" -- 'echo "rlimits $(ulimit -v) $(ulimit -u)"; sleep 3; echo slept'
 pl=$P
-found=""
-deadline=$((SECONDS + 60))
-while [[ -z $found ]] && kill -0 "$pl" 2>/dev/null && ((SECONDS < deadline)); do
-    for d in $(exec_cgroups "$T" "$pl"); do
-        # Wait until init is inside (the limits are written before it is cloned); cgroupfs
-        # files have size 0, so read it.
-        [[ -n $(cat "$d/cgroup.procs" 2>/dev/null) ]] && found=$d
-    done
-    [[ -n $found ]] || sleep 0.1
-done
+found=$(populated_exec_cgroup "$T" "$pl")
 if [[ -n $found ]]; then
     name=$(basename "$found")
     sup=$T/paddock-$pl-supervisor
@@ -297,14 +299,7 @@ T=$CG/t-term
 ex term
 start_alone t-term term "${EX[@]}" --config "$cfg" -- 'sleep 60'
 pt=$P
-tfound=""
-deadline=$((SECONDS + 60))
-while [[ -z $tfound ]] && kill -0 "$pt" 2>/dev/null && ((SECONDS < deadline)); do
-    for d in $(exec_cgroups "$T" "$pt"); do
-        [[ -n $(cat "$d/cgroup.procs" 2>/dev/null) ]] && tfound=$d
-    done
-    [[ -n $tfound ]] || sleep 0.1
-done
+tfound=$(populated_exec_cgroup "$T" "$pt")
 sleep 0.5
 kill -TERM "$pt"
 wait_p 60
@@ -463,14 +458,7 @@ T=$CG/t-kill
 ex kill
 start_alone t-kill kill "${EX[@]}" --config "$cfg" -- 'sleep 60'
 pk=$P
-deadline=$((SECONDS + 60))
-kfound=""
-while [[ -z $kfound ]] && kill -0 "$pk" 2>/dev/null && ((SECONDS < deadline)); do
-    for d in $(exec_cgroups "$T" "$pk"); do
-        [[ -n $(cat "$d/cgroup.procs" 2>/dev/null) ]] && kfound=$d
-    done
-    [[ -n $kfound ]] || sleep 0.1
-done
+kfound=$(populated_exec_cgroup "$T" "$pk")
 sleep 0.5
 kill -KILL "$pk"
 wait_p 30
