@@ -57,17 +57,7 @@ fn exit_codes_streams_and_persistence() {
     );
     assert_eq!(o.status.code(), Some(124));
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    let survivors: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("sleep 61234"))
-        .collect();
-    assert!(
-        survivors.is_empty(),
-        "processes outlived the timeout: {survivors:?}"
-    );
+    assert!(gone_soon("sleep 61234"), "processes outlived the timeout");
     // Bad input: a usage error naming the field, exit 2, nothing created.
     let o = exec(&data, "../etc", &[], "true");
     assert_eq!(o.status.code(), Some(2));
@@ -81,6 +71,36 @@ fn exit_codes_streams_and_persistence() {
         String::from_utf8_lossy(&o.stderr).contains("timeout"),
         "{o:?}"
     );
+}
+
+/// Waits (at most 10 s) until no process's command line contains `needle`; false if one
+/// still does then. A `paddock exec` that knows its jail's init will be reaped returns once
+/// the jail is killed, not once the kernel has finished tearing it down.
+fn gone_soon(needle: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let alive = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| {
+                String::from_utf8_lossy(&c)
+                    .replace('\0', " ")
+                    .contains(needle)
+            });
+        if !alive {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The kernel probe record of a data directory.
+fn probe_record(data: &std::path::Path) -> String {
+    std::fs::read_to_string(data.join("state/kernel-probe")).unwrap_or_default()
 }
 
 /// `paddock-{pid}[-n]` cgroup directories of process `pid` in any v1 hierarchy or v2.
@@ -125,19 +145,75 @@ fn a_one_shot_exec_leaves_no_cgroup_or_process_behind() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
-    let survivors = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).contains("612399"))
-        .count();
-    assert_eq!(survivors, 0, "the background process outlived paddock exec");
-    // The kernel probe passed once and is remembered for the next run.
-    assert!(data.join("state/kernel-probe").is_file());
+    assert!(
+        gone_soon("sleep 612399"),
+        "the background process outlived paddock exec"
+    );
+    // The kernel probe passed once and is remembered for the next run, with an orphan left
+    // to learn whether orphans are reaped here.
+    assert!(
+        probe_record(&data).contains("\norphan_left="),
+        "{}",
+        probe_record(&data)
+    );
 }
 
 #[test]
-fn the_cgroup_of_a_killed_exec_is_swept_by_the_next_one() {
+fn once_orphans_are_known_to_be_reaped_exec_returns_without_waiting_for_the_teardown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    // The first run leaves an orphan; a later one sees it reaped (this host's pid 1 reaps
+    // on a timer of a second or two) and remembers that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = exec(&data, "early", &[], "true");
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        let rec = probe_record(&data);
+        if rec.contains("\norphans_reaped=yes\n") {
+            break;
+        }
+        assert!(
+            !rec.contains("orphans_reaped=no"),
+            "this host's pid 1 does not reap: {rec}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan was never reaped: {rec}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    // Now exec returns as soon as the command's status is known: output and exit code as
+    // ever, the background process killed, and nothing named after the process left.
+    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["exec", "--data-dir"])
+        .arg(&data)
+        .args(["--user", "alice", "--thread", "early", "--"])
+        .arg("sleep 612398 & echo started; exit 4")
+        .env_remove("PADDOCK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
+    assert_eq!(o.status.code(), Some(4));
+    assert!(
+        gone_soon("sleep 612398"),
+        "the background process outlived paddock exec"
+    );
+    assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
+    // The files the command wrote are there when exec returns.
+    let o = exec(&data, "early", &[], "echo kept > f; cat f");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(data.join("users/alice/threads/early/user-data/workspace/f"))
+            .unwrap(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn a_killed_exec_leaves_no_cgroup_to_sweep() {
     use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
@@ -156,25 +232,48 @@ fn the_cgroup_of_a_killed_exec_is_swept_by_the_next_one() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "up\n");
-    let left = cgroup_dirs_of(pid);
-    assert!(!left.is_empty(), "no exec cgroup while the command runs");
-    // SIGKILL: no chance to clean up. The jail dies with it (parent-death signal)...
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::fs::read_dir("/proc")
+    let sleeper = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .any(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00612403\x00"))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the command outlived a killed paddock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        .find(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00612403\x00")
+        })
+        .map(|e| e.file_name().to_string_lossy().parse::<u32>().unwrap())
+        .expect("the command runs");
+    // On cgroup v1 the command runs in a reusable slot, held by the paddock process's lock;
+    // nothing is named after the process (on v2 the exec cgroup is named after it).
+    let slots: Vec<(String, String)> = v1_cgroups(sleeper)
+        .into_iter()
+        .filter(|(_, path)| {
+            path.rsplit('/')
+                .next()
+                .is_some_and(|l| l.starts_with("paddock-slot-"))
+        })
+        .collect();
+    if !v1_cgroups(pid).is_empty() {
+        assert!(!slots.is_empty(), "{:?}", v1_cgroups(sleeper));
+        assert!(cgroup_dirs_of(pid).is_empty());
     }
-    // ...but its cgroup stays, until the next paddock exec removes it.
-    assert_eq!(cgroup_dirs_of(pid), left);
+    // SIGKILL: no chance to clean up. The jail dies with it (parent-death signal), and the
+    // kernel releases the slot's lock with the process: nothing is left to sweep.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        gone_soon("sleep 612403"),
+        "the command outlived a killed paddock"
+    );
+    for (ctrl, path) in &slots {
+        let mount = ctrl
+            .split(',')
+            .find(|c| ["pids", "memory", "cpu"].contains(c))
+            .unwrap();
+        let procs =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/{mount}{path}/cgroup.procs")).unwrap();
+        assert!(
+            !procs.lines().any(|l| l == sleeper.to_string()),
+            "{mount}{path}: {procs}"
+        );
+    }
     let o = exec(&data, "other", &[], "true");
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
@@ -259,10 +358,8 @@ fn a_one_shot_exec_runs_in_a_limited_cgroup_right_beside_paddocks_own() {
             own.trim_end_matches('/'),
             "{ctrl}"
         );
-        assert!(
-            leaf.starts_with(&format!("paddock-{paddock}-")),
-            "{ctrl}: {leaf}"
-        );
+        // A reusable slot (one-shot processes on v1 share a pool of them).
+        assert!(leaf.starts_with("paddock-slot-"), "{ctrl}: {leaf}");
         let mount = ctrl
             .split(',')
             .find(|c| ["pids", "memory", "cpu"].contains(c))
@@ -278,6 +375,27 @@ fn a_one_shot_exec_runs_in_a_limited_cgroup_right_beside_paddocks_own() {
         checked += 1;
     }
     assert_eq!(checked, 3, "memory, pids and cpu cgroups: {theirs:?}");
+    // The jail's init (the command's parent) is in the memory and cpu cgroups but not in
+    // the pids one: only the command's processes count there.
+    let init = std::fs::read_to_string(format!("/proc/{sleeper}/stat"))
+        .unwrap()
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u32>()
+        .unwrap();
+    for (ctrl, path) in v1_cgroups(init) {
+        let own = &ours.iter().find(|(c, _)| *c == ctrl).unwrap().1;
+        if ctrl.split(',').any(|c| c == "pids") {
+            assert_eq!(&path, own, "init is counted in pids");
+        } else if ctrl.split(',').any(|c| c == "memory" || c == "cpu") {
+            let theirs = &theirs.iter().find(|(c, _)| *c == ctrl).unwrap().1;
+            assert_eq!(&path, theirs, "{ctrl}");
+        }
+    }
     // SIGTERM to paddock exec: it kills the command, removes its cgroup and says so.
     let _ = Command::new("kill")
         .arg("-TERM")

@@ -166,10 +166,14 @@ pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::
         }
     };
     // Background processes would die with this process anyway (parent-death signal); end
-    // them now and let the reaper remove the exec's cgroup, so no directory is left for the
-    // next run to sweep.
+    // them now. Where the jail's init is reaped by whoever adopts it and its cgroup is a
+    // reusable slot, that is all: the kernel finishes the teardown after we are gone, as it
+    // would for any process. Otherwise wait for the reaper to remove the exec's cgroup, so
+    // no directory is left for the next run to sweep.
     sb.kill_all();
-    sb.settle(std::time::Duration::from_millis(500)).await;
+    if !sb.teardown_can_be_left_to_the_kernel() {
+        sb.settle(std::time::Duration::from_millis(500)).await;
+    }
     drop(sb);
     Ok(code)
 }

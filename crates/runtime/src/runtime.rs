@@ -13,6 +13,8 @@ use std::sync::{Arc, OnceLock};
 
 use paddock_core::DataLayout;
 use paddock_sys::cgroup::{CgroupSet, Controller};
+
+use crate::probecache::Orphans;
 use paddock_sys::jail::{EncodedCommand, JailChild, JailSpec, PendingJail, SpawnError};
 use paddock_sys::mountplan::HostFacts;
 use paddock_sys::probe::{Action, probe};
@@ -60,6 +62,9 @@ pub(crate) struct JailBase {
     /// CPUs online when the runtime started: a cpu limit of at least this many binds
     /// nothing, so no cpu cgroup is made for it.
     pub online_cpus: Option<u32>,
+    /// Processes this one-shot process leaves behind are reaped by whoever adopts them, so
+    /// it may exit before its jail is torn down (see [`Runtime::orphans_reaped`]).
+    pub orphans_reaped: bool,
     /// The cgroups of a one-shot runtime, not yet swept for leftovers of dead Paddock
     /// processes.
     pub unswept: Option<paddock_sys::cgroup::Layout>,
@@ -136,6 +141,40 @@ fn cgroup_warnings(
         ));
     }
     out
+}
+
+/// How long an orphan left to find out whether orphans are reaped may stay unreaped before
+/// the answer is no (an adopter that reaps on a timer takes a second or two).
+const ORPHAN_GRACE_SECS: u64 = 10;
+
+/// What to record next about orphans being reaped, if anything changed: leave one when
+/// nothing is known, and look at the one left before.
+fn next_orphan_fact(known: Orphans) -> Option<Orphans> {
+    use paddock_sys::process::{OrphanState, leave_orphan, orphan_state};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match known {
+        Orphans::Reaped(_) => None,
+        Orphans::Unknown => match leave_orphan() {
+            Ok(orphan) => Some(Orphans::Left { orphan, at: now }),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not leave an orphan to see whether orphans are reaped");
+                None
+            }
+        },
+        Orphans::Left { orphan, at } => match orphan_state(&orphan) {
+            OrphanState::Reaped => Some(Orphans::Reaped(true)),
+            OrphanState::Waiting if now.saturating_sub(at) >= ORPHAN_GRACE_SECS => {
+                tracing::warn!(
+                    pid = orphan.pid,
+                    "processes left behind are not reaped here (pid 1 of this pid namespace never waits for them): every `paddock exec` waits for its jail to be torn down; in a container, run an init as pid 1 (`docker run --init`)"
+                );
+                Some(Orphans::Reaped(false))
+            }
+            OrphanState::Waiting => None,
+        },
+    }
 }
 
 /// Exec numbers are process-wide: several runtimes in one process (tests, a server with two
@@ -266,7 +305,8 @@ impl Runtime {
             all |= libc::CLONE_NEWNET;
         }
         let cache = crate::probecache::ProbeCache::new(data_root, opts.network == Network::None);
-        let cached = cache.hit();
+        let hit = cache.lookup();
+        let cached = hit.is_some();
         let combined = if cached {
             Ok(())
         } else {
@@ -313,10 +353,19 @@ impl Runtime {
             );
             landlock_abi = 0;
         }
+        // A one-shot process finds out once whether what it leaves behind is reaped (see
+        // `Runtime::orphans_reaped` and `probecache`).
+        let known = hit.unwrap_or(Orphans::Unknown);
+        let found = if one_shot {
+            next_orphan_fact(known)
+        } else {
+            None
+        };
+        let orphans = found.unwrap_or(known);
         // Only a full pass is remembered (see `probecache`).
-        if !cached
+        if (!cached || found.is_some())
             && landlock_abi == paddock_sys::landlock::kernel_abi()
-            && let Err(e) = cache.record()
+            && let Err(e) = cache.record(orphans)
         {
             tracing::debug!(error = %e, "could not record the kernel probe");
         }
@@ -352,7 +401,16 @@ impl Runtime {
                 .unwrap_or(1024),
             online_cpus: paddock_sys::process::online_cpus(),
             unswept: one_shot.then_some(layout),
+            orphans_reaped: one_shot && orphans == Orphans::Reaped(true),
         })
+    }
+
+    /// Whether a one-shot process may exit while its jail is still being torn down: the
+    /// jail's init, once its parent is gone, is adopted by the nearest subreaper or pid 1,
+    /// and that one was seen to reap. Always false for a long-lived runtime, which reaps its
+    /// own jails.
+    pub fn orphans_reaped(&self) -> bool {
+        self.jail.as_ref().is_some_and(|j| j.orphans_reaped)
     }
 
     /// Removes cgroups left behind by Paddock processes that are gone (a `paddock exec`

@@ -287,6 +287,9 @@ pub struct LocalSandbox {
     live: Arc<Mutex<HashMap<u64, Live>>>,
     /// Reapers still to finish (each removes its exec's cgroup when init is gone).
     reaping: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+    /// Of those, the ones whose cgroup is to be removed once their init is gone (a reusable
+    /// slot of the pool is not; see `paddock_sys::cgroup::CgroupSet::flat`).
+    removing: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for LocalSandbox {
@@ -469,6 +472,7 @@ impl LocalSandbox {
             warm: Arc::default(),
             live: Arc::new(Mutex::new(HashMap::new())),
             reaping: Arc::default(),
+            removing: Arc::default(),
         })
     }
 
@@ -517,6 +521,15 @@ impl LocalSandbox {
                 return false;
             }
         }
+    }
+
+    /// Whether a process about to exit can leave the rest of its commands' teardown to the
+    /// kernel once [`Self::kill_all`] was called: their inits are adopted and reaped by
+    /// someone else ([`Runtime::orphans_reaped`]) and no cgroup waits to be removed. Then
+    /// [`Self::settle`] would only wait for the kernel to dismantle the namespaces (about a
+    /// millisecond: the mount tree, the process's memory, its `/proc` entries).
+    pub fn teardown_can_be_left_to_the_kernel(&self) -> bool {
+        self.rt.orphans_reaped() && self.removing.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
     /// Kills every running command of this sandbox, including background processes, and
@@ -655,12 +668,22 @@ impl LocalSandbox {
             let cg = cgroup.clone();
             let reaping = self.reaping.clone();
             reaping.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let removing = cg
+                .as_ref()
+                .is_some_and(|g| !g.0.is_pooled())
+                .then(|| self.removing.clone());
+            if let Some(r) = &removing {
+                r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             tokio::spawn(async move {
                 let _ = paddock_sys::process::wait_exit(init).await;
                 if let Some(live) = live.upgrade() {
                     live.lock().unwrap_or_else(|p| p.into_inner()).remove(&n);
                 }
                 drop(cg);
+                if let Some(r) = removing {
+                    r.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                }
                 reaping.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 reaping.1.notify_waiters();
             });

@@ -410,7 +410,8 @@ async fn fork_bomb_is_contained() {
     let init = sb.running()[0];
     let ns = paddock_sys::process::pid_namespace_inode(init).unwrap();
     let count = paddock_sys::process::pids_in_pid_namespace(ns).len();
-    assert!(count <= 64, "{count} processes in the sandbox");
+    // The jail's init is Paddock's, not the command's: it is not counted against the limit.
+    assert!(count <= 64 + 1, "{count} processes in the sandbox");
     // The host is responsive.
     let t = Instant::now();
     assert!(

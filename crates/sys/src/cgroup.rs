@@ -11,10 +11,29 @@
 //! ([`CgroupSet::create_exec`]) work on any root directory, so both versions are unit-tested
 //! against a fake cgroupfs in a temp dir. Invariant: a limit that was asked for is either
 //! written or reported as unavailable — never silently dropped.
+//!
+//! A process that runs one command and exits (`paddock exec`) on cgroup v1 does not make and
+//! remove a cgroup per command: it takes one of a pool of reusable exec cgroups beside its
+//! own, `paddock-slot-{k}`, held by an exclusive `flock` on the slot's `cgroup.procs` for as
+//! long as the process lives (the kernel drops the lock when the process ends, however it
+//! ends), and only when no process is left in it (see [`CgroupSet::flat`]). A v1 memory
+//! cgroup costs a `mkdir` and an `rmdir` of about 0.1 ms each, and its removal waits for
+//! the jail to be gone; a slot needs neither, and the host keeps a bounded number of memory
+//! cgroups instead of a dying one per command.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How many reusable exec cgroups one cgroup's one-shot processes share (see
+/// [`CgroupSet::flat`]); when every one is taken, an exec gets a cgroup of its own.
+pub const SLOTS: usize = 64;
+
+/// The directory name of reusable exec cgroup `k`.
+pub fn slot_name(k: usize) -> String {
+    format!("paddock-slot-{k}")
+}
 
 /// The controllers Paddock drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -180,6 +199,10 @@ pub fn limit_writes(
     match (version, c) {
         (1, Controller::Memory) => {
             if let Some(m) = limits.memory_bytes {
+                // memory+swap may never be below memory: written first for a reused cgroup
+                // whose old limit is lower (the kernel refuses it while it is higher, and
+                // the write after memory's makes them equal), and last for every cgroup.
+                w.push(("memory.memsw.limit_in_bytes", m.to_string(), false));
                 w.push(("memory.limit_in_bytes", m.to_string(), true));
                 w.push(("memory.memsw.limit_in_bytes", m.to_string(), false));
                 w.push(("memory.swappiness", "0".into(), false));
@@ -353,6 +376,8 @@ pub struct CgroupSet {
     flat_prefix: Option<String>,
     /// v2 controllers this set enabled in our own cgroup (see [`undelegate_v2`]).
     v2_enabled: Vec<(PathBuf, Controller)>,
+    /// Exec cgroups come from the pool of reusable slots first (a flat set on v1).
+    pooled: bool,
 }
 
 impl CgroupSet {
@@ -397,6 +422,13 @@ impl CgroupSet {
     /// and isolate nothing more (the exec cgroup holds the limits either way). On v2 the
     /// controllers are enabled in our cgroup's `cgroup.subtree_control` after
     /// [`delegate_v2`], as [`Self::create`] does. `prefix` must start with `paddock-{pid}` so [`sweep_stale`] finds leftovers.
+    ///
+    /// When every controller is on v1, [`Self::create_exec`] first takes a free slot of the
+    /// pool (see the module documentation): the set's process runs one command at a time, and
+    /// a slot it holds is released by the kernel when the process ends, so nothing needs to
+    /// be removed when it exits and nobody needs to wait for the jail to be gone. v2 keeps
+    /// a cgroup per exec: its controllers were delegated for this process and are given
+    /// back when it is done ([`Self::remove`]), which needs the exec cgroup removed first.
     pub fn flat(layout: &Layout, prefix: &str) -> (Self, Vec<(Controller, CgroupError)>) {
         let mut set = Self {
             flat_prefix: Some(prefix.to_owned()),
@@ -417,7 +449,76 @@ impl CgroupSet {
             }
             set.bases.insert(*c, (loc.version, loc.dir.clone()));
         }
+        set.pooled = !set.bases.is_empty() && set.bases.values().all(|(v, _)| *v == 1);
         (set, failed)
+    }
+
+    /// Takes the first free, empty slot of the pool and writes `limits` into it; `None` when
+    /// every slot is taken or the slots cannot be used (the caller then makes a cgroup of
+    /// its own, which reports any error). The lock is on the slot of the first controller
+    /// in use or not, so processes with different limits still exclude each other.
+    fn claim_slot(&self, limits: &CgroupLimits) -> Option<ExecCgroup> {
+        let (_, (_, lock_base)) = self.bases.iter().next()?;
+        'slots: for k in 0..SLOTS {
+            let name = slot_name(k);
+            let lock = open_slot_lock(&lock_base.join(&name)).ok()?;
+            match try_lock_exclusive(&lock) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(_) => return None,
+            }
+            let used: Vec<_> = self
+                .bases
+                .iter()
+                .map(|(c, (version, base))| {
+                    (
+                        *c,
+                        *version,
+                        base.join(&name),
+                        limit_writes(*version, *c, limits),
+                    )
+                })
+                .filter(|(_, _, _, writes)| !writes.is_empty())
+                .collect();
+            // A process of an exec that ended without waiting for its jail may still be on
+            // its way out: such a slot is skipped, never shared.
+            for (c, _, dir, _) in &used {
+                match slot_is_idle(*c, dir) {
+                    Ok(true) => {}
+                    Ok(false) => continue 'slots,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => match std::fs::create_dir(dir)
+                    {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(_) => return None,
+                    },
+                    Err(_) => return None,
+                }
+            }
+            let mut dirs = Vec::new();
+            for (c, version, dir, writes) in used {
+                for (file, value, required) in writes {
+                    if std::fs::write(dir.join(file), &value).is_err() && required {
+                        return None;
+                    }
+                }
+                dirs.push((c, version, dir));
+            }
+            let mut cg = ExecCgroup {
+                dirs,
+                slot: Some(Arc::new(lock)),
+                oom_base: 0,
+            };
+            // The slot's OOM kills so far belong to earlier commands.
+            cg.oom_base = cg.oom_kills_total();
+            return Some(cg);
+        }
+        None
+    }
+
+    /// Whether exec cgroups are taken from the pool of reusable slots first.
+    pub fn is_pooled(&self) -> bool {
+        self.pooled
     }
 
     /// The directory of exec cgroup `name` below `base`.
@@ -441,6 +542,11 @@ impl CgroupSet {
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<ExecCgroup, CgroupError> {
+        if self.pooled
+            && let Some(cg) = self.claim_slot(limits)
+        {
+            return Ok(cg);
+        }
         let mut dirs: Vec<(Controller, u8, PathBuf)> = Vec::new();
         let mut made: Vec<PathBuf> = Vec::new();
         let result = (|| -> Result<(), CgroupError> {
@@ -469,7 +575,10 @@ impl CgroupSet {
             }
             Ok(())
         })();
-        let cg = ExecCgroup { dirs };
+        let cg = ExecCgroup {
+            dirs,
+            ..ExecCgroup::default()
+        };
         if let Err(e) = result {
             for d in made.iter().rev() {
                 let _ = std::fs::remove_dir(d);
@@ -559,17 +668,71 @@ pub fn stale_owner(name: &str) -> Option<u32> {
 /// How an exec's init joins its cgroups (see [`ExecCgroup::join_plan`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinPlan {
-    /// v1 `tasks` files the child writes `0` into (opened by the parent before the clone).
+    /// v1 `tasks` files init writes `0` into (opened by the parent before the clone).
     pub self_tasks: Vec<PathBuf>,
+    /// v1 `tasks` files the shell writes `0` into before its `execve`: a hierarchy of `pids`
+    /// alone. Init stays out of it, so only the command's processes are counted, and when
+    /// the command is over the count drops to zero as soon as init has reaped them — not
+    /// when whoever adopts init reaps *it*, which for a `paddock exec` that did not wait
+    /// may be seconds later (see [`CgroupSet::flat`]).
+    pub shell_tasks: Vec<PathBuf>,
     /// The v2 cgroup directory init is cloned into (`clone3` with `CLONE_INTO_CGROUP`; on a
     /// kernel without it the parent writes init's pid into its `cgroup.procs` instead).
     pub clone_into: Option<PathBuf>,
+}
+
+/// Opens the lock file of slot `dir` (its `cgroup.procs`), making the slot first if needed.
+fn open_slot_lock(dir: &Path) -> io::Result<std::fs::File> {
+    let file = dir.join("cgroup.procs");
+    match std::fs::File::open(&file) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+            std::fs::File::open(&file)
+        }
+        r => r,
+    }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)`: whether the lock was taken (false: someone holds it).
+fn try_lock_exclusive(f: &std::fs::File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(e)
+}
+
+/// Whether nothing is left in a slot: no process in it, and (pids) none counted against it
+/// (a process that has exited but was not yet reaped still counts). `NotFound` when the
+/// slot has no directory of this controller yet.
+fn slot_is_idle(c: Controller, dir: &Path) -> io::Result<bool> {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs"))?;
+    if !procs.trim().is_empty() {
+        return Ok(false);
+    }
+    if c == Controller::Pids {
+        return Ok(std::fs::read_to_string(dir.join("pids.current"))?.trim() == "0");
+    }
+    Ok(true)
 }
 
 /// One exec's cgroup directories.
 #[derive(Debug, Clone, Default)]
 pub struct ExecCgroup {
     dirs: Vec<(Controller, u8, PathBuf)>,
+    /// The lock of a reusable slot (see [`CgroupSet::flat`]), held while any clone lives.
+    slot: Option<Arc<std::fs::File>>,
+    /// OOM kills the slot had counted before this exec.
+    oom_base: u64,
 }
 
 impl ExecCgroup {
@@ -587,11 +750,20 @@ impl ExecCgroup {
     /// creates init inside its cgroup, taking that lock only for reading.
     pub fn join_plan(&self) -> JoinPlan {
         let mut plan = JoinPlan::default();
-        for (_, version, d) in &self.dirs {
+        for (c, version, d) in &self.dirs {
             if *version == 1 {
                 let f = d.join("tasks");
-                if !plan.self_tasks.contains(&f) {
-                    plan.self_tasks.push(f);
+                // A directory shared with another controller (co-mounted hierarchies) is
+                // init's to join.
+                let pids_only =
+                    *c == Controller::Pids && !self.dirs.iter().any(|(o, _, od)| o != c && od == d);
+                let list = if pids_only {
+                    &mut plan.shell_tasks
+                } else {
+                    &mut plan.self_tasks
+                };
+                if !list.contains(&f) {
+                    list.push(f);
                 }
             } else {
                 // Every v2 controller of an exec shares its one directory.
@@ -606,8 +778,17 @@ impl ExecCgroup {
         self.dirs.iter().any(|(x, _, _)| *x == c)
     }
 
-    /// How many processes the kernel OOM-killed in this cgroup.
+    /// Whether this is a reusable slot of the pool, which [`Self::remove`] leaves in place.
+    pub fn is_pooled(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// How many processes the kernel OOM-killed in this cgroup during this exec.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_kills_total().saturating_sub(self.oom_base)
+    }
+
+    fn oom_kills_total(&self) -> u64 {
         let Some((_, version, dir)) = self.dirs.iter().find(|(c, _, _)| *c == Controller::Memory)
         else {
             return 0;
@@ -623,7 +804,11 @@ impl ExecCgroup {
     }
 
     /// Removes the directories (they must be empty of processes: call after init is reaped).
+    /// A slot of the pool stays for the next command.
     pub fn remove(&self) {
+        if self.is_pooled() {
+            return;
+        }
         for (_, _, d) in &self.dirs {
             let _ = std::fs::remove_dir(d);
         }
@@ -819,6 +1004,7 @@ mod tests {
             cg.join_plan(),
             JoinPlan {
                 self_tasks: vec![],
+                shell_tasks: vec![],
                 clone_into: Some(d.clone()),
             }
         );
@@ -861,11 +1047,8 @@ mod tests {
         assert_eq!(
             cg.join_plan(),
             JoinPlan {
-                self_tasks: vec![
-                    mem.join("tasks"),
-                    tmp.path().join("pids/paddock-9/x2/tasks"),
-                    tmp.path().join("cpu/paddock-9/x2/tasks"),
-                ],
+                self_tasks: vec![mem.join("tasks"), tmp.path().join("cpu/paddock-9/x2/tasks")],
+                shell_tasks: vec![tmp.path().join("pids/paddock-9/x2/tasks")],
                 clone_into: None,
             }
         );
@@ -902,11 +1085,12 @@ mod tests {
             "6"
         );
         assert_eq!(
-            cg.join_plan().self_tasks,
-            vec![
-                mem.join("tasks"),
-                tmp.path().join("pids/paddock-9-0-x3/tasks"),
-            ]
+            cg.join_plan(),
+            JoinPlan {
+                self_tasks: vec![mem.join("tasks")],
+                shell_tasks: vec![tmp.path().join("pids/paddock-9-0-x3/tasks")],
+                clone_into: None,
+            }
         );
         // No cpu limit: no cpu cgroup (a v1 directory without limits would only cost).
         assert!(!tmp.path().join("cpu/paddock-9-0-x3").exists());
@@ -918,6 +1102,178 @@ mod tests {
         assert!(tmp.path().join("memory/process_api/abc").is_dir());
         assert!(tmp.path().join("pids").is_dir());
         assert!(mem.is_dir());
+    }
+
+    /// Slot `k` of the fake v1 cgroupfs as the kernel would show it: `procs` in its
+    /// `cgroup.procs` of every controller, `pids` counted, `ooms` OOM kills so far.
+    fn fake_slot(root: &Path, k: usize, procs: &str, pids: &str, ooms: u64) {
+        for c in ["memory/process_api/abc", "pids", "cpu"] {
+            let d = root.join(c).join(slot_name(k));
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cgroup.procs"), procs).unwrap();
+        }
+        std::fs::write(
+            root.join("pids").join(slot_name(k)).join("pids.current"),
+            pids,
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("memory/process_api/abc")
+                .join(slot_name(k))
+                .join("memory.oom_control"),
+            format!("oom_kill_disable 0\nunder_oom 0\noom_kill {ooms}\n"),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_flat_v1_set_reuses_free_empty_slots_and_holds_them_locked() {
+        let (tmp, layout) = fake_v1();
+        let root = tmp.path();
+        let (set, failed) = CgroupSet::flat(&layout, "paddock-9-0");
+        assert!(failed.is_empty());
+        assert!(set.is_pooled());
+        // Slot 0 is free and empty; slot 1 still holds a process (an exec that ended
+        // without waiting for its jail); slot 2 has a process counted but not yet reaped.
+        fake_slot(root, 0, "", "0\n", 4);
+        fake_slot(root, 1, "4242\n", "1\n", 0);
+        fake_slot(root, 2, "", "1\n", 0);
+        fake_slot(root, 3, "", "0\n", 0);
+        let limits = CgroupLimits {
+            memory_bytes: Some(5),
+            pids: Some(6),
+            cpus: None,
+        };
+        let first = set.create_exec("x0", &limits).unwrap();
+        assert!(first.is_pooled());
+        let mem0 = root.join("memory/process_api/abc").join(slot_name(0));
+        assert_eq!(
+            first.join_plan(),
+            JoinPlan {
+                self_tasks: vec![mem0.join("tasks")],
+                shell_tasks: vec![root.join("pids").join(slot_name(0)).join("tasks")],
+                clone_into: None,
+            }
+        );
+        assert_eq!(
+            std::fs::read_to_string(mem0.join("memory.limit_in_bytes")).unwrap(),
+            "5"
+        );
+        assert_eq!(
+            std::fs::read_to_string(mem0.join("memory.memsw.limit_in_bytes")).unwrap(),
+            "5"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("pids").join(slot_name(0)).join("pids.max")).unwrap(),
+            "6"
+        );
+        // The slot's earlier OOM kills are not this exec's.
+        assert_eq!(first.oom_kills(), 0);
+        std::fs::write(mem0.join("memory.oom_control"), "oom_kill 5\n").unwrap();
+        assert_eq!(first.oom_kills(), 1);
+        // While the first is held (by any clone), the next claim skips the busy slots.
+        let held = first.clone();
+        drop(first);
+        let second = set.create_exec("x1", &limits).unwrap();
+        assert_eq!(
+            second.join_plan().self_tasks[0],
+            root.join("memory/process_api/abc")
+                .join(slot_name(3))
+                .join("tasks")
+        );
+        // Another process's lock excludes as well (flock is per open file).
+        let other = std::fs::File::open(mem0.join("cgroup.procs")).unwrap();
+        assert!(!try_lock_exclusive(&other).unwrap());
+        // Removing a slot keeps it; dropping the last holder releases it.
+        held.remove();
+        assert!(mem0.is_dir());
+        drop(held);
+        assert!(try_lock_exclusive(&other).unwrap());
+        drop(other);
+        let again = set.create_exec("x2", &limits).unwrap();
+        assert_eq!(again.join_plan().self_tasks[0], mem0.join("tasks"));
+        // Every slot taken: the exec gets a cgroup of its own, removed as before.
+        let mut held = vec![again, second];
+        for k in 4..SLOTS {
+            fake_slot(root, k, "", "0\n", 0);
+            held.push(set.create_exec("x", &limits).unwrap());
+        }
+        let own = set.create_exec("x9", &limits).unwrap();
+        assert!(!own.is_pooled());
+        let dir = root.join("memory/process_api/abc/paddock-9-0-x9");
+        assert!(dir.is_dir());
+        // (A real cgroupfs removes a directory with its control files; the fake needs help.)
+        for d in [dir.clone(), root.join("pids/paddock-9-0-x9")] {
+            for f in std::fs::read_dir(&d).unwrap().flatten() {
+                std::fs::remove_file(f.path()).unwrap();
+            }
+        }
+        own.remove();
+        assert!(!dir.exists());
+        // Slots are never taken for a stale subtree by the sweep.
+        assert_eq!(stale_owner(&slot_name(3)), None);
+    }
+
+    #[test]
+    fn v1_memory_limits_are_written_so_that_memsw_never_falls_below_memory() {
+        let l = CgroupLimits {
+            memory_bytes: Some(7),
+            pids: None,
+            cpus: None,
+        };
+        let files: Vec<&str> = limit_writes(1, Controller::Memory, &l)
+            .iter()
+            .map(|w| w.0)
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "memory.memsw.limit_in_bytes",
+                "memory.limit_in_bytes",
+                "memory.memsw.limit_in_bytes",
+                "memory.swappiness"
+            ]
+        );
+    }
+
+    #[test]
+    fn pids_alone_is_joined_by_the_shell_and_a_shared_hierarchy_by_init() {
+        let d = |p: &str| PathBuf::from(p);
+        let cg = ExecCgroup {
+            dirs: vec![
+                (Controller::Memory, 1, d("/m/x")),
+                (Controller::Pids, 1, d("/p/x")),
+            ],
+            ..ExecCgroup::default()
+        };
+        let plan = cg.join_plan();
+        assert_eq!(plan.self_tasks, vec![d("/m/x/tasks")]);
+        assert_eq!(plan.shell_tasks, vec![d("/p/x/tasks")]);
+        // memory and pids co-mounted in one hierarchy: one directory, joined by init.
+        let cg = ExecCgroup {
+            dirs: vec![
+                (Controller::Memory, 1, d("/mp/x")),
+                (Controller::Pids, 1, d("/mp/x")),
+            ],
+            ..ExecCgroup::default()
+        };
+        let plan = cg.join_plan();
+        assert_eq!(plan.self_tasks, vec![d("/mp/x/tasks")]);
+        assert!(plan.shell_tasks.is_empty());
+    }
+
+    #[test]
+    fn a_flat_v2_set_is_not_pooled() {
+        let (_tmp, _own, layout) = fake_v2("system.slice/paddock.service", "memory pids", "");
+        let (set, _) = CgroupSet::flat(&layout, "paddock-4-1");
+        assert!(!set.is_pooled());
+        let (tmp, layout) = fake_v1();
+        let (set, _) = CgroupSet::create(&layout, "paddock-9");
+        assert!(
+            !set.is_pooled(),
+            "a long-lived subtree makes a cgroup per exec"
+        );
+        drop(tmp);
     }
 
     #[test]
@@ -948,6 +1304,7 @@ mod tests {
             cg.join_plan(),
             JoinPlan {
                 self_tasks: vec![],
+                shell_tasks: vec![],
                 clone_into: Some(d.clone()),
             }
         );

@@ -703,19 +703,28 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
     };
     // Opened here, with Paddock's credentials (the kernel checks the opener's), and written
     // by the child: see `ExecCgroup::join_plan`.
-    let tasks = spec
-        .cgroup
-        .self_tasks
-        .iter()
-        .map(|f| {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(f)
-                .map(OwnedFd::from)
-        })
-        .collect::<io::Result<Vec<OwnedFd>>>()
-        .map_err(os("open the exec cgroup"))?;
+    let open_all = |files: &[PathBuf]| {
+        files
+            .iter()
+            .map(|f| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(f)
+                    .map(OwnedFd::from)
+            })
+            .collect::<io::Result<Vec<OwnedFd>>>()
+            .map_err(os("open the exec cgroup"))
+    };
+    let tasks = open_all(&spec.cgroup.self_tasks)?;
     let task_fds: Vec<RawFd> = tasks.iter().map(|f| f.as_raw_fd()).collect();
+    let shell_tasks = open_all(&spec.cgroup.shell_tasks)?;
+    let shell_task_fds: Vec<RawFd> = shell_tasks.iter().map(|f| f.as_raw_fd()).collect();
+    if shell_task_fds.len() > MAX_SHELL_TASKS {
+        return Err(SpawnError::Os {
+            step: "open the exec cgroup",
+            source: io::Error::other("too many cgroup hierarchies for the shell to join"),
+        });
+    }
     // The child's copy of this buffer is the shell's stack (see `child_main`).
     let shell_stack = AnonMap::new(SHELL_STACK_BYTES).map_err(os("map the shell stack"))?;
     let (sync_r, sync_w) = pipe_pair("sync pipe")?;
@@ -738,6 +747,7 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         out_w: out_w.as_raw_fd(),
         err_w: err_w.as_raw_fd(),
         cgroup_tasks: &task_fds,
+        shell_cgroup_tasks: &shell_task_fds,
         shell_stack: shell_stack.ptr,
     };
     // The v2 cgroup init is created in (CLONE_INTO_CGROUP), opened with our credentials.
@@ -872,6 +882,9 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// At most this many v1 hierarchies are joined by the shell (`pids` is the only one).
+const MAX_SHELL_TASKS: usize = 3;
+
 /// `CLONE_INTO_CGROUP` (Linux 5.7).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
@@ -882,6 +895,9 @@ struct ChildFds<'a> {
     err_w: RawFd,
     /// v1 `tasks` files to write `0` into (closed with the rest afterwards).
     cgroup_tasks: &'a [RawFd],
+    /// v1 `tasks` files the shell writes `0` into (see `JoinPlan::shell_tasks`); init keeps
+    /// them open until the shell has started.
+    shell_cgroup_tasks: &'a [RawFd],
     /// `SHELL_STACK_BYTES` of memory the shell child runs on until its `execve`.
     shell_stack: *mut u8,
 }
@@ -992,17 +1008,25 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 fail(st, S_CGROUP, errno());
             }
         }
-        // Keep only our four descriptors: init must not hold Paddock's sockets and files open
-        // for as long as a background process keeps it alive.
-        let mut keep = [
+        // Keep only our four descriptors (and the shell's cgroup files, until it has joined):
+        // init must not hold Paddock's sockets and files open for as long as a background
+        // process keeps it alive.
+        let mut keep = [u32::MAX; 4 + MAX_SHELL_TASKS];
+        keep[..4].copy_from_slice(&[
             fds.sync_r as u32,
             fds.status_w as u32,
             fds.out_w as u32,
             fds.err_w as u32,
-        ];
+        ]);
+        for (i, fd) in fds.shell_cgroup_tasks.iter().enumerate() {
+            keep[4 + i] = *fd as u32;
+        }
         keep.sort_unstable();
         let mut lo = 0u32;
         for k in keep {
+            if k == u32::MAX {
+                break;
+            }
             if k > lo {
                 libc::syscall(libc::SYS_close_range, lo, k - 1, 0);
             }
@@ -1283,6 +1307,9 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             (&args as *const ShellArgs).cast_mut().cast(),
         );
         check!(S_FORK, shell);
+        for fd in fds.shell_cgroup_tasks {
+            libc::close(*fd);
+        }
         libc::close(fds.out_w);
         libc::close(fds.err_w);
         if ruleset >= 0 {
@@ -1337,7 +1364,15 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
     }
     // SAFETY: raw syscalls over prepared memory; ends in execve or _exit.
     unsafe {
-        // First, while the ruleset descriptor may still sit at 0..=2 (init closed those, so
+        // Into the cgroups init stays out of (see `JoinPlan::shell_tasks`), before the
+        // command can fork. A single thread moving itself, as init did.
+        let zero = [b'0'];
+        for fd in fds.shell_cgroup_tasks {
+            if libc::write(*fd, zero.as_ptr().cast(), 1) != 1 {
+                fail(st, S_CGROUP, errno());
+            }
+        }
+        // Next, while the ruleset descriptor may still sit at 0..=2 (init closed those, so
         // the kernel may have handed one out), before stdio is set up over them.
         if ruleset >= 0 {
             check!(

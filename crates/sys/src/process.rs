@@ -216,6 +216,116 @@ pub fn kill_process_group(pgid: i32, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// A process left behind on purpose, to learn whether orphans are reaped here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphan {
+    /// Its pid.
+    pub pid: i32,
+    /// Its start time (clock ticks after boot), which tells it from a later process that
+    /// got the same pid.
+    pub start_ticks: u64,
+}
+
+/// What became of an [`Orphan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrphanState {
+    /// Reaped by whoever adopted it.
+    Reaped,
+    /// Still there (a zombie nobody waited for, so far).
+    Waiting,
+}
+
+/// Leaves an orphan: a child forks a grandchild and exits, and the grandchild, once its
+/// start time is known, exits too. It is adopted by whoever would adopt a jail's init
+/// after this process is gone — the nearest subreaper above us or pid 1 of our pid
+/// namespace — and whether that one reaps it ([`orphan_state`], asked later) says whether
+/// processes left behind are reaped here. Not every pid 1 reaps (a container whose first
+/// process is an application that never calls `wait`); then this one zombie stays.
+pub fn leave_orphan() -> io::Result<Orphan> {
+    let pipe = || -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two new descriptors into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both are fresh descriptors that nothing else owns.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    };
+    // The grandchild's pid, from the child; and a pipe the grandchild waits on until we
+    // have read its start time (its end of file is our closing the last write end).
+    let (pid_rx, pid_tx) = pipe()?;
+    let (hold_rx, hold_tx) = pipe()?;
+    // SAFETY: the child and the grandchild only call async-signal-safe functions (fork,
+    // close, read, write, _exit), so forking a process with other threads is sound.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if child == 0 {
+        // SAFETY: async-signal-safe calls only; neither process returns into Rust code.
+        unsafe {
+            let orphan = libc::fork();
+            if orphan == 0 {
+                libc::close(hold_tx.as_raw_fd());
+                let mut b = 0u8;
+                libc::read(hold_rx.as_raw_fd(), (&raw mut b).cast(), 1);
+                libc::_exit(0);
+            }
+            let bytes = orphan.to_ne_bytes();
+            libc::write(pid_tx.as_raw_fd(), bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(0);
+        }
+    }
+    drop(pid_tx);
+    drop(hold_rx);
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child, with a valid out-pointer.
+        if unsafe { libc::waitpid(child, &mut status, 0) } >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            // Reaped by a thread of ours waiting for any child: it has exited all the same.
+            Some(libc::ECHILD) => break,
+            _ => return Err(e),
+        }
+    }
+    let mut bytes = [0u8; 4];
+    std::io::Read::read_exact(&mut std::fs::File::from(pid_rx), &mut bytes)?;
+    let pid = i32::from_ne_bytes(bytes);
+    if pid <= 0 {
+        return Err(io::Error::other("the probe's child could not fork"));
+    }
+    // The grandchild waits for `hold_tx` to close, so it is still there to be looked at.
+    let start_ticks = start_ticks(pid)?;
+    drop(hold_tx);
+    Ok(Orphan { pid, start_ticks })
+}
+
+/// Whether `orphan` was reaped: its pid is gone, or now belongs to a later process.
+pub fn orphan_state(orphan: &Orphan) -> OrphanState {
+    match start_ticks(orphan.pid) {
+        Ok(t) if t == orphan.start_ticks => OrphanState::Waiting,
+        _ => OrphanState::Reaped,
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks after boot.
+fn start_ticks(pid: i32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| io::Error::other("unexpected /proc/PID/stat"))?;
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|t| t.parse().ok())
+        .ok_or_else(|| io::Error::other("unexpected /proc/PID/stat"))
+}
+
 /// Whether a process with this pid exists (any state but reaped).
 pub fn pid_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
@@ -266,6 +376,12 @@ pub fn pids_in_pid_namespace(ns_inode: u64) -> Vec<i32> {
     out
 }
 
+/// The inode of this process's pid namespace.
+pub fn pid_namespace_inode_of_self() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+}
+
 /// The inode of `/proc/PID/ns/pid` (identifies a pid namespace).
 pub fn pid_namespace_inode(pid: i32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -277,6 +393,23 @@ pub fn pid_namespace_inode(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_ticks_tell_a_process_from_a_later_one_with_its_pid() {
+        let me = std::process::id() as i32;
+        let t = start_ticks(me).unwrap();
+        assert_eq!(start_ticks(me).unwrap(), t);
+        let o = Orphan {
+            pid: me,
+            start_ticks: t,
+        };
+        assert_eq!(orphan_state(&o), OrphanState::Waiting);
+        let later = Orphan {
+            start_ticks: t + 1,
+            ..o
+        };
+        assert_eq!(orphan_state(&later), OrphanState::Reaped);
+    }
 
     #[test]
     fn wait_status_decoding() {
