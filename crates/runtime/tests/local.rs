@@ -39,6 +39,27 @@ async fn basic_exec() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_get_the_default_sigpipe() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("pipes").await;
+    // A writer to a closed pipe dies of SIGPIPE, quietly, as outside any sandbox.
+    let o = run(&sb, "yes | head -1; grep SigIgn /proc/self/status").await;
+    let (first, ignored) = o.stdout.split_once("SigIgn:").expect("status line");
+    assert_eq!(first, "y\n", "{o:?}");
+    let mask = u64::from_str_radix(ignored.trim(), 16).unwrap();
+    assert_eq!(
+        mask & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {mask:x}"
+    );
+    assert_eq!(o.stderr, "");
+    assert_eq!(o.exit.exit_code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_written_by_commands_and_the_api_agree() {
     if !isolated_supported() {
         return;

@@ -1392,6 +1392,11 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
         libc::close(fds.out_w);
         libc::close(fds.err_w);
         libc::setsid();
+        // Paddock ignores SIGPIPE (a write to a closed pipe is an error it handles), and an
+        // ignored signal stays ignored across execve: give the command the default, so
+        // `yes | head -1` ends as it does everywhere. Without CLONE_SIGHAND this changes
+        // only the child's own table.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         check!(S_CWD, libc::chdir(cwd));
         libc::execve(
             p.program.as_ptr(),
