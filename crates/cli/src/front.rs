@@ -15,7 +15,6 @@
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
@@ -49,20 +48,20 @@ pub fn full_binary_for(exe: &Path) -> PathBuf {
     exe.with_file_name(FULL_BINARY)
 }
 
-/// The front's entry point.
-pub fn main_entry() -> ExitCode {
+/// The front's entry point; returns the exit status.
+pub fn main_entry() -> u8 {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_else(|| "paddock".into());
     let rest: Vec<OsString> = args.collect();
     if is_exec(&rest) {
         let FrontCommand::Exec(cmd) = FrontCli::parse().command;
-        return crate::run_exec(cmd).unwrap_or_else(|code| code);
+        return crate::run_exec_status(cmd);
     }
     hand_off(argv0, rest)
 }
 
 /// Replaces this process with `paddock-full`; returns only when that fails.
-fn hand_off(argv0: OsString, rest: Vec<OsString>) -> ExitCode {
+fn hand_off(argv0: OsString, rest: Vec<OsString>) -> u8 {
     let full = match std::env::current_exe() {
         Ok(exe) => full_binary_for(&exe),
         Err(e) => {
@@ -70,7 +69,7 @@ fn hand_off(argv0: OsString, rest: Vec<OsString>) -> ExitCode {
                 &anyhow::Error::from(e).context("cannot find this binary's own path"),
                 None,
             );
-            return ExitCode::FAILURE;
+            return 1;
         }
     };
     let err = std::process::Command::new(&full)
@@ -90,7 +89,7 @@ fn hand_off(argv0: OsString, rest: Vec<OsString>) -> ExitCode {
             "install both binaries (`cargo install --path crates/cli` installs paddock and paddock-full); only `paddock exec` works without it",
         ),
     );
-    ExitCode::FAILURE
+    1
 }
 
 #[cfg(test)]

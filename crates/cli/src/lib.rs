@@ -344,24 +344,34 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
 
 /// `paddock exec`, shared by both binaries.
 pub fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
-    let cfg = load_config(cmd.config.as_deref())?;
+    Ok(ExitCode::from(run_exec_status(cmd)))
+}
+
+/// `paddock exec`, returning the exit status.
+pub fn run_exec_status(cmd: ExecCmd) -> u8 {
+    let Ok(cfg) = load_config(cmd.config.as_deref()) else {
+        return EXIT_USAGE;
+    };
     init_exec_logging(std::env::var("PADDOCK_LOG").ok().as_deref());
     // One command: a current-thread runtime, whose thread (this one) also clones the jail.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .map_err(|e| {
+        .build();
+    let rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
             report(
                 &anyhow::Error::from(e).context("could not start the async runtime"),
                 None,
             );
-            ExitCode::FAILURE
-        })?;
+            return 1;
+        }
+    };
     match rt.block_on(paddock_runtime::cli::run_exec_with(cmd.args, cfg.sandbox)) {
-        Ok(code) => Ok(exit_code(code)),
+        Ok(code) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
         Err(e) => {
             report(&e, None);
-            Err(ExitCode::FAILURE)
+            1
         }
     }
 }

@@ -10,6 +10,7 @@
 //! thread at the moment of the clone.
 
 pub mod cgroup;
+pub mod entry;
 pub mod jail;
 pub mod landlock;
 pub mod mountplan;
