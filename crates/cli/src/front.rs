@@ -26,9 +26,17 @@ pub const FULL_BINARY: &str = "paddock-full";
 /// `paddock exec` as the front parses it: the same [`ExecCmd`] as `paddock-full`'s.
 #[derive(Debug, Parser)]
 #[command(name = "paddock", version, propagate_version = true)]
-struct FrontCli {
+pub(crate) struct FrontCli {
     #[command(subcommand)]
     command: FrontCommand,
+}
+
+impl FrontCli {
+    /// The `exec` command it holds (its only subcommand).
+    pub(crate) fn exec(self) -> ExecCmd {
+        let FrontCommand::Exec(cmd) = self.command;
+        cmd
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,7 +62,8 @@ pub fn main_entry() -> u8 {
     let argv0 = args.next().unwrap_or_else(|| "paddock".into());
     let rest: Vec<OsString> = args.collect();
     if is_exec(&rest) {
-        let FrontCommand::Exec(cmd) = FrontCli::parse().command;
+        // The plain forms without clap (see `fastargs`); clap for everything else.
+        let cmd = crate::fastargs::parse_exec(&rest).unwrap_or_else(|| FrontCli::parse().exec());
         return crate::run_exec_status(cmd);
     }
     hand_off(argv0, rest)

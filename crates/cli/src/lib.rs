@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod env;
+pub mod fastargs;
 pub mod front;
 
 use std::path::PathBuf;
