@@ -265,6 +265,11 @@ async fn send_command(
 
 type WarmSlot = Option<Prebuilt>;
 
+/// How long an init with nothing left in its jail lives on after the result was handed
+/// over: its teardown (about a millisecond of kernel work) then runs after the caller has
+/// the result, not beside the hand-over on a small host.
+const IDLE_INIT_GRACE: Duration = Duration::from_millis(5);
+
 /// Removes the exec's cgroup when the last holder (driver or reaper) is done with it.
 struct CgroupGuard(ExecCgroup);
 
@@ -636,17 +641,21 @@ impl LocalSandbox {
         // a small host the build would compete with the command for the CPU. An agent's
         // next call comes later than that; a caller running commands back to back waits
         // for the build in flight, which is never slower than building anew.
-        let on_end: Option<Box<dyn FnOnce() + Send>> = if self.rt.prebuilds() {
-            let slot = Arc::downgrade(&self.warm);
-            let factory = factory.clone();
-            Some(Box::new(move || {
-                if let Some(slot) = slot.upgrade() {
-                    prebuild(&slot, factory);
-                }
-            }))
-        } else {
-            None
-        };
+        // Once the result is handed over, an init with nothing left in its jail is killed
+        // (see `StatusRecord::Idle`): its teardown then no longer delays the result.
+        let (handed_over, result_out) = tokio::sync::oneshot::channel::<()>();
+        let prebuilding = self
+            .rt
+            .prebuilds()
+            .then(|| (Arc::downgrade(&self.warm), factory.clone()));
+        let on_end: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || {
+            let _ = handed_over.send(());
+            if let Some((slot, factory)) = prebuilding
+                && let Some(slot) = slot.upgrade()
+            {
+                prebuild(&slot, factory);
+            }
+        }));
         let init = Arc::new(child.init);
         self.live
             .lock()
@@ -688,9 +697,25 @@ impl LocalSandbox {
                 reaping.1.notify_waiters();
             });
         }
+        let idle_init = init.clone();
         let shell = Box::pin(async move {
             let mut rec = [0u8; StatusRecord::LEN];
-            match status.read_exact(&mut rec).await {
+            let first = status.read_exact(&mut rec).await;
+            if first.is_ok() {
+                // Background processes keep the jail (and its init) until they end, a reset
+                // or the sandbox's eviction; when the last one is gone init says so.
+                tokio::spawn(async move {
+                    let mut rec = [0u8; StatusRecord::LEN];
+                    if status.read_exact(&mut rec).await.is_ok()
+                        && StatusRecord::parse(&rec) == Some(StatusRecord::Idle)
+                    {
+                        let _ = result_out.await;
+                        tokio::time::sleep(IDLE_INIT_GRACE).await;
+                        let _ = idle_init.kill();
+                    }
+                });
+            }
+            match first {
                 Ok(_) => match StatusRecord::parse(&rec) {
                     Some(StatusRecord::ShellExited(WaitStatus::Exited(c))) => ShellEnd::Exited(c),
                     Some(StatusRecord::ShellExited(WaitStatus::Signaled(s))) => {
@@ -702,7 +727,8 @@ impl LocalSandbox {
                             std::io::Error::from_raw_os_error(errno)
                         ))
                     }
-                    None => ShellEnd::Vanished,
+                    // (Idle only ever follows the shell's record.)
+                    Some(StatusRecord::Idle) | None => ShellEnd::Vanished,
                 },
                 Err(_) => ShellEnd::Vanished,
             }

@@ -60,6 +60,23 @@ async fn commands_get_the_default_sigpipe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jail_with_nothing_left_is_torn_down_after_the_result() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("idle").await;
+    let o = run(&sb, "echo done").await;
+    assert_eq!(o.stdout, "done\n");
+    // Init waits to be killed until the result is out, then goes (with its namespaces).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sb.running().is_empty() {
+        assert!(Instant::now() < deadline, "inits left: {:?}", sb.running());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_written_by_commands_and_the_api_agree() {
     if !isolated_supported() {
         return;

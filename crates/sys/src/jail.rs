@@ -336,6 +336,7 @@ const S_COMMAND: u32 = 33;
 
 const TAG_EXIT: u32 = 1;
 const TAG_SETUP: u32 = 2;
+const TAG_IDLE: u32 = 3;
 
 /// A record read from the status pipe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +350,8 @@ pub enum StatusRecord {
         /// OS error number.
         errno: i32,
     },
+    /// Every process of the jail has ended; init waits to be killed (see `child_main`).
+    Idle,
 }
 
 impl StatusRecord {
@@ -362,6 +365,7 @@ impl StatusRecord {
         let c = i32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
         match tag {
             TAG_EXIT => Some(Self::ShellExited(WaitStatus::from_raw(a))),
+            TAG_IDLE => Some(Self::Idle),
             TAG_SETUP => {
                 let step = usize::try_from(a)
                     .ok()
@@ -1328,7 +1332,14 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 put_record(st, &StatusRecord::encode(TAG_EXIT, status, 0));
             }
         }
-        libc::_exit(0)
+        // Nothing is left. Exiting now would tear the namespaces down (the mount tree, this
+        // copy of Paddock's memory: about a millisecond of kernel work) while Paddock hands
+        // the result over; say so and wait for Paddock's SIGKILL (or the parent-death
+        // signal) instead, which comes once the result is out.
+        put_record(st, &StatusRecord::encode(TAG_IDLE, 0, 0));
+        loop {
+            libc::pause();
+        }
     }
 }
 
@@ -1537,6 +1548,8 @@ mod tests {
                 errno: libc::EPERM
             })
         );
+        let r = StatusRecord::encode(TAG_IDLE, 0, 0);
+        assert_eq!(StatusRecord::parse(&r), Some(StatusRecord::Idle));
         let r = StatusRecord::encode(9, 0, 0);
         assert_eq!(StatusRecord::parse(&r), None);
         assert_eq!(STEPS.len() as u32, S_COMMAND + 1);

@@ -121,6 +121,15 @@ fn collect(child: JailChild) -> (String, String, Option<StatusRecord>) {
         .read_exact(&mut rec)
         .ok()
         .and_then(|()| StatusRecord::parse(&rec));
+    // After the shell, init reports that nothing is left and waits to be killed.
+    if matches!(status, Some(StatusRecord::ShellExited(_))) {
+        let idle = f
+            .read_exact(&mut rec)
+            .ok()
+            .and_then(|()| StatusRecord::parse(&rec));
+        assert_eq!(idle, Some(StatusRecord::Idle));
+        child.init.kill().unwrap();
+    }
     child.init.wait_blocking().unwrap();
     (out, err, status)
 }
