@@ -17,6 +17,24 @@ fn exec(data: &std::path::Path, thread: &str, extra: &[&str], cmd: &str) -> Outp
         .expect("run paddock exec")
 }
 
+/// Runs `paddock exec` as `exec` does, with stdout captured; returns its pid too.
+fn exec_with_pid(data: &std::path::Path, thread: &str, cmd: &str) -> (u32, Output) {
+    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["exec", "--data-dir"])
+        .arg(data)
+        .args(["--user", "alice", "--thread", thread, "--"])
+        .arg(cmd)
+        .env_remove("PADDOCK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run paddock exec");
+    let pid = child.id();
+    (
+        pid,
+        child.wait_with_output().expect("wait for paddock exec"),
+    )
+}
+
 #[test]
 fn exit_codes_streams_and_persistence() {
     let tmp = tempfile::tempdir().unwrap();
@@ -131,17 +149,7 @@ fn cgroup_dirs_of(pid: u32) -> Vec<std::path::PathBuf> {
 fn a_one_shot_exec_leaves_no_cgroup_or_process_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args(["exec", "--data-dir"])
-        .arg(&data)
-        .args(["--user", "alice", "--thread", "tidy", "--"])
-        .arg("sleep 612399 & echo started")
-        .env_remove("PADDOCK_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
+    let (pid, o) = exec_with_pid(&data, "tidy", "sleep 612399 & echo started");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(cgroup_dirs_of(pid), Vec::<std::path::PathBuf>::new());
@@ -184,17 +192,7 @@ fn once_orphans_are_known_to_be_reaped_exec_returns_without_waiting_for_the_tear
     }
     // Now exec returns as soon as the command's status is known: output and exit code as
     // ever, the background process killed, and nothing named after the process left.
-    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args(["exec", "--data-dir"])
-        .arg(&data)
-        .args(["--user", "alice", "--thread", "early", "--"])
-        .arg("sleep 612398 & echo started; exit 4")
-        .env_remove("PADDOCK_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let o = child.wait_with_output().unwrap();
+    let (pid, o) = exec_with_pid(&data, "early", "sleep 612398 & echo started; exit 4");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "started\n");
     assert_eq!(o.status.code(), Some(4));
     assert!(
