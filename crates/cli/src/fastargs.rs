@@ -163,63 +163,25 @@ mod tests {
 
     #[test]
     fn anything_else_is_left_to_clap() {
-        for a in [
-            &["exec", "--help"][..],
-            &["exec", "--version"],
-            &["exec", "--data-dir", "/d", "--thread", "t"],
-            &["exec", "--data-dir", "/d", "--thread", "t", "--"],
-            &["exec", "--thread", "t", "--", "true"],
-            &["exec", "--data-dir", "/d", "--", "true"],
-            &[
-                "exec",
-                "--data-dir",
-                "/d",
-                "--thread",
-                "t",
-                "--thread",
-                "u",
-                "--",
-                "true",
-            ],
-            &["exec", "--data-dir", "/d", "--thread", "-t", "--", "true"],
-            &["exec", "--data-dir", "/d", "--thread", "", "--", "true"],
-            &[
-                "exec",
-                "--data-dir",
-                "/d",
-                "--thread",
-                "t",
-                "--timeout",
-                "soon",
-                "--",
-                "true",
-            ],
-            &[
-                "exec",
-                "--data-dir",
-                "/d",
-                "--thread",
-                "t",
-                "--network",
-                "wifi",
-                "--",
-                "true",
-            ],
-            &[
-                "exec",
-                "--data-dir",
-                "/d",
-                "--thread",
-                "t",
-                "--bogus",
-                "x",
-                "--",
-                "true",
-            ],
-            &["exec", "--data-dir", "/d", "--thread", "t", "true"],
-            &["serve"],
+        // One argument per word (none of these needs a space).
+        for line in [
+            "exec --help",
+            "exec --version",
+            "exec --data-dir /d --thread t",
+            "exec --data-dir /d --thread t --",
+            "exec --thread t -- true",
+            "exec --data-dir /d -- true",
+            "exec --data-dir /d --thread t --thread u -- true",
+            "exec --data-dir /d --thread -t -- true",
+            "exec --data-dir /d --thread= -- true",
+            "exec --data-dir /d --thread t --timeout soon -- true",
+            "exec --data-dir /d --thread t --network wifi -- true",
+            "exec --data-dir /d --thread t --bogus x -- true",
+            "exec --data-dir /d --thread t true",
+            "serve",
         ] {
-            assert!(parse_exec(&os(a)).is_none(), "{a:?}");
+            let a: Vec<&str> = line.split(' ').collect();
+            assert!(parse_exec(&os(&a)).is_none(), "{line}");
         }
         use std::os::unix::ffi::OsStringExt;
         let mut args = os(&["exec", "--data-dir", "/d", "--thread", "t", "--"]);
