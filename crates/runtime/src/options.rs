@@ -116,6 +116,12 @@ pub struct RuntimeOptions {
     /// a copy-on-write snapshot of Paddock's memory that turns private as Paddock's heap
     /// changes, so only recently active sandboxes keep one.
     pub prebuilt_jail_idle_secs: u64,
+    /// With `prebuild_jail`, also start the prebuilt jail's shell before its command comes
+    /// (default true): the shell's `execve` and dynamic loading then happen ahead of time
+    /// too, and the command is handed to the waiting shell, which runs it exactly as
+    /// `bash -c COMMAND` would. Off, or with a statically linked shell, the shell starts
+    /// when the command comes.
+    pub prebuild_shell: bool,
 }
 
 impl Default for RuntimeOptions {
@@ -133,6 +139,7 @@ impl Default for RuntimeOptions {
             max_cached_sandboxes: 256,
             prebuild_jail: true,
             prebuilt_jail_idle_secs: 300,
+            prebuild_shell: true,
         }
     }
 }

@@ -58,6 +58,9 @@ pub(crate) struct JailBase {
     pub cap_last_cap: u32,
     pub privileged: bool,
     pub shell: &'static str,
+    /// Whether the shell is dynamically linked, so a prebuilt jail can start it before its
+    /// command (see `RuntimeOptions::prebuild_shell`); not looked at by one-shot runtimes.
+    pub shell_takes_preload: bool,
     pub nofile_hard: u64,
     /// CPUs online when the runtime started: a cpu limit of at least this many binds
     /// nothing, so no cpu cgroup is made for it.
@@ -289,6 +292,13 @@ impl Runtime {
         self.opts.prebuild_jail && !self.one_shot
     }
 
+    /// Whether prebuilt jails start their shell ahead of the command too.
+    pub(crate) fn prebuilds_shell(&self) -> bool {
+        self.prebuilds()
+            && self.opts.prebuild_shell
+            && self.jail.as_ref().is_some_and(|b| b.shell_takes_preload)
+    }
+
     fn jail_base(
         opts: &RuntimeOptions,
         data_root: &Path,
@@ -389,6 +399,7 @@ impl Runtime {
         for line in cgroup_warnings(&failed, |c| cgroups.has(c)) {
             tracing::warn!("{line}");
         }
+        let shell = pick_shell();
         Ok(JailBase {
             facts,
             seccomp: Arc::new(seccomp),
@@ -396,7 +407,9 @@ impl Runtime {
             cgroups,
             cap_last_cap: paddock_sys::jail::cap_last_cap(),
             privileged: paddock_sys::process::euid() == 0,
-            shell: pick_shell(),
+            shell,
+            shell_takes_preload: !one_shot
+                && paddock_sys::jail::takes_preload(std::path::Path::new(shell)),
             nofile_hard: paddock_sys::process::rlimit_hard(libc::RLIMIT_NOFILE as i32)
                 .unwrap_or(1024),
             online_cpus: paddock_sys::process::online_cpus(),

@@ -43,7 +43,7 @@ use paddock_sys::jail::{
 };
 use paddock_sys::landlock::LandlockPlan;
 use paddock_sys::mountplan::{
-    DataBind, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
+    DataBind, JailFile, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
 };
 use paddock_sys::process::WaitStatus;
 use tokio::io::AsyncReadExt;
@@ -162,6 +162,7 @@ impl JailFactory {
             rlimits,
             cgroup: cgroup.map(|g| g.0.join_plan()).unwrap_or_default(),
             cap_last_cap: base.cap_last_cap,
+            waiting_shell: false,
         }
     }
 
@@ -169,7 +170,9 @@ impl JailFactory {
     async fn build(&self) -> Result<Warm, String> {
         let n = self.rt.next_exec_id();
         let cgroup = self.cgroup(n).map_err(|e| e.to_string())?;
-        let pending = build_jail(self.spec(cgroup.as_deref())).await?;
+        let mut spec = self.spec(cgroup.as_deref());
+        spec.waiting_shell = self.rt.prebuilds_shell();
+        let pending = build_jail(spec).await?;
         Ok(Warm { pending, cgroup, n })
     }
 }
@@ -428,6 +431,14 @@ impl LocalSandbox {
                     binds,
                     tmp_size_bytes: o.limits.tmp_size_bytes,
                     staging: "/tmp".into(),
+                    files: if rt.prebuilds_shell() {
+                        vec![JailFile {
+                            path: paddock_sys::jail::SHELL_PRELOAD_PATH.into(),
+                            data: paddock_sys::jail::SHELL_PRELOAD,
+                        }]
+                    } else {
+                        Vec::new()
+                    },
                     etc_files: crate::etc::etc_files(rt.layout().root(), ids.0, ids.1).map_err(
                         |e| {
                             tracing::error!(error = %e, "could not write the sandbox user's account files");

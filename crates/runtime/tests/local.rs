@@ -345,10 +345,13 @@ fn processes_of_uid(uid: u32) -> Vec<i32> {
     out
 }
 
-/// How many clock ticks the jail's init started before the shell: a prebuilt jail's init
-/// was waiting long before its command came.
+/// How many clock ticks ago the jail's init started (measured against a process the
+/// command starts): a prebuilt jail's init was waiting long before its command came.
 const INIT_AGE: &str =
-    "echo $(( $(cut -d' ' -f22 /proc/$$/stat) - $(cut -d' ' -f22 /proc/1/stat) ))";
+    "echo $(( $(cut -d' ' -f22 /proc/self/stat) - $(cut -d' ' -f22 /proc/1/stat) ))";
+/// The same for the shell running the command (`prebuild_shell`).
+const SHELL_AGE: &str =
+    "echo $(( $(cut -d' ' -f22 /proc/self/stat) - $(cut -d' ' -f22 /proc/$$/stat) ))";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
@@ -364,20 +367,21 @@ async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
     });
     let sb = e.sandbox("prebuilt").await;
     assert_eq!(run(&sb, "true").await.exit.exit_code, Some(0));
-    // After a command, one idle jail waits for the next; it is not a running command.
+    // After a command, one idle jail waits for the next (its init and its shell); it is
+    // not a running command.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         processes_of_uid(uid).len(),
-        1,
+        2,
         "{:?}",
         processes_of_uid(uid)
     );
     assert!(sb.running().is_empty());
-    let o = run(&sb, INIT_AGE).await;
-    let age: i64 = o.stdout.trim().parse().unwrap();
+    let o = run(&sb, &format!("{INIT_AGE}; {SHELL_AGE}")).await;
+    let ages: Vec<i64> = o.stdout.lines().map(|l| l.parse().unwrap()).collect();
     assert!(
-        age >= 30,
-        "init was {age} ticks old: the jail was not prebuilt"
+        ages[0] >= 30 && ages[1] >= 30,
+        "init and shell were {ages:?} ticks old: the jail was not prebuilt"
     );
     // The environment, cwd and exit code are still the command's own.
     let mut r = ExecRequest::new("echo $FOO; pwd; exit 7");
@@ -437,7 +441,7 @@ async fn an_unused_prebuilt_jail_is_dropped_after_its_idle_time() {
     let sb = e.sandbox("idle").await;
     run(&sb, "true").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(processes_of_uid(uid).len(), 1);
+    assert_eq!(processes_of_uid(uid).len(), 2, "init and its waiting shell");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -446,4 +450,85 @@ async fn an_unused_prebuilt_jail_is_dropped_after_its_idle_time() {
     // The next exec builds its jail on demand and works as ever.
     let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
     assert!(age < 30, "init was {age} ticks old");
+}
+
+/// What a command sees of the shell running it; the last line says whether the shell
+/// preload is mapped into it (it is only in a prebuilt shell).
+const SHELL_PROBE: &str = "echo \"$0|$#|$-|$BASH_EXECUTION_STRING|$PWD|$SHLVL|$PPID\"; \
+    tr '\\0' '\\n' < /proc/$$/cmdline | grep -c .; env | sort; sh -c 'echo $PPID'; \
+    grep -c shell-preload /proc/$$/maps || true";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prebuilt_shell_runs_commands_as_a_fresh_bash_would() {
+    if !isolated_supported() {
+        return;
+    }
+    let prebuilt = env();
+    let fresh = env_with(RuntimeOptions {
+        prebuild_shell: false,
+        ..RuntimeOptions::default()
+    });
+    let (a, b) = (
+        prebuilt.sandbox("shell-a").await,
+        fresh.sandbox("shell-b").await,
+    );
+    // The first exec of a sandbox builds its jail on demand.
+    run(&a, "true").await;
+    run(&b, "true").await;
+    let age: i64 = run(&a, SHELL_AGE).await.stdout.trim().parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let prebuilt_age: i64 = run(&a, SHELL_AGE).await.stdout.trim().parse().unwrap();
+    let fresh_age: i64 = run(&b, SHELL_AGE).await.stdout.trim().parse().unwrap();
+    assert!(
+        prebuilt_age >= 30,
+        "shell {prebuilt_age} ticks old (then {age})"
+    );
+    assert!(
+        fresh_age < 30,
+        "shell {fresh_age} ticks old without prebuild_shell"
+    );
+    let requests = || {
+        let mut v = Vec::new();
+        v.push(("plain", ExecRequest::new(SHELL_PROBE), true));
+        let mut r = ExecRequest::new(SHELL_PROBE);
+        r.env.insert("FOO".into(), "bar baz".into());
+        r.cwd = Some("/mnt/user-data/outputs".into());
+        v.push(("env and cwd", r, true));
+        let mut r = ExecRequest::new(SHELL_PROBE);
+        r.env.insert("LD_LIBRARY_PATH".into(), "/nowhere".into());
+        v.push(("a loader variable", r, false));
+        let mut r = ExecRequest::new(format!(": {}; {SHELL_PROBE}", "x".repeat(20 * 1024)));
+        r.timeout_secs = Some(30.0);
+        v.push(("a long command", r, false));
+        v.push(("a syntax error", ExecRequest::new("echo ok; if then"), true));
+        v.push(("a signal", ExecRequest::new("kill -9 $$"), true));
+        v.push(("an exit code", ExecRequest::new("exit 42"), true));
+        v
+    };
+    for (what, req, in_place) in requests() {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let x = a.exec(req.clone()).await.unwrap();
+        let y = b.exec(req).await.unwrap();
+        let strip = |s: &str| -> (String, Option<u32>) {
+            match s.trim_end().rsplit_once('\n') {
+                Some((body, last)) if last.parse::<u32>().is_ok() => {
+                    (body.to_owned(), last.parse().ok())
+                }
+                _ => (s.to_owned(), None),
+            }
+        };
+        let (xo, xm) = strip(&x.stdout);
+        let (yo, ym) = strip(&y.stdout);
+        assert_eq!(xo, yo, "{what}: stdout");
+        assert_eq!(x.stderr, y.stderr, "{what}: stderr");
+        assert_eq!(x.exit.exit_code, y.exit.exit_code, "{what}: exit code");
+        assert_eq!(x.exit.signal, y.exit.signal, "{what}: signal");
+        if let (Some(xm), Some(ym)) = (xm, ym) {
+            assert_eq!(ym, 0, "{what}");
+            assert_eq!(xm > 0, in_place, "{what}: ran in the prebuilt shell: {xm}");
+        }
+    }
+    // bash's own `-c` behaviour survives: a lone command replaces the shell.
+    let o = run(&a, "sh -c 'echo $PPID'").await;
+    assert_eq!(o.stdout, "1\n");
 }

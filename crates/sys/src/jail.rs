@@ -81,6 +81,12 @@ pub struct JailSpec {
     pub cgroup: crate::cgroup::JoinPlan,
     /// Highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
     pub cap_last_cap: u32,
+    /// Start the shell as soon as the jail is built, before its command comes: the shell's
+    /// `execve`, dynamic loading and relocation then happen while the jail waits, and the
+    /// command goes straight to the waiting shell. Needs [`SHELL_PRELOAD`] at
+    /// [`SHELL_PRELOAD_PATH`] in the root, a dynamically linked `program`, and commands of
+    /// the form `[name, "-c", COMMAND]` to gain anything (any other is `execve`d as is).
+    pub waiting_shell: bool,
 }
 
 /// The per-exec part of a jail, sent to a built jail's init: what to run, with which
@@ -297,6 +303,7 @@ pub const STEPS: &[&str] = &[
     "make init non-dumpable",
     "join the exec cgroup",
     "read the command",
+    "write a file into the jail root",
 ];
 
 const S_SYNC: u32 = 0;
@@ -333,6 +340,32 @@ const S_PDEATHSIG: u32 = 30;
 const S_DUMPABLE: u32 = 31;
 const S_CGROUP: u32 = 32;
 const S_COMMAND: u32 = 33;
+const S_FILE: u32 = 34;
+
+mod preload {
+    // The constants shared with the shell preload (`zygote/zygote.rs`).
+    #![allow(dead_code)]
+    include!("../zygote/proto.rs");
+}
+use preload::{
+    ZYGOTE_ARG_BYTES, ZYGOTE_CMD_FD, ZYGOTE_ENV_BYTES, ZYGOTE_ENV_KEY, ZYGOTE_ENV_SLOTS,
+    ZYGOTE_PLACEHOLDER, ZYGOTE_STATUS_FD,
+};
+const _: () = {
+    // The preload reports these steps by number, and records as init writes them.
+    assert!(preload::ZYGOTE_S_CWD == S_CWD);
+    assert!(preload::ZYGOTE_S_EXEC == S_EXEC);
+    assert!(preload::ZYGOTE_S_COMMAND == S_COMMAND);
+    assert!(preload::ZYGOTE_TAG_SETUP == TAG_SETUP);
+    assert!(ZYGOTE_PLACEHOLDER.len() < ZYGOTE_ARG_BYTES);
+};
+
+/// The shell preload (built from `zygote/zygote.rs` by `build.rs`): with it at
+/// [`SHELL_PRELOAD_PATH`] in the root, a jail can start its shell before the command is
+/// known ([`JailSpec::waiting_shell`]).
+pub const SHELL_PRELOAD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zygote.so"));
+/// Where the runtime puts [`SHELL_PRELOAD`] in the jail.
+pub const SHELL_PRELOAD_PATH: &str = "/.paddock/shell-preload.so";
 
 const TAG_EXIT: u32 = 1;
 const TAG_SETUP: u32 = 2;
@@ -489,6 +522,10 @@ enum COp {
     Devpts {
         dst: CString,
     },
+    File {
+        path: CString,
+        data: &'static [u8],
+    },
 }
 
 fn cstr(s: &str, what: &'static str) -> Result<CString, SpawnError> {
@@ -548,6 +585,12 @@ struct Prepared {
     /// Pointers into `cmd_buf`, NULL-terminated, filled by init.
     argv_ptrs: Vec<*const libc::c_char>,
     env_ptrs: Vec<*const libc::c_char>,
+    /// The waiting shell's placeholder argv and environment (see [`JailSpec::waiting_shell`]),
+    /// NULL-terminated pointer arrays into `waiting_strings`; empty when not wanted.
+    waiting_argv: Vec<*const libc::c_char>,
+    waiting_env: Vec<*const libc::c_char>,
+    #[allow(dead_code)] // Owns what `waiting_argv` and `waiting_env` point into.
+    waiting_strings: Vec<CString>,
     ll_rules: Vec<(CString, u64)>,
     ll: Option<(i32, u64, u64)>,
     rlimits: Vec<Rlimit>,
@@ -603,6 +646,10 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
             MountOp::Devpts { dst } => COp::Devpts {
                 dst: cpath(dst, "mount path")?,
             },
+            MountOp::File { path, data } => COp::File {
+                path: cpath(path, "mount path")?,
+                data,
+            },
         });
     }
     let sources = spec
@@ -619,7 +666,15 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         }
         ll = Some((p.abi, p.handled_fs, p.scoped));
     }
+    let (waiting_argv, waiting_env, waiting_strings) = if spec.waiting_shell {
+        waiting_shell_args(&spec.program)?
+    } else {
+        (Vec::new(), Vec::new(), Vec::new())
+    };
     Ok(Prepared {
+        waiting_argv,
+        waiting_env,
+        waiting_strings,
         source_fds: vec![-1; sources.len()],
         sources,
         ops,
@@ -645,6 +700,83 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         devpts_s: cstr("devpts", "fstype")?,
         devpts_data: cstr("newinstance,ptmxmode=0666,mode=0620", "devpts options")?,
     })
+}
+
+/// The waiting shell's argv (`[name, "-c", placeholder]`) and environment (`LD_PRELOAD`,
+/// the program for commands that do not fit, padding): the preload writes the command and
+/// its environment over these strings, so their sizes are the room it has.
+#[allow(clippy::type_complexity)]
+fn waiting_shell_args(
+    program: &str,
+) -> Result<
+    (
+        Vec<*const libc::c_char>,
+        Vec<*const libc::c_char>,
+        Vec<CString>,
+    ),
+    SpawnError,
+> {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    let mut placeholder = ZYGOTE_PLACEHOLDER.to_vec();
+    placeholder.resize(ZYGOTE_ARG_BYTES - 1, b' ');
+    let mut env: Vec<Vec<u8>> = vec![
+        format!("LD_PRELOAD={SHELL_PRELOAD_PATH}").into_bytes(),
+        [ZYGOTE_ENV_KEY, program.as_bytes()].concat(),
+    ];
+    while env.len() < ZYGOTE_ENV_SLOTS - 1 {
+        env.push(b"_=".to_vec());
+    }
+    let used: usize = env.iter().map(|e| e.len() + 1).sum();
+    let pad = ZYGOTE_ENV_BYTES
+        .saturating_sub(used + 1)
+        .max(b"_PAD=".len());
+    let mut last = b"_PAD=".to_vec();
+    last.resize(pad, b'.');
+    env.push(last);
+    let argv = [name.as_bytes().to_vec(), b"-c".to_vec(), placeholder];
+    let mut strings = Vec::with_capacity(argv.len() + env.len());
+    for b in argv.into_iter().chain(env) {
+        strings.push(CString::new(b).map_err(|_| SpawnError::Nul { what: "program" })?);
+    }
+    let ptrs = |s: &[CString]| {
+        s.iter()
+            .map(|c| c.as_ptr())
+            .chain(std::iter::once(std::ptr::null()))
+            .collect::<Vec<_>>()
+    };
+    Ok((ptrs(&strings[..3]), ptrs(&strings[3..]), strings))
+}
+
+/// Whether `program` can take the shell preload: an ELF executable with a dynamic loader
+/// (`PT_INTERP`). A static shell ignores `LD_PRELOAD`, so its jails must not wait for it.
+pub fn takes_preload(program: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(program) else {
+        return false;
+    };
+    let mut head = [0u8; 64];
+    if f.read_exact(&mut head).is_err() || &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return false;
+    }
+    // 64-bit, native byte order (this is the host's own shell).
+    let u16_at = |b: &[u8], o: usize| u16::from_ne_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |b: &[u8], o: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&b[o..o + 8]);
+        u64::from_ne_bytes(x)
+    };
+    let (phoff, phentsize, phnum) = (u64_at(&head, 32), u16_at(&head, 54), u16_at(&head, 56));
+    if phentsize < 4 || phnum == 0 || phnum > 256 {
+        return false;
+    }
+    let mut ph = vec![0u8; phentsize * phnum];
+    use std::io::{Seek, SeekFrom};
+    if f.seek(SeekFrom::Start(phoff)).is_err() || f.read_exact(&mut ph).is_err() {
+        return false;
+    }
+    const PT_INTERP: u32 = 3;
+    ph.chunks(phentsize)
+        .any(|e| u32::from_ne_bytes([e[0], e[1], e[2], e[3]]) == PT_INTERP)
 }
 
 fn pipe_pair(step: &'static str) -> Result<(OwnedFd, OwnedFd), SpawnError> {
@@ -1167,6 +1299,26 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                         p.devpts_data.as_ptr().cast(),
                     );
                 }
+                COp::File { path, data } => {
+                    let fd = libc::open(
+                        path.as_ptr(),
+                        libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                        0o444,
+                    );
+                    check!(S_FILE, fd);
+                    let mut off = 0usize;
+                    while off < data.len() {
+                        let n = libc::write(fd, data[off..].as_ptr().cast(), data.len() - off);
+                        if n <= 0 {
+                            if n < 0 && errno() == libc::EINTR {
+                                continue;
+                            }
+                            fail(st, S_FILE, if n < 0 { errno() } else { libc::ENOSPC });
+                        }
+                        off += n as usize;
+                    }
+                    libc::close(fd);
+                }
             }
         }
         for fd in &p.source_fds {
@@ -1287,9 +1439,16 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             )
         );
 
-        // The jail is built: wait for the command.
-        let cwd = read_command(p, fds.sync_r, st);
-        libc::close(fds.sync_r);
+        // The jail is built: wait for the command, or start the shell now and let it read
+        // the command itself (see `JailSpec::waiting_shell`).
+        let waiting = !p.waiting_argv.is_empty();
+        let cwd = if waiting {
+            p.slash.as_ptr()
+        } else {
+            let cwd = read_command(p, fds.sync_r, st);
+            libc::close(fds.sync_r);
+            cwd
+        };
 
         // The shell shares init's memory until its execve (CLONE_VM | CLONE_VFORK, as
         // posix_spawn does), on its own stack: init is a copy of all of Paddock's address
@@ -1301,6 +1460,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             fds,
             ruleset,
             cwd,
+            waiting,
         };
         let top = fds.shell_stack.add(SHELL_STACK_BYTES);
         let top = ((top as usize) & !15usize) as *mut libc::c_void;
@@ -1311,6 +1471,9 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             (&args as *const ShellArgs).cast_mut().cast(),
         );
         check!(S_FORK, shell);
+        if waiting {
+            libc::close(fds.sync_r);
+        }
         for fd in fds.shell_cgroup_tasks {
             libc::close(*fd);
         }
@@ -1349,6 +1512,8 @@ struct ShellArgs<'a> {
     fds: &'a ChildFds<'a>,
     ruleset: RawFd,
     cwd: *const libc::c_char,
+    /// Start the waiting shell (placeholder argv, command read by the preload).
+    waiting: bool,
 }
 
 /// Entry point of the shell child on its own stack.
@@ -1357,15 +1522,21 @@ extern "C" fn shell_entry(arg: *mut libc::c_void) -> libc::c_int {
     // this child execs or exits, so it stays valid. shell_main never returns.
     unsafe {
         let a = &*(arg as *const ShellArgs);
-        shell_main(a.p, a.fds, a.ruleset, a.cwd)
+        shell_main(a.p, a.fds, a.ruleset, a.cwd, a.waiting)
     }
 }
 
 /// The shell child: landlock, stdio, cwd, execve (seccomp it inherited from init). Landlock
 /// stays here, not on init: init outside the sandbox's landlock domain is what keeps the
 /// command from signalling it (the domain's signal scope).
-unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const libc::c_char) -> ! {
-    let st = fds.status_w;
+unsafe fn shell_main(
+    p: &Prepared,
+    fds: &ChildFds,
+    ruleset: RawFd,
+    cwd: *const libc::c_char,
+    waiting: bool,
+) -> ! {
+    let mut st = fds.status_w;
     macro_rules! check {
         ($step:expr, $e:expr) => {
             if $e < 0 {
@@ -1409,11 +1580,23 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
         // only the child's own table.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         check!(S_CWD, libc::chdir(cwd));
-        libc::execve(
-            p.program.as_ptr(),
-            p.argv_ptrs.as_ptr(),
-            p.env_ptrs.as_ptr(),
-        );
+        let (argv, env) = if waiting {
+            // The preload's descriptors at the numbers it expects (copies first, so neither
+            // original can be overwritten while still needed), inherited across execve.
+            let c = libc::fcntl(fds.sync_r, libc::F_DUPFD_CLOEXEC, 5);
+            check!(S_STDIO, c);
+            let s = libc::fcntl(st, libc::F_DUPFD_CLOEXEC, 5);
+            check!(S_STDIO, s);
+            check!(S_STDIO, libc::dup2(s, ZYGOTE_STATUS_FD));
+            st = ZYGOTE_STATUS_FD;
+            check!(S_STDIO, libc::dup2(c, ZYGOTE_CMD_FD));
+            libc::close(c);
+            libc::close(s);
+            (p.waiting_argv.as_ptr(), p.waiting_env.as_ptr())
+        } else {
+            (p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr())
+        };
+        libc::execve(p.program.as_ptr(), argv, env);
         fail(st, S_EXEC, errno())
     }
 }

@@ -277,6 +277,13 @@ pub enum MountOp {
         /// Where.
         dst: PathBuf,
     },
+    /// Create a file with these contents (mode 0444) in the root tmpfs.
+    File {
+        /// Where.
+        path: PathBuf,
+        /// Its bytes.
+        data: &'static [u8],
+    },
 }
 
 /// A complete plan.
@@ -308,6 +315,18 @@ pub struct MountInputs {
     /// Files bound read-only over the host's `/etc/{name}` (the sandbox user's `passwd`
     /// and `group` entries). Ignored when the host has no `/etc` directory.
     pub etc_files: Vec<EtcFile>,
+    /// Files Paddock itself puts in the jail (the shell preload), read-only like the
+    /// whole root; each under a top-level directory of its own.
+    pub files: Vec<JailFile>,
+}
+
+/// A file written into the jail's root (which then becomes read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailFile {
+    /// Jail path, absolute and normalised, at least two components deep.
+    pub path: String,
+    /// Contents.
+    pub data: &'static [u8],
 }
 
 /// A host file shown at `/etc/{name}` in the jail, read-only.
@@ -538,6 +557,36 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
         }
         bound.push(&b.jail);
     }
+    for f in &inp.files {
+        let top = f
+            .path
+            .get(1..)
+            .and_then(|r| r.split_once('/'))
+            .map(|(t, _)| t);
+        let Some(top) = top.filter(|_| valid_jail_path(&f.path)) else {
+            return Err(PlanError::BadJailPath(f.path.clone()));
+        };
+        let top = format!("/{top}");
+        let under_top = format!("{top}/");
+        if taken.contains(&top) || bound.iter().any(|b| *b == top || b.starts_with(&under_top)) {
+            return Err(PlanError::Reserved(f.path.clone()));
+        }
+        let mut acc = String::new();
+        let parent = &f.path[..f.path.rfind('/').unwrap_or(0)];
+        for seg in parent[1..].split('/') {
+            acc.push('/');
+            acc.push_str(seg);
+            if created.insert(acc.clone()) {
+                ops.push(MountOp::Mkdir {
+                    path: under(s, &acc),
+                });
+            }
+        }
+        ops.push(MountOp::File {
+            path: under(s, &f.path),
+            data: f.data,
+        });
+    }
     // Last: the root itself becomes read-only, so nothing can be created at `/`.
     ops.push(MountOp::Remount {
         dst: s.clone(),
@@ -594,7 +643,80 @@ mod tests {
             tmp_size_bytes: 1 << 20,
             staging: "/tmp".into(),
             etc_files: vec![],
+            files: vec![],
         }
+    }
+
+    #[test]
+    fn files_are_written_into_the_root_before_it_turns_read_only() {
+        let mut inp = inputs(vec![bind("/h/ws", "/mnt/user-data/workspace", false)]);
+        inp.files = vec![JailFile {
+            path: "/.paddock/lib/preload.so".into(),
+            data: b"\x7fELF",
+        }];
+        let plan = plan_mounts(&inp).unwrap();
+        let at = |want: &MountOp| plan.ops.iter().position(|o| o == want).unwrap();
+        let dir = at(&MountOp::Mkdir {
+            path: "/tmp/.paddock".into(),
+        });
+        let sub = at(&MountOp::Mkdir {
+            path: "/tmp/.paddock/lib".into(),
+        });
+        let file = at(&MountOp::File {
+            path: "/tmp/.paddock/lib/preload.so".into(),
+            data: b"\x7fELF",
+        });
+        let root_ro = at(&MountOp::Remount {
+            dst: "/tmp".into(),
+            flags: ms::RDONLY | ms::NOSUID | ms::NODEV,
+        });
+        assert!(dir < sub && sub < file && file < root_ro);
+        assert_eq!(root_ro, plan.ops.len() - 1, "the root turns read-only last");
+        assert!(
+            !plan
+                .writable_dirs
+                .iter()
+                .any(|d| d.starts_with("/.paddock"))
+        );
+    }
+
+    #[test]
+    fn files_keep_a_top_directory_of_their_own() {
+        for (path, binds, want) in [
+            ("/top.so", vec![], PlanError::BadJailPath("/top.so".into())),
+            (
+                "relative/x",
+                vec![],
+                PlanError::BadJailPath("relative/x".into()),
+            ),
+            ("/a/../x", vec![], PlanError::BadJailPath("/a/../x".into())),
+            ("/usr/x.so", vec![], PlanError::Reserved("/usr/x.so".into())),
+            ("/tmp/x.so", vec![], PlanError::Reserved("/tmp/x.so".into())),
+            (
+                "/mnt/x.so",
+                vec![bind("/h", "/mnt/user-data", false)],
+                PlanError::Reserved("/mnt/x.so".into()),
+            ),
+            (
+                "/mnt/x.so",
+                vec![bind("/h", "/mnt", true)],
+                PlanError::Reserved("/mnt/x.so".into()),
+            ),
+        ] {
+            let mut inp = inputs(binds);
+            inp.files = vec![JailFile {
+                path: path.into(),
+                data: b"",
+            }];
+            assert_eq!(plan_mounts(&inp).unwrap_err(), want, "{path}");
+        }
+        // A bind whose name only starts like the file's directory is no collision.
+        let mut inp = inputs(vec![bind("/h", "/mntx", false)]);
+        inp.files = vec![JailFile {
+            path: "/mnt/x.so".into(),
+            data: b"",
+        }];
+        assert!(plan_mounts(&inp).is_ok());
     }
 
     #[test]

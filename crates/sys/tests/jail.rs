@@ -10,7 +10,8 @@ use paddock_sys::jail::{
     COMMAND_MAX_BYTES, COMMAND_MAX_ENV, JailChild, JailCommand, JailSpec, NetMode, Rlimit,
     SpawnError, StatusRecord, build, cap_last_cap, create_netns, spawn,
 };
-use paddock_sys::mountplan::{DataBind, HostFacts, MountInputs, plan_mounts};
+use paddock_sys::jail::{SHELL_PRELOAD, SHELL_PRELOAD_PATH, takes_preload};
+use paddock_sys::mountplan::{DataBind, HostFacts, JailFile, MountInputs, plan_mounts};
 use paddock_sys::probe::{Action, probe};
 use paddock_sys::process::WaitStatus;
 
@@ -44,6 +45,15 @@ fn run(cmd: &str, ws: &std::path::Path) -> (String, String, Option<StatusRecord>
 }
 
 fn spec_for(ws: &std::path::Path, net: NetMode) -> JailSpec {
+    spec_with(ws, net, false)
+}
+
+/// A jail whose shell starts before its command (with the preload in its root).
+fn waiting_spec(ws: &std::path::Path) -> JailSpec {
+    spec_with(ws, NetMode::PerExec, true)
+}
+
+fn spec_with(ws: &std::path::Path, net: NetMode, waiting: bool) -> JailSpec {
     let uid = paddock_sys::process::euid();
     let id = if uid == 0 { 951_000 } else { uid };
     let gid = if uid == 0 {
@@ -65,6 +75,14 @@ fn spec_for(ws: &std::path::Path, net: NetMode) -> JailSpec {
         tmp_size_bytes: 1 << 20,
         staging: "/tmp".into(),
         etc_files: vec![],
+        files: if waiting {
+            vec![JailFile {
+                path: SHELL_PRELOAD_PATH.into(),
+                data: SHELL_PRELOAD,
+            }]
+        } else {
+            vec![]
+        },
     })
     .unwrap();
     let abi = paddock_sys::landlock::kernel_abi();
@@ -84,6 +102,7 @@ fn spec_for(ws: &std::path::Path, net: NetMode) -> JailSpec {
         }],
         cgroup: Default::default(),
         cap_last_cap: cap_last_cap(),
+        waiting_shell: waiting,
     }
 }
 
@@ -128,8 +147,9 @@ fn collect(child: JailChild) -> (String, String, Option<StatusRecord>) {
             .ok()
             .and_then(|()| StatusRecord::parse(&rec));
         assert_eq!(idle, Some(StatusRecord::Idle));
-        child.init.kill().unwrap();
     }
+    // An idle init waits for its kill; after a failed step it may be gone already.
+    let _ = child.init.kill();
     child.init.wait_blocking().unwrap();
     (out, err, status)
 }
@@ -385,4 +405,192 @@ fn init_is_created_inside_its_v2_cgroup() {
         "{own_rel}"
     );
     std::fs::remove_dir(&dir).unwrap();
+}
+
+/// Pids of `pid`'s children (from the host's view).
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The pid of the shell waiting in the jail of `init` (its child running the placeholder).
+fn waiting_shell_of(init: i32) -> i32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(&k) = children_of(init).first() {
+            let cmdline = std::fs::read(format!("/proc/{k}/cmdline")).unwrap_or_default();
+            if cmdline.windows(14).any(|w| w == b"PADDOCK-ZYGOTE") {
+                return k;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no waiting shell");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// What a command prints about the shell it runs in; the last line says whether the shell
+/// preload is mapped into it.
+const SHELL_PROBE: &str = "echo \"$0|$#|$GREETING|$(pwd)|$$\"; \
+    tr '\\0' '\\n' < /proc/$$/cmdline | grep -c .; tr '\\0' '\\n' < /proc/$$/cmdline | head -3; \
+    env | sort; ls /proc/$$/fd > /tmp/fds; tr '\\n' ' ' < /tmp/fds; echo; \
+    grep -c shell-preload /proc/$$/maps || true";
+
+fn split_probe(out: &str) -> (String, u32) {
+    let (body, last) = out.trim_end().rsplit_once('\n').unwrap();
+    (body.to_owned(), last.parse().unwrap())
+}
+
+#[test]
+fn a_waiting_shell_runs_its_command_as_a_fresh_shell_would() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let pending = build(&waiting_spec(&ws)).unwrap();
+    // The shell is up before the command, with the placeholder as its script.
+    let shell = waiting_shell_of(pending.init().unwrap().pid());
+    let mut cmd = command(SHELL_PROBE);
+    cmd.env.push(("GREETING".into(), "hello later".into()));
+    cmd.cwd = "/tmp".into();
+    let (out, err, st) = collect(pending.start(&cmd.encode().unwrap()).unwrap());
+    assert_eq!(
+        st,
+        Some(StatusRecord::ShellExited(WaitStatus::Exited(0))),
+        "stderr: {err}"
+    );
+    assert!(!std::path::Path::new(&format!("/proc/{shell}")).exists());
+    let (waiting, mapped) = split_probe(&out);
+    assert!(
+        mapped > 0,
+        "the command did not run in the waiting shell: {out}"
+    );
+    // The same command in a jail that starts its shell on demand sees the same.
+    let (out, err, _) = collect(spawn(&spec_for(&ws, NetMode::PerExec), &cmd).unwrap());
+    let (fresh, mapped) = split_probe(&out);
+    assert_eq!(mapped, 0, "{err}");
+    assert_eq!(waiting, fresh);
+    assert!(
+        waiting.starts_with("sh|0|hello later|/tmp|2\n3\nsh\n-c\necho "),
+        "{waiting}"
+    );
+    assert!(waiting.contains("\nGREETING=hello later\n"), "{waiting}");
+    assert!(!waiting.contains("PADDOCK"), "{waiting}");
+    assert!(!waiting.contains("LD_PRELOAD"), "{waiting}");
+    // The preload's descriptors are closed before the shell's main.
+    let fds = waiting.lines().last().unwrap();
+    assert!(
+        fds.starts_with("0 1 ") && !fds.split(' ').any(|f| f == "3" || f == "4"),
+        "{fds}"
+    );
+}
+
+#[test]
+fn a_waiting_shell_execs_commands_that_do_not_fit_it() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let big = format!(": {}; {SHELL_PROBE}", "x".repeat(40 * 1024));
+    let mut cases: Vec<(&str, JailCommand)> = Vec::new();
+    let mut c = command(SHELL_PROBE);
+    c.env.push(("LD_LIBRARY_PATH".into(), "/nowhere".into()));
+    cases.push(("a variable the loader reads", c));
+    let mut c = command(SHELL_PROBE);
+    c.env
+        .push(("GLIBC_TUNABLES".into(), "glibc.malloc.check=0".into()));
+    cases.push(("a tunable", c));
+    cases.push(("a command larger than the placeholder", command(&big)));
+    let mut c = command(SHELL_PROBE);
+    c.env
+        .extend((0..200).map(|i| (format!("V{i}"), "v".into())));
+    cases.push(("more variables than slots", c));
+    let mut c = command(SHELL_PROBE);
+    c.env.push(("HUGE".into(), "h".repeat(32 * 1024)));
+    cases.push(("more environment than the padding", c));
+    let mut c = command(SHELL_PROBE);
+    c.argv.extend(["name".into(), "arg".into()]);
+    cases.push(("more arguments", c));
+    for (what, cmd) in cases {
+        let (out, err, st) = collect(
+            build(&waiting_spec(&ws))
+                .unwrap()
+                .start(&cmd.encode().unwrap())
+                .unwrap(),
+        );
+        assert_eq!(
+            st,
+            Some(StatusRecord::ShellExited(WaitStatus::Exited(0))),
+            "{what}: {err}"
+        );
+        let (waiting, mapped) = split_probe(&out);
+        assert_eq!(mapped, 0, "{what}: the preload stayed in the shell");
+        let (out, _, _) = collect(spawn(&spec_for(&ws, NetMode::PerExec), &cmd).unwrap());
+        assert_eq!(waiting, split_probe(&out).0, "{what}");
+    }
+}
+
+#[test]
+fn a_waiting_shell_reports_a_missing_cwd_as_a_setup_error() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let mut cmd = command("echo ran");
+    cmd.cwd = "/mnt/user-data/workspace/missing".into();
+    let want = Some(StatusRecord::SetupFailed {
+        step: "change to the working directory",
+        errno: libc::ENOENT,
+    });
+    let (out, _, st) = collect(
+        build(&waiting_spec(&ws))
+            .unwrap()
+            .start(&cmd.encode().unwrap())
+            .unwrap(),
+    );
+    assert_eq!((out.as_str(), st), ("", want));
+    let (out, _, st) = collect(spawn(&spec_for(&ws, NetMode::PerExec), &cmd).unwrap());
+    assert_eq!((out.as_str(), st), ("", want));
+}
+
+#[test]
+fn an_abandoned_waiting_jail_is_killed_with_its_shell() {
+    if !supported() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ws = workspace(&tmp);
+    let pending = build(&waiting_spec(&ws)).unwrap();
+    let init = pending.init().unwrap().pid();
+    let shell = waiting_shell_of(init);
+    drop(pending);
+    assert!(!std::path::Path::new(&format!("/proc/{init}")).exists());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{shell}")).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the shell outlived its jail"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn only_dynamically_linked_programs_take_the_preload() {
+    assert!(takes_preload(std::path::Path::new("/bin/sh")));
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("script");
+    std::fs::write(&script, "#!/bin/sh\ntrue\n").unwrap();
+    assert!(!takes_preload(&script));
+    assert!(!takes_preload(&tmp.path().join("missing")));
+    // A static executable ignores LD_PRELOAD (Debian's ldconfig is one).
+    let ldconfig = std::path::Path::new("/sbin/ldconfig");
+    if ldconfig.exists() {
+        assert!(!takes_preload(ldconfig));
+    }
 }
