@@ -24,7 +24,11 @@
 //!    of time ([`PendingJail`]) and an exec pays only for the shell. Init starts the shell
 //!    with `CLONE_VM | CLONE_VFORK` (no copy of its address space), which points stdio at
 //!    the pipes, `chdir`s to the cwd, restricts itself with landlock, and `execve`s
-//!    `/bin/bash -c CMD`.
+//!    `/bin/bash -c CMD`. With [`JailSpec::waiting_shell`] init starts the shell at once,
+//!    with a placeholder argv and environment and the shell preload ([`SHELL_PRELOAD`],
+//!    `zygote/zygote.rs`); the shell then reads the command from the sync pipe itself, before
+//!    bash's `main`, so its `execve` and dynamic loading are done before the command is
+//!    known.
 //! 5. Init reaps every process of the namespace, reports the shell's wait status on the
 //!    status pipe as soon as the shell exits, and lives on while background processes remain.
 //!    Killing init (SIGKILL through its pidfd) makes the kernel kill the whole namespace, so
@@ -1735,7 +1739,7 @@ mod tests {
         assert_eq!(StatusRecord::parse(&r), Some(StatusRecord::Idle));
         let r = StatusRecord::encode(9, 0, 0);
         assert_eq!(StatusRecord::parse(&r), None);
-        assert_eq!(STEPS.len() as u32, S_COMMAND + 1);
+        assert_eq!(STEPS.len() as u32, S_FILE + 1);
     }
 
     #[test]
