@@ -16,8 +16,10 @@
 //! Prebuilt jails (`prebuild_jail`, the default): a jail does not need its command until
 //! the end of its build, so once an exec's stream has ended the sandbox builds the next
 //! exec's jail in the background (`JailFactory::build`), and the next exec only sends its
-//! command to the waiting init. An exec that finds the build still running awaits it; one
-//! that finds the jail dead (killed from outside) builds a fresh one.
+//! command to the waiting init — or, with `prebuild_shell`, to the jail's shell, already
+//! started and waiting in the shell preload (`paddock_sys::jail::SHELL_PRELOAD`). An exec
+//! that finds the build still running awaits it; one that finds the jail dead (killed from
+//! outside) builds a fresh one.
 //!
 //! Invariants: every running exec is registered in `live` until its process tree is gone,
 //! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them and the
