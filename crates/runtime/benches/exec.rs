@@ -1,7 +1,8 @@
 //! Launch cost of one command, side by side in one run: `paddock exec -- true` (the built
 //! CLI's `paddock` front, and the same through `paddock-full`), `bwrap --unshare-all --die-with-parent` with equivalent binds, a plain fork/exec of
-//! `true`, and in-process `LocalSandbox::exec("true")` three ways (a prebuilt jail with a
-//! pause between execs, back to back, and `prebuild_jail: false`).
+//! `true`, and in-process `LocalSandbox::exec("true")` four ways (a prebuilt jail with a
+//! pause between execs, the same with `prebuild_shell: false`, back to back, and
+//! `prebuild_jail: false`).
 //!
 //! The rows are *interleaved*: each round runs a little of every row, so all rows see the
 //! same machine at the same moments. A shared machine's speed drifts by 2x within minutes;
@@ -124,10 +125,20 @@ fn main() {
         Vec::new(),
     )
     .expect("isolated runtime");
+    let shell_later_provider = LocalProvider::new(
+        data.path(),
+        RuntimeOptions {
+            prebuild_shell: false,
+            ..RuntimeOptions::default()
+        },
+        Vec::new(),
+    )
+    .expect("isolated runtime");
     // Separate sandboxes, so one row's prebuilt jail is never another row's.
     let warm = acquire(&provider, "bench");
     let busy = acquire(&provider, "bench-b2b");
     let cold = acquire(&cold_provider, "bench-cold");
+    let shell_later = acquire(&shell_later_provider, "bench-shell-later");
 
     let paddock = workspace_root().join("target/release/paddock");
     let paddock_full = workspace_root().join("target/release/paddock-full");
@@ -160,6 +171,9 @@ fn main() {
     let mut r_fork = Row::new("fork/exec /bin/true");
     let mut r_warm =
         Row::new("LocalSandbox::exec(\"true\") in-process, prebuilt jail (10 ms between execs)");
+    let mut r_shell_later = Row::new(
+        "LocalSandbox::exec(\"true\") in-process, prebuilt jail, prebuild_shell: false (10 ms between execs)",
+    );
     let mut r_b2b =
         Row::new("LocalSandbox::exec(\"true\") in-process, prebuilt jail, back to back");
     let mut r_cold = Row::new("LocalSandbox::exec(\"true\") in-process, prebuild_jail: false");
@@ -211,7 +225,7 @@ fn main() {
         println!("one-shot exec: {fact}");
     }
     rt.block_on(async {
-        for sb in [&warm, &busy, &cold] {
+        for sb in [&warm, &shell_later, &busy, &cold] {
             for _ in 0..10 {
                 exec_true(sb, Duration::ZERO).await;
             }
@@ -238,6 +252,11 @@ fn main() {
                 r_warm.samples.push(exec_true(&warm, PAUSE).await);
             }
             for _ in 0..PER_ROUND {
+                r_shell_later
+                    .samples
+                    .push(exec_true(&shell_later, PAUSE).await);
+            }
+            for _ in 0..PER_ROUND {
                 r_b2b.samples.push(exec_true(&busy, Duration::ZERO).await);
             }
             for _ in 0..PER_ROUND {
@@ -249,7 +268,17 @@ fn main() {
     println!("\n{rounds} interleaved rounds\n");
     println!("| command | runs | p50 | p99 | mean | p50 / bwrap | p50 / fork-exec |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    let rows = [r_cli, r_full, r_bwrap, r_fork, r_warm, r_b2b, r_cold].map(|mut r| {
+    let rows = [
+        r_cli,
+        r_full,
+        r_bwrap,
+        r_fork,
+        r_warm,
+        r_shell_later,
+        r_b2b,
+        r_cold,
+    ]
+    .map(|mut r| {
         r.samples.sort();
         r
     });
@@ -278,7 +307,8 @@ fn main() {
             ratio(p50, fork_p50)
         );
     }
-    drop((warm, busy, cold));
+    drop((warm, busy, cold, shell_later));
     provider.shutdown();
     cold_provider.shutdown();
+    shell_later_provider.shutdown();
 }
