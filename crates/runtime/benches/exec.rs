@@ -114,26 +114,18 @@ fn main() {
         rt.block_on(provider.acquire(&UserId::default(), &ThreadId::new(thread).unwrap()))
             .unwrap()
     };
-    let provider = LocalProvider::new(data.path(), RuntimeOptions::default(), Vec::new())
-        .expect("isolated runtime");
-    let cold_provider = LocalProvider::new(
-        data.path(),
-        RuntimeOptions {
-            prebuild_jail: false,
-            ..RuntimeOptions::default()
-        },
-        Vec::new(),
-    )
-    .expect("isolated runtime");
-    let shell_later_provider = LocalProvider::new(
-        data.path(),
-        RuntimeOptions {
-            prebuild_shell: false,
-            ..RuntimeOptions::default()
-        },
-        Vec::new(),
-    )
-    .expect("isolated runtime");
+    let provider_with = |opts: RuntimeOptions| {
+        LocalProvider::new(data.path(), opts, Vec::new()).expect("isolated runtime")
+    };
+    let provider = provider_with(RuntimeOptions::default());
+    let cold_provider = provider_with(RuntimeOptions {
+        prebuild_jail: false,
+        ..RuntimeOptions::default()
+    });
+    let shell_later_provider = provider_with(RuntimeOptions {
+        prebuild_shell: false,
+        ..RuntimeOptions::default()
+    });
     // Separate sandboxes, so one row's prebuilt jail is never another row's.
     let warm = acquire(&provider, "bench");
     let busy = acquire(&provider, "bench-b2b");

@@ -589,12 +589,8 @@ struct Prepared {
     /// Pointers into `cmd_buf`, NULL-terminated, filled by init.
     argv_ptrs: Vec<*const libc::c_char>,
     env_ptrs: Vec<*const libc::c_char>,
-    /// The waiting shell's placeholder argv and environment (see [`JailSpec::waiting_shell`]),
-    /// NULL-terminated pointer arrays into `waiting_strings`; empty when not wanted.
-    waiting_argv: Vec<*const libc::c_char>,
-    waiting_env: Vec<*const libc::c_char>,
-    #[allow(dead_code)] // Owns what `waiting_argv` and `waiting_env` point into.
-    waiting_strings: Vec<CString>,
+    /// The waiting shell's start (see [`JailSpec::waiting_shell`]).
+    waiting: Option<WaitingShell>,
     ll_rules: Vec<(CString, u64)>,
     ll: Option<(i32, u64, u64)>,
     rlimits: Vec<Rlimit>,
@@ -670,15 +666,12 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         }
         ll = Some((p.abi, p.handled_fs, p.scoped));
     }
-    let (waiting_argv, waiting_env, waiting_strings) = if spec.waiting_shell {
-        waiting_shell_args(&spec.program)?
-    } else {
-        (Vec::new(), Vec::new(), Vec::new())
-    };
     Ok(Prepared {
-        waiting_argv,
-        waiting_env,
-        waiting_strings,
+        waiting: if spec.waiting_shell {
+            Some(WaitingShell::new(&spec.program)?)
+        } else {
+            None
+        },
         source_fds: vec![-1; sources.len()],
         sources,
         ops,
@@ -709,46 +702,50 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
 /// The waiting shell's argv (`[name, "-c", placeholder]`) and environment (`LD_PRELOAD`,
 /// the program for commands that do not fit, padding): the preload writes the command and
 /// its environment over these strings, so their sizes are the room it has.
-#[allow(clippy::type_complexity)]
-fn waiting_shell_args(
-    program: &str,
-) -> Result<
-    (
-        Vec<*const libc::c_char>,
-        Vec<*const libc::c_char>,
-        Vec<CString>,
-    ),
-    SpawnError,
-> {
-    let name = program.rsplit('/').next().unwrap_or(program);
-    let mut placeholder = ZYGOTE_PLACEHOLDER.to_vec();
-    placeholder.resize(ZYGOTE_ARG_BYTES - 1, b' ');
-    let mut env: Vec<Vec<u8>> = vec![
-        format!("LD_PRELOAD={SHELL_PRELOAD_PATH}").into_bytes(),
-        [ZYGOTE_ENV_KEY, program.as_bytes()].concat(),
-    ];
-    while env.len() < ZYGOTE_ENV_SLOTS - 1 {
-        env.push(b"_=".to_vec());
+struct WaitingShell {
+    /// NULL-terminated pointers into `strings`.
+    argv: Vec<*const libc::c_char>,
+    env: Vec<*const libc::c_char>,
+    /// Owns what the pointers point at (a `CString`'s bytes stay put when it moves).
+    _strings: Vec<CString>,
+}
+
+impl WaitingShell {
+    fn new(program: &str) -> Result<Self, SpawnError> {
+        let name = program.rsplit('/').next().unwrap_or(program);
+        let mut placeholder = ZYGOTE_PLACEHOLDER.to_vec();
+        placeholder.resize(ZYGOTE_ARG_BYTES - 1, b' ');
+        let mut env: Vec<Vec<u8>> = vec![
+            format!("LD_PRELOAD={SHELL_PRELOAD_PATH}").into_bytes(),
+            [ZYGOTE_ENV_KEY, program.as_bytes()].concat(),
+        ];
+        while env.len() < ZYGOTE_ENV_SLOTS - 1 {
+            env.push(b"_=".to_vec());
+        }
+        let used: usize = env.iter().map(|e| e.len() + 1).sum();
+        let pad = ZYGOTE_ENV_BYTES
+            .saturating_sub(used + 1)
+            .max(b"_PAD=".len());
+        let mut last = b"_PAD=".to_vec();
+        last.resize(pad, b'.');
+        env.push(last);
+        let argv = [name.as_bytes().to_vec(), b"-c".to_vec(), placeholder];
+        let mut strings = Vec::with_capacity(argv.len() + env.len());
+        for b in argv.into_iter().chain(env) {
+            strings.push(CString::new(b).map_err(|_| SpawnError::Nul { what: "program" })?);
+        }
+        let ptrs = |s: &[CString]| {
+            s.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect::<Vec<_>>()
+        };
+        Ok(Self {
+            argv: ptrs(&strings[..3]),
+            env: ptrs(&strings[3..]),
+            _strings: strings,
+        })
     }
-    let used: usize = env.iter().map(|e| e.len() + 1).sum();
-    let pad = ZYGOTE_ENV_BYTES
-        .saturating_sub(used + 1)
-        .max(b"_PAD=".len());
-    let mut last = b"_PAD=".to_vec();
-    last.resize(pad, b'.');
-    env.push(last);
-    let argv = [name.as_bytes().to_vec(), b"-c".to_vec(), placeholder];
-    let mut strings = Vec::with_capacity(argv.len() + env.len());
-    for b in argv.into_iter().chain(env) {
-        strings.push(CString::new(b).map_err(|_| SpawnError::Nul { what: "program" })?);
-    }
-    let ptrs = |s: &[CString]| {
-        s.iter()
-            .map(|c| c.as_ptr())
-            .chain(std::iter::once(std::ptr::null()))
-            .collect::<Vec<_>>()
-    };
-    Ok((ptrs(&strings[..3]), ptrs(&strings[3..]), strings))
 }
 
 /// Whether `program` can take the shell preload: an ELF executable with a dynamic loader
@@ -1445,7 +1442,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
 
         // The jail is built: wait for the command, or start the shell now and let it read
         // the command itself (see `JailSpec::waiting_shell`).
-        let waiting = !p.waiting_argv.is_empty();
+        let waiting = p.waiting.is_some();
         let cwd = if waiting {
             p.slash.as_ptr()
         } else {
@@ -1464,7 +1461,6 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             fds,
             ruleset,
             cwd,
-            waiting,
         };
         let top = fds.shell_stack.add(SHELL_STACK_BYTES);
         let top = ((top as usize) & !15usize) as *mut libc::c_void;
@@ -1516,8 +1512,6 @@ struct ShellArgs<'a> {
     fds: &'a ChildFds<'a>,
     ruleset: RawFd,
     cwd: *const libc::c_char,
-    /// Start the waiting shell (placeholder argv, command read by the preload).
-    waiting: bool,
 }
 
 /// Entry point of the shell child on its own stack.
@@ -1526,20 +1520,14 @@ extern "C" fn shell_entry(arg: *mut libc::c_void) -> libc::c_int {
     // this child execs or exits, so it stays valid. shell_main never returns.
     unsafe {
         let a = &*(arg as *const ShellArgs);
-        shell_main(a.p, a.fds, a.ruleset, a.cwd, a.waiting)
+        shell_main(a.p, a.fds, a.ruleset, a.cwd)
     }
 }
 
 /// The shell child: landlock, stdio, cwd, execve (seccomp it inherited from init). Landlock
 /// stays here, not on init: init outside the sandbox's landlock domain is what keeps the
 /// command from signalling it (the domain's signal scope).
-unsafe fn shell_main(
-    p: &Prepared,
-    fds: &ChildFds,
-    ruleset: RawFd,
-    cwd: *const libc::c_char,
-    waiting: bool,
-) -> ! {
+unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const libc::c_char) -> ! {
     let mut st = fds.status_w;
     macro_rules! check {
         ($step:expr, $e:expr) => {
@@ -1584,7 +1572,7 @@ unsafe fn shell_main(
         // only the child's own table.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         check!(S_CWD, libc::chdir(cwd));
-        let (argv, env) = if waiting {
+        let (argv, env) = if let Some(w) = &p.waiting {
             // The preload's descriptors at the numbers it expects (copies first, so neither
             // original can be overwritten while still needed), inherited across execve.
             let c = libc::fcntl(fds.sync_r, libc::F_DUPFD_CLOEXEC, 5);
@@ -1596,7 +1584,7 @@ unsafe fn shell_main(
             check!(S_STDIO, libc::dup2(c, ZYGOTE_CMD_FD));
             libc::close(c);
             libc::close(s);
-            (p.waiting_argv.as_ptr(), p.waiting_env.as_ptr())
+            (w.argv.as_ptr(), w.env.as_ptr())
         } else {
             (p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr())
         };
