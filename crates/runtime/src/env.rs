@@ -37,6 +37,16 @@ pub fn isolated_env(
     scrub(base, caller)
 }
 
+/// The locale an isolated command runs in unless its request says otherwise: `LC_ALL`, else
+/// `LANG`, of the base and the operator's variables (what a waiting shell loads ahead).
+pub fn likely_locale(operator: &BTreeMap<String, String>) -> Option<String> {
+    let env = isolated_env(operator, &BTreeMap::new());
+    env.get("LC_ALL")
+        .or_else(|| env.get("LANG"))
+        .filter(|v| !v.is_empty())
+        .cloned()
+}
+
 /// Environment for an `isolation: none` command: the host's, scrubbed.
 pub fn host_env(
     host: impl IntoIterator<Item = (String, String)>,
@@ -91,6 +101,16 @@ mod tests {
         assert_eq!(env["LANG"], "de_DE.UTF-8");
         assert_eq!(env["MY_TOKEN"], "given");
         assert_eq!(env["HOME"], "/tmp");
+    }
+
+    #[test]
+    fn the_likely_locale_is_lc_all_then_lang() {
+        assert_eq!(likely_locale(&BTreeMap::new()).as_deref(), Some("C.UTF-8"));
+        let op = map(&[("LANG", "de_DE.UTF-8")]);
+        assert_eq!(likely_locale(&op).as_deref(), Some("de_DE.UTF-8"));
+        let op = map(&[("LANG", "de_DE.UTF-8"), ("LC_ALL", "C")]);
+        assert_eq!(likely_locale(&op).as_deref(), Some("C"));
+        assert_eq!(likely_locale(&map(&[("LANG", "")])), None);
     }
 
     #[test]

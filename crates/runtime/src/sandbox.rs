@@ -165,6 +165,7 @@ impl JailFactory {
             cgroup: cgroup.map(|g| g.0.join_plan()).unwrap_or_default(),
             cap_last_cap: base.cap_last_cap,
             waiting_shell: false,
+            shell_locale: None,
         }
     }
 
@@ -173,7 +174,10 @@ impl JailFactory {
         let n = self.rt.next_exec_id();
         let cgroup = self.cgroup(n).map_err(|e| e.to_string())?;
         let mut spec = self.spec(cgroup.as_deref());
-        spec.waiting_shell = self.rt.prebuilds_shell();
+        if self.rt.prebuilds_shell() {
+            spec.waiting_shell = true;
+            spec.shell_locale = crate::env::likely_locale(&self.rt.options().environment);
+        }
         let pending = build_jail(spec).await?;
         Ok(Warm { pending, cgroup, n })
     }

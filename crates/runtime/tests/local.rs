@@ -455,6 +455,7 @@ async fn an_unused_prebuilt_jail_is_dropped_after_its_idle_time() {
 /// What a command sees of the shell running it; the last line says whether the shell
 /// preload is mapped into it (it is only in a prebuilt shell).
 const SHELL_PROBE: &str = "echo \"$0|$#|$-|$BASH_EXECUTION_STRING|$PWD|$SHLVL|$PPID\"; \
+    x=é; echo \"${#x} characters in $LANG\"; \
     tr '\\0' '\\n' < /proc/$$/cmdline | grep -c .; env | sort; sh -c 'echo $PPID'; \
     grep -c shell-preload /proc/$$/maps || true";
 
@@ -495,6 +496,9 @@ async fn a_prebuilt_shell_runs_commands_as_a_fresh_bash_would() {
         r.cwd = Some("/mnt/user-data/outputs".into());
         v.push(("env and cwd", r, true));
         let mut r = ExecRequest::new(SHELL_PROBE);
+        r.env.insert("LANG".into(), "C".into());
+        v.push(("another locale", r, true));
+        let mut r = ExecRequest::new(SHELL_PROBE);
         r.env.insert("LD_LIBRARY_PATH".into(), "/nowhere".into());
         v.push(("a loader variable", r, false));
         let mut r = ExecRequest::new(format!(": {}; {SHELL_PROBE}", "x".repeat(20 * 1024)));
@@ -528,6 +532,13 @@ async fn a_prebuilt_shell_runs_commands_as_a_fresh_bash_would() {
             assert_eq!(xm > 0, in_place, "{what}: ran in the prebuilt shell: {xm}");
         }
     }
+    // bash itself runs in the command's locale (loaded ahead or not).
+    let o = run(&a, SHELL_PROBE).await;
+    assert!(
+        o.stdout.contains("\n1 characters in C.UTF-8\n"),
+        "{}",
+        o.stdout
+    );
     // bash's own `-c` behaviour survives: a lone command replaces the shell.
     let o = run(&a, "sh -c 'echo $PPID'").await;
     assert_eq!(o.stdout, "1\n");

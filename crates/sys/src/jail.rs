@@ -91,6 +91,9 @@ pub struct JailSpec {
     /// [`SHELL_PRELOAD_PATH`] in the root, a dynamically linked `program`, and commands of
     /// the form `[name, "-c", COMMAND]` to gain anything (any other is `execve`d as is).
     pub waiting_shell: bool,
+    /// The locale a waiting shell loads while it waits (the `LC_ALL` or `LANG` its command
+    /// will most likely have): the shell's own `setlocale` then reads no file. `None`: none.
+    pub shell_locale: Option<String>,
 }
 
 /// The per-exec part of a jail, sent to a built jail's init: what to run, with which
@@ -353,7 +356,7 @@ mod preload {
 }
 use preload::{
     ZYGOTE_ARG_BYTES, ZYGOTE_CMD_FD, ZYGOTE_ENV_BYTES, ZYGOTE_ENV_KEY, ZYGOTE_ENV_SLOTS,
-    ZYGOTE_PLACEHOLDER, ZYGOTE_STATUS_FD,
+    ZYGOTE_LOCALE_KEY, ZYGOTE_PLACEHOLDER, ZYGOTE_STATUS_FD,
 };
 const _: () = {
     // The preload reports these steps by number, and records as init writes them.
@@ -668,7 +671,10 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
     }
     Ok(Prepared {
         waiting: if spec.waiting_shell {
-            Some(WaitingShell::new(&spec.program)?)
+            Some(WaitingShell::new(
+                &spec.program,
+                spec.shell_locale.as_deref(),
+            )?)
         } else {
             None
         },
@@ -700,7 +706,7 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
 }
 
 /// The waiting shell's argv (`[name, "-c", placeholder]`) and environment (`LD_PRELOAD`,
-/// the program for commands that do not fit, padding): the preload writes the command and
+/// the program for commands that do not fit, the locale to load, padding): the preload writes the command and
 /// its environment over these strings, so their sizes are the room it has.
 struct WaitingShell {
     /// NULL-terminated pointers into `strings`.
@@ -711,13 +717,14 @@ struct WaitingShell {
 }
 
 impl WaitingShell {
-    fn new(program: &str) -> Result<Self, SpawnError> {
+    fn new(program: &str, locale: Option<&str>) -> Result<Self, SpawnError> {
         let name = program.rsplit('/').next().unwrap_or(program);
         let mut placeholder = ZYGOTE_PLACEHOLDER.to_vec();
         placeholder.resize(ZYGOTE_ARG_BYTES - 1, b' ');
         let mut env: Vec<Vec<u8>> = vec![
             format!("LD_PRELOAD={SHELL_PRELOAD_PATH}").into_bytes(),
             [ZYGOTE_ENV_KEY, program.as_bytes()].concat(),
+            [ZYGOTE_LOCALE_KEY, locale.unwrap_or_default().as_bytes()].concat(),
         ];
         while env.len() < ZYGOTE_ENV_SLOTS - 1 {
             env.push(b"_=".to_vec());

@@ -103,6 +103,7 @@ fn spec_with(ws: &std::path::Path, net: NetMode, waiting: bool) -> JailSpec {
         cgroup: Default::default(),
         cap_last_cap: cap_last_cap(),
         waiting_shell: waiting,
+        shell_locale: waiting.then(|| "C.UTF-8".into()),
     }
 }
 

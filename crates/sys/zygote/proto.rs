@@ -9,6 +9,12 @@ pub const ZYGOTE_PLACEHOLDER: &[u8] =
 /// Environment entry naming the program to `execve` when a command cannot be placed into the
 /// waiting shell (its value is the program's path).
 pub const ZYGOTE_ENV_KEY: &[u8] = b"PADDOCK_ZYGOTE=";
+/// Environment entry naming the locale the waiting shell loads while it waits (the one the
+/// command will most likely run in): libc keeps a loaded locale, so the shell's own
+/// `setlocale` then finds it without reading a file. Empty or absent: none.
+pub const ZYGOTE_LOCALE_KEY: &[u8] = b"PADDOCK_ZYGOTE_LOCALE=";
+/// glibc's `LC_ALL`.
+pub const ZYGOTE_LC_ALL: i32 = 6;
 /// The waiting shell reads its command message here.
 pub const ZYGOTE_CMD_FD: i32 = 3;
 /// …and reports a failed step here (a status record, as init writes them).

@@ -12,7 +12,9 @@
 //! placeholder strings in place. `main` then runs exactly as if the shell had been
 //! `execve`d with them: same argv, same environment, same `/proc/self/cmdline` and
 //! `/proc/self/environ` contents (padded with NULs). Any other command is `execve`d as it
-//! is, which is what a jail without the preload does.
+//! is, which is what a jail without the preload does. While it waits it also loads the
+//! locale the command will most likely use (`PADDOCK_ZYGOTE_LOCALE`), so that the shell's
+//! `setlocale` needs no file.
 //!
 //! Built by `build.rs` with `rustc --crate-type cdylib -C panic=abort`: no std, only a
 //! handful of libc calls, no allocation (one anonymous mapping holds the message).
@@ -40,6 +42,7 @@ unsafe extern "C" {
     fn execve(p: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int;
     fn mmap(a: *mut c_void, l: usize, p: c_int, f: c_int, fd: c_int, o: i64) -> *mut c_void;
     fn __errno_location() -> *mut c_int;
+    fn setlocale(category: c_int, locale: *const c_char) -> *mut c_char;
 }
 
 const EINTR: c_int = 4;
@@ -144,6 +147,18 @@ unsafe extern "C" fn start(argc: c_int, argv: *mut *mut u8, envp: *mut *mut u8) 
     unsafe {
         if argc != 3 || !starts(*argv.add(2), ZYGOTE_PLACEHOLDER) {
             return;
+        }
+        // While waiting: load the likely locale, then return to the "C" every program
+        // starts in. glibc keeps locale data a global locale once used, so the shell's
+        // `setlocale(LC_ALL, "")` finds it; its state afterwards is the same either way.
+        let mut i = 0;
+        while !(*envp.add(i)).is_null() {
+            let e = *envp.add(i);
+            if starts(e, ZYGOTE_LOCALE_KEY) && *e.add(ZYGOTE_LOCALE_KEY.len()) != 0 {
+                setlocale(ZYGOTE_LC_ALL, e.add(ZYGOTE_LOCALE_KEY.len()).cast());
+                setlocale(ZYGOTE_LC_ALL, c"C".as_ptr());
+            }
+            i += 1;
         }
         let mut h = [0u8; 12];
         match read_full(h.as_mut_ptr(), h.len()) {
