@@ -390,3 +390,59 @@ async fn a_pod_left_by_a_partial_delete_is_replaced() {
         "probe uses the new token"
     );
 }
+
+/// Pids of processes whose command line mentions `needle`.
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_dropped_simulator_ends_its_agents() {
+    let Some(bin) = paddock_bin() else {
+        let msg = "target/debug/paddock is not built (cargo build -p paddock-cli)";
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{msg}");
+        eprintln!("SKIPPED: {msg}");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tmp");
+    let host_base = tmp.path().join("hostbase");
+    let sim = sim(SimOptions {
+        run_pods: true,
+        paddock_bin: bin,
+        ..SimOptions::default()
+    })
+    .await;
+    let b = KubeBackend::connect(config(&sim, &host_base.to_string_lossy()))
+        .await
+        .expect("connect");
+    let r = b
+        .create(&spec("dropped-1", "user-d", "thread-d"))
+        .await
+        .expect("create");
+    exec(&r.sandbox_url, "true").await;
+    let needle = host_base.to_string_lossy().into_owned();
+    let agents = pids_mentioning(&needle);
+    assert_eq!(agents.len(), 1, "one agent for the pod: {agents:?}");
+    // Dropped without shutdown (as a test's guard is): the agent goes with it.
+    drop(b);
+    drop(sim);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !pids_mentioning(&needle).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agents outlived the simulator: {:?}",
+            pids_mentioning(&needle)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -402,6 +402,24 @@ impl Kubelet {
         }
     }
 
+    /// Kills every agent without waiting (for a simulator dropped without `shutdown`); the
+    /// processes get SIGKILL now and are reaped by tokio in the background.
+    pub(crate) fn kill_all_now(&self) {
+        let all: Vec<Proc> = self
+            .procs
+            .lock()
+            .map(|mut p| p.drain().map(|(_, v)| v).collect())
+            .unwrap_or_default();
+        for mut p in all {
+            if let Some(t) = p.task.take() {
+                t.abort();
+            }
+            if let Some(mut c) = p.child.take() {
+                let _ = c.start_kill();
+            }
+        }
+    }
+
     pub(crate) async fn kill_all(&self) {
         let all: Vec<Proc> = self
             .procs

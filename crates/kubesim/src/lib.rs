@@ -112,3 +112,11 @@ impl SimServer {
         self.sim.kill_all().await;
     }
 }
+
+impl Drop for SimServer {
+    /// A simulator dropped without [`SimServer::shutdown`] still ends its agents: they are
+    /// separate processes, and the `Arc<Sim>` holding them may outlive this handle in tasks.
+    fn drop(&mut self) {
+        self.sim.kill_all_now();
+    }
+}

@@ -366,6 +366,11 @@ impl Sim {
         let _ = self.end.send(());
     }
 
+    /// Kills every agent process now, without waiting for them.
+    pub(crate) fn kill_all_now(&self) {
+        self.kubelet.kill_all_now();
+    }
+
     pub(crate) async fn kill_all(&self) {
         self.kubelet.kill_all().await;
     }
