@@ -230,14 +230,24 @@ fn a_killed_exec_leaves_no_cgroup_to_sweep() {
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line, "up\n");
-    let sleeper = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00612403\x00")
-        })
-        .map(|e| e.file_name().to_string_lossy().parse::<u32>().unwrap())
-        .expect("the command runs");
+    // "up" comes before bash has replaced itself with sleep: look until it has.
+    let find_sleeper = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .find(|e| {
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00612403\x00")
+            })
+            .map(|e| e.file_name().to_string_lossy().parse::<u32>().unwrap())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sleeper = loop {
+        if let Some(p) = find_sleeper() {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "the command runs");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
     // On cgroup v1 the command runs in a reusable slot, held by the paddock process's lock;
     // nothing is named after the process (on v2 the exec cgroup is named after it).
     let slots: Vec<(String, String)> = v1_cgroups(sleeper)
@@ -265,12 +275,21 @@ fn a_killed_exec_leaves_no_cgroup_to_sweep() {
             .split(',')
             .find(|c| ["pids", "memory", "cpu"].contains(c))
             .unwrap();
-        let procs =
-            std::fs::read_to_string(format!("/sys/fs/cgroup/{mount}{path}/cgroup.procs")).unwrap();
-        assert!(
-            !procs.lines().any(|l| l == sleeper.to_string()),
-            "{mount}{path}: {procs}"
-        );
+        // The sleeper's cmdline is gone as soon as its memory is; it leaves the cgroup a
+        // moment later in its exit.
+        let file = format!("/sys/fs/cgroup/{mount}{path}/cgroup.procs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let procs = std::fs::read_to_string(&file).unwrap();
+            if !procs.lines().any(|l| l == sleeper.to_string()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{mount}{path}: {procs}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     let o = exec(&data, "other", &[], "true");
     assert_eq!(o.status.code(), Some(0), "{o:?}");
