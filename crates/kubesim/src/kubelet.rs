@@ -402,37 +402,34 @@ impl Kubelet {
         }
     }
 
-    /// Kills every agent without waiting (for a simulator dropped without `shutdown`); the
-    /// processes get SIGKILL now and are reaped by tokio in the background.
-    pub(crate) fn kill_all_now(&self) {
+    /// Every agent's process, its Pod forgotten and its startup task stopped.
+    fn take_all(&self) -> Vec<Child> {
         let all: Vec<Proc> = self
             .procs
             .lock()
             .map(|mut p| p.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
+        let mut children = Vec::new();
         for mut p in all {
             if let Some(t) = p.task.take() {
                 t.abort();
             }
-            if let Some(mut c) = p.child.take() {
-                let _ = c.start_kill();
-            }
+            children.extend(p.child.take());
+        }
+        children
+    }
+
+    /// Kills every agent without waiting (for a simulator dropped without `shutdown`); the
+    /// processes get SIGKILL now and are reaped by tokio in the background.
+    pub(crate) fn kill_all_now(&self) {
+        for mut c in self.take_all() {
+            let _ = c.start_kill();
         }
     }
 
     pub(crate) async fn kill_all(&self) {
-        let all: Vec<Proc> = self
-            .procs
-            .lock()
-            .map(|mut p| p.drain().map(|(_, v)| v).collect())
-            .unwrap_or_default();
-        for mut p in all {
-            if let Some(t) = p.task.take() {
-                t.abort();
-            }
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill().await;
-            }
+        for mut c in self.take_all() {
+            let _ = c.kill().await;
         }
         if let Ok(mut p) = self.proxies.lock() {
             for (_, t) in p.drain() {
