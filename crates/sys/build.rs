@@ -1,14 +1,12 @@
-//! Builds the shell preload (`zygote/zygote.rs`, see its docs) as a shared object and
-//! leaves it in `OUT_DIR` for `jail.rs` to embed. It is compiled on its own by the same
-//! rustc: a `no_std` cdylib needs `panic = "abort"`, which a workspace profile cannot set
-//! for one crate.
-use std::path::PathBuf;
+//! Builds the two small programs Paddock puts into jails and leaves them in `OUT_DIR` for
+//! the crate to embed: the shell preload (`zygote/zygote.rs`, a shared object) and a
+//! sandbox's init (`init/init.rs`, a static executable). Each is compiled on its own by the
+//! same rustc: a `no_std` artefact needs `panic = "abort"`, which a workspace profile cannot
+//! set for one crate.
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn main() {
-    println!("cargo:rerun-if-changed=zygote/zygote.rs");
-    println!("cargo:rerun-if-changed=zygote/proto.rs");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+fn rustc(out: &Path, name: &str, crate_type: &str, src: &str, extra: &[&str]) {
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("TARGET");
     let mut c = Command::new(rustc);
@@ -16,9 +14,9 @@ fn main() {
         "--edition",
         "2024",
         "--crate-type",
-        "cdylib",
+        crate_type,
         "--crate-name",
-        "paddock_zygote",
+        name,
     ])
     .args([
         "-C",
@@ -29,12 +27,42 @@ fn main() {
         "strip=symbols",
     ])
     .args(["-C", "debuginfo=0", "--target", &target])
+    .args(extra)
     .arg("-o")
-    .arg(out.join("zygote.so"))
-    .arg("zygote/zygote.rs");
-    let status = c.status().expect("run rustc for the shell preload");
-    assert!(
-        status.success(),
-        "building the shell preload failed: {status}"
+    .arg(out)
+    .arg(src);
+    let status = c.status().expect("run rustc");
+    assert!(status.success(), "building {src} failed: {status}");
+}
+
+fn main() {
+    for f in [
+        "zygote/zygote.rs",
+        "zygote/proto.rs",
+        "init/init.rs",
+        "init/proto.rs",
+    ] {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+    rustc(
+        &out.join("zygote.so"),
+        "paddock_zygote",
+        "cdylib",
+        "zygote/zygote.rs",
+        &[],
+    );
+    // Static glibc needs libgcc_eh for its own (unused here) cancellation unwinding.
+    rustc(
+        &out.join("paddock-init"),
+        "paddock_init",
+        "bin",
+        "init/init.rs",
+        &[
+            "-C",
+            "target-feature=+crt-static",
+            "-C",
+            "link-arg=-lgcc_eh",
+        ],
     );
 }

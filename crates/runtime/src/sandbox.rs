@@ -166,6 +166,7 @@ impl JailFactory {
             cap_last_cap: base.cap_last_cap,
             waiting_shell: false,
             shell_locale: None,
+            idmap_userns: Vec::new(),
         }
     }
 
@@ -430,6 +431,7 @@ impl LocalSandbox {
                         jail: m.container.to_string(),
                         read_only: m.read_only,
                         locked: locked_flags_from_statvfs(flags),
+                        idmap: None,
                     });
                 }
                 let mounts = plan_mounts(&MountInputs {

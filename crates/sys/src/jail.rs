@@ -94,6 +94,20 @@ pub struct JailSpec {
     /// The locale a waiting shell loads while it waits (the `LC_ALL` or `LANG` its command
     /// will most likely have): the shell's own `setlocale` then reads no file. `None`: none.
     pub shell_locale: Option<String>,
+    /// One user namespace per entry of `mounts.idmaps`, holding that owner's mapping to
+    /// `uid`/`gid` (from [`crate::idmap::userns_for`]).
+    pub idmap_userns: Vec<std::sync::Arc<OwnedFd>>,
+}
+
+impl JailSpec {
+    /// Whether the root is built by host root before the jail takes the sandbox's ids (a
+    /// root Paddock: no user namespace, so the mounts can come from any host directory
+    /// whatever its owner and mode, and per-user kernel counters are charged to the
+    /// sandbox's own uid), or inside a user namespace of the jail's own (an unprivileged
+    /// Paddock, which can only map its own uid).
+    pub fn privileged_mounts(&self) -> bool {
+        self.privileged
+    }
 }
 
 /// The per-exec part of a jail, sent to a built jail's init: what to run, with which
@@ -274,80 +288,200 @@ fn os(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
     move |source| SpawnError::Os { step, source }
 }
 
-/// Steps of the child, reported by number on the status pipe.
-pub const STEPS: &[&str] = &[
-    "wait for the parent",
-    "open a mount source",
-    "drop supplementary groups",
-    "switch to the sandbox gid",
-    "switch to the sandbox uid",
-    "make mounts private",
-    "mount the root tmpfs",
-    "create a directory in the jail",
-    "create a symlink in the jail",
-    "create a device mount point",
-    "bind mount",
-    "remount read-only",
-    "mount proc",
-    "set the hostname",
-    "bring up loopback",
-    "pivot_root",
-    "detach the old root",
-    "create the landlock ruleset",
-    "add a landlock rule",
-    "set a resource limit",
-    "drop the capability bounding set",
-    "clear ambient capabilities",
-    "drop capabilities",
-    "set no_new_privs",
-    "fork the shell",
-    "set up stdio",
-    "change to the working directory",
-    "restrict with landlock",
-    "install the seccomp filter",
-    "execute the shell",
-    "set the parent-death signal",
-    "make init non-dumpable",
-    "join the exec cgroup",
-    "read the command",
-    "write a file into the jail root",
-];
+/// The steps of a jail's child, reported by number on the status pipe when one fails.
+/// The numbers are a wire format shared with the shell preload (`zygote/proto.rs`): append,
+/// never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum Step {
+    /// wait for the parent.
+    WaitForParent = 0,
+    /// open a mount source.
+    OpenSource = 1,
+    /// drop supplementary groups.
+    SetGroups = 2,
+    /// switch to the sandbox gid.
+    SetGid = 3,
+    /// switch to the sandbox uid.
+    SetUid = 4,
+    /// make mounts private.
+    MakePrivate = 5,
+    /// mount the root tmpfs.
+    MountTmpfs = 6,
+    /// create a directory in the jail.
+    Mkdir = 7,
+    /// create a symlink in the jail.
+    Symlink = 8,
+    /// create a device mount point.
+    DeviceMountPoint = 9,
+    /// bind mount.
+    Bind = 10,
+    /// remount read-only.
+    Remount = 11,
+    /// mount proc.
+    MountProc = 12,
+    /// set the hostname.
+    Hostname = 13,
+    /// bring up loopback.
+    Loopback = 14,
+    /// pivot_root.
+    PivotRoot = 15,
+    /// detach the old root.
+    DetachOldRoot = 16,
+    /// create the landlock ruleset.
+    LandlockCreate = 17,
+    /// add a landlock rule.
+    LandlockRule = 18,
+    /// set a resource limit.
+    Rlimit = 19,
+    /// drop the capability bounding set.
+    DropBoundingSet = 20,
+    /// clear ambient capabilities.
+    ClearAmbient = 21,
+    /// drop capabilities.
+    DropCapabilities = 22,
+    /// set no_new_privs.
+    NoNewPrivs = 23,
+    /// fork the shell.
+    ForkShell = 24,
+    /// set up stdio.
+    Stdio = 25,
+    /// change to the working directory.
+    Cwd = 26,
+    /// restrict with landlock.
+    LandlockRestrict = 27,
+    /// install the seccomp filter.
+    Seccomp = 28,
+    /// execute the shell.
+    ExecShell = 29,
+    /// set the parent-death signal.
+    ParentDeathSignal = 30,
+    /// make init non-dumpable.
+    NotDumpable = 31,
+    /// join the exec cgroup.
+    JoinCgroup = 32,
+    /// read the command.
+    ReadCommand = 33,
+    /// write a file into the jail root.
+    WriteFile = 34,
+    /// enter a cgroup namespace rooted at the jail's cgroup.
+    CgroupNamespace = 35,
+    /// execute the sandbox's init.
+    ExecInit = 36,
+    /// make an idmapped bind mount.
+    IdmappedBind = 37,
+}
 
-const S_SYNC: u32 = 0;
-const S_OPEN_SRC: u32 = 1;
-const S_SETGROUPS: u32 = 2;
-const S_SETGID: u32 = 3;
-const S_SETUID: u32 = 4;
-const S_PRIVATE: u32 = 5;
-const S_TMPFS: u32 = 6;
-const S_MKDIR: u32 = 7;
-const S_SYMLINK: u32 = 8;
-const S_TOUCH: u32 = 9;
-const S_BIND: u32 = 10;
-const S_REMOUNT: u32 = 11;
-const S_PROC: u32 = 12;
-const S_HOSTNAME: u32 = 13;
-const S_LO: u32 = 14;
-const S_PIVOT: u32 = 15;
-const S_DETACH: u32 = 16;
-const S_LL_CREATE: u32 = 17;
-const S_LL_RULE: u32 = 18;
-const S_RLIMIT: u32 = 19;
-const S_BSET: u32 = 20;
-const S_AMBIENT: u32 = 21;
-const S_CAPSET: u32 = 22;
-const S_NNP: u32 = 23;
-const S_FORK: u32 = 24;
-const S_STDIO: u32 = 25;
-const S_CWD: u32 = 26;
-const S_LL_RESTRICT: u32 = 27;
-const S_SECCOMP: u32 = 28;
-const S_EXEC: u32 = 29;
-const S_PDEATHSIG: u32 = 30;
-const S_DUMPABLE: u32 = 31;
-const S_CGROUP: u32 = 32;
-const S_COMMAND: u32 = 33;
-const S_FILE: u32 = 34;
+impl Step {
+    /// Every step, in wire order.
+    pub const ALL: [Step; 38] = {
+        let mut all = [Step::WaitForParent; 38];
+        let mut i = 0;
+        while i < 38 {
+            all[i] = match Step::from_wire(i as u32) {
+                Some(s) => s,
+                None => Step::WaitForParent,
+            };
+            i += 1;
+        }
+        all
+    };
+
+    /// What the step does, for messages (`"bind mount failed: …"`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::WaitForParent => "wait for the parent",
+            Self::OpenSource => "open a mount source",
+            Self::SetGroups => "drop supplementary groups",
+            Self::SetGid => "switch to the sandbox gid",
+            Self::SetUid => "switch to the sandbox uid",
+            Self::MakePrivate => "make mounts private",
+            Self::MountTmpfs => "mount the root tmpfs",
+            Self::Mkdir => "create a directory in the jail",
+            Self::Symlink => "create a symlink in the jail",
+            Self::DeviceMountPoint => "create a device mount point",
+            Self::Bind => "bind mount",
+            Self::Remount => "remount read-only",
+            Self::MountProc => "mount proc",
+            Self::Hostname => "set the hostname",
+            Self::Loopback => "bring up loopback",
+            Self::PivotRoot => "pivot_root",
+            Self::DetachOldRoot => "detach the old root",
+            Self::LandlockCreate => "create the landlock ruleset",
+            Self::LandlockRule => "add a landlock rule",
+            Self::Rlimit => "set a resource limit",
+            Self::DropBoundingSet => "drop the capability bounding set",
+            Self::ClearAmbient => "clear ambient capabilities",
+            Self::DropCapabilities => "drop capabilities",
+            Self::NoNewPrivs => "set no_new_privs",
+            Self::ForkShell => "fork the shell",
+            Self::Stdio => "set up stdio",
+            Self::Cwd => "change to the working directory",
+            Self::LandlockRestrict => "restrict with landlock",
+            Self::Seccomp => "install the seccomp filter",
+            Self::ExecShell => "execute the shell",
+            Self::ParentDeathSignal => "set the parent-death signal",
+            Self::NotDumpable => "make init non-dumpable",
+            Self::JoinCgroup => "join the exec cgroup",
+            Self::ReadCommand => "read the command",
+            Self::WriteFile => "write a file into the jail root",
+            Self::CgroupNamespace => "enter the cgroup namespace",
+            Self::ExecInit => "execute the sandbox's init",
+            Self::IdmappedBind => "make an idmapped bind mount",
+        }
+    }
+
+    /// The step with wire number `n`.
+    pub const fn from_wire(n: u32) -> Option<Self> {
+        Some(match n {
+            0 => Self::WaitForParent,
+            1 => Self::OpenSource,
+            2 => Self::SetGroups,
+            3 => Self::SetGid,
+            4 => Self::SetUid,
+            5 => Self::MakePrivate,
+            6 => Self::MountTmpfs,
+            7 => Self::Mkdir,
+            8 => Self::Symlink,
+            9 => Self::DeviceMountPoint,
+            10 => Self::Bind,
+            11 => Self::Remount,
+            12 => Self::MountProc,
+            13 => Self::Hostname,
+            14 => Self::Loopback,
+            15 => Self::PivotRoot,
+            16 => Self::DetachOldRoot,
+            17 => Self::LandlockCreate,
+            18 => Self::LandlockRule,
+            19 => Self::Rlimit,
+            20 => Self::DropBoundingSet,
+            21 => Self::ClearAmbient,
+            22 => Self::DropCapabilities,
+            23 => Self::NoNewPrivs,
+            24 => Self::ForkShell,
+            25 => Self::Stdio,
+            26 => Self::Cwd,
+            27 => Self::LandlockRestrict,
+            28 => Self::Seccomp,
+            29 => Self::ExecShell,
+            30 => Self::ParentDeathSignal,
+            31 => Self::NotDumpable,
+            32 => Self::JoinCgroup,
+            33 => Self::ReadCommand,
+            34 => Self::WriteFile,
+            35 => Self::CgroupNamespace,
+            36 => Self::ExecInit,
+            37 => Self::IdmappedBind,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 mod preload {
     // The constants shared with the shell preload (`zygote/zygote.rs`).
@@ -360,9 +494,9 @@ use preload::{
 };
 const _: () = {
     // The preload reports these steps by number, and records as init writes them.
-    assert!(preload::ZYGOTE_S_CWD == S_CWD);
-    assert!(preload::ZYGOTE_S_EXEC == S_EXEC);
-    assert!(preload::ZYGOTE_S_COMMAND == S_COMMAND);
+    assert!(preload::ZYGOTE_S_CWD == Step::Cwd as u32);
+    assert!(preload::ZYGOTE_S_EXEC == Step::ExecShell as u32);
+    assert!(preload::ZYGOTE_S_COMMAND == Step::ReadCommand as u32);
     assert!(preload::ZYGOTE_TAG_SETUP == TAG_SETUP);
     assert!(ZYGOTE_PLACEHOLDER.len() < ZYGOTE_ARG_BYTES);
 };
@@ -383,10 +517,10 @@ const TAG_IDLE: u32 = 3;
 pub enum StatusRecord {
     /// The shell ended.
     ShellExited(WaitStatus),
-    /// Setting up the jail failed at a step (see [`STEPS`]) with an errno.
+    /// Setting up the jail failed at a step with an errno.
     SetupFailed {
-        /// Step name.
-        step: &'static str,
+        /// The step.
+        step: Step,
         /// OS error number.
         errno: i32,
     },
@@ -407,11 +541,7 @@ impl StatusRecord {
             TAG_EXIT => Some(Self::ShellExited(WaitStatus::from_raw(a))),
             TAG_IDLE => Some(Self::Idle),
             TAG_SETUP => {
-                let step = usize::try_from(a)
-                    .ok()
-                    .and_then(|i| STEPS.get(i))
-                    .copied()
-                    .unwrap_or("unknown step");
+                let step = u32::try_from(a).ok().and_then(Step::from_wire)?;
                 Some(Self::SetupFailed { step, errno: c })
             }
             _ => None,
@@ -519,6 +649,11 @@ enum COp {
         dst: CString,
         recursive: bool,
     },
+    IdmappedBind {
+        source: usize,
+        dst: CString,
+        userns: RawFd,
+    },
     Remount {
         dst: CString,
         flags: u64,
@@ -582,6 +717,9 @@ impl Drop for AnonMap {
 /// The memory the child reads. Built before the clone; the child gets a private copy.
 struct Prepared {
     sources: Vec<CString>,
+    /// Per source: `None` to open as is, or its components to walk without following a
+    /// symlink (see `MountSource::no_symlinks`).
+    source_parts: Vec<Option<Vec<CString>>>,
     source_fds: Vec<RawFd>,
     ops: Vec<COp>,
     staging: CString,
@@ -600,8 +738,14 @@ struct Prepared {
     uid: u32,
     gid: u32,
     privileged: bool,
+    privileged_mounts: bool,
     new_net: bool,
     cap_last_cap: u32,
+    /// argv of a sandbox's init (NULL-terminated pointers into `init_strings`).
+    init_argv: Vec<*const libc::c_char>,
+    /// Owns what `init_argv` points at.
+    _init_strings: Vec<CString>,
+    empty: CString,
     dot: CString,
     slash: CString,
     dev_null: CString,
@@ -639,6 +783,16 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
                 dst: cpath(dst, "mount path")?,
                 recursive: *recursive,
             },
+            MountOp::IdmappedBind { source, dst, idmap } => COp::IdmappedBind {
+                source: *source,
+                dst: cpath(dst, "mount path")?,
+                userns: spec.idmap_userns.get(*idmap).map(|f| f.as_raw_fd()).ok_or(
+                    SpawnError::Os {
+                        step: "idmapped mount",
+                        source: io::Error::other("no user namespace for an idmapping of the plan"),
+                    },
+                )?,
+            },
             MountOp::Remount { dst, flags } => COp::Remount {
                 dst: cpath(dst, "mount path")?,
                 flags: *flags,
@@ -659,8 +813,48 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         .mounts
         .sources
         .iter()
-        .map(|s| cpath(s, "mount source"))
+        .map(|s| cpath(&s.path, "mount source"))
         .collect::<Result<Vec<_>, _>>()?;
+    let source_parts = spec
+        .mounts
+        .sources
+        .iter()
+        .map(|s| {
+            if !s.no_symlinks {
+                return Ok(None);
+            }
+            if !s.path.is_absolute() {
+                return Err(SpawnError::Nul {
+                    what: "mount source (not absolute)",
+                });
+            }
+            s.path
+                .components()
+                .filter_map(|c| match c {
+                    std::path::Component::Normal(n) => Some(n),
+                    _ => None,
+                })
+                .map(|n| {
+                    CString::new(n.as_bytes()).map_err(|_| SpawnError::Nul {
+                        what: "mount source",
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut init_strings = vec![cstr("paddock-init", "init")?];
+    if spec.landlock.is_some() {
+        init_strings.push(
+            CString::new(crate::sandbox_jail::proto::INIT_ARG_LANDLOCK)
+                .map_err(|_| SpawnError::Nul { what: "init" })?,
+        );
+    }
+    let init_argv = init_strings
+        .iter()
+        .map(|c| c.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
     let mut ll_rules = Vec::new();
     let mut ll = None;
     if let Some(p) = &spec.landlock {
@@ -680,6 +874,7 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         },
         source_fds: vec![-1; sources.len()],
         sources,
+        source_parts,
         ops,
         staging: cpath(&spec.mounts.staging, "staging path")?,
         hostname: cstr(&spec.hostname, "hostname")?,
@@ -693,8 +888,12 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         uid: spec.uid,
         gid: spec.gid,
         privileged: spec.privileged,
+        privileged_mounts: spec.privileged_mounts(),
         new_net: matches!(spec.net, NetMode::PerExec),
         cap_last_cap: spec.cap_last_cap,
+        init_argv,
+        _init_strings: init_strings,
+        empty: cstr("", "path")?,
         dot: cstr(".", "path")?,
         slash: cstr("/", "path")?,
         dev_null: cstr("/dev/null", "path")?,
@@ -836,6 +1035,115 @@ pub fn spawn(spec: &JailSpec, cmd: &JailCommand) -> Result<JailChild, SpawnError
 /// its command. Call it from a thread that lives as long as the jails it starts: init's
 /// parent-death signal fires when *that thread* exits.
 pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
+    let (out_r, out_w) = pipe_pair("stdout pipe")?;
+    let (err_r, err_w) = pipe_pair("stderr pipe")?;
+    let cloned = clone_jail(spec, Some((&out_w, &err_w)), None)?;
+    drop((out_w, err_w));
+    let child = JailChild {
+        init: cloned.init,
+        status: cloned.status,
+        stdout: out_r,
+        stderr: err_r,
+    };
+    // From here on, dropping `pending` kills and reaps init.
+    let pending = PendingJail {
+        parts: Some((child, cloned.sync_w)),
+    };
+    cloned.setup?;
+    if let Some((c, _)) = &pending.parts {
+        set_nonblocking(&c.stdout).map_err(os("stdout pipe"))?;
+        set_nonblocking(&c.stderr).map_err(os("stderr pipe"))?;
+        set_nonblocking(&c.status).map_err(os("status pipe"))?;
+    }
+    Ok(pending)
+}
+
+/// A jail that lives as long as its sandbox, on its way up: once the root is built its
+/// child `execve`s the sandbox's init ([`crate::sandbox_jail`]). `status` reaches end of
+/// file when init runs (the child's copy was close-on-exec), or carries the failed step.
+#[derive(Debug)]
+pub struct BuildingSandbox {
+    /// The jail's pid 1 (first the child building the root, then init).
+    pub init: PidFd,
+    /// Setup failures; end of file once init runs.
+    pub status: OwnedFd,
+    /// Paddock's end of init's control socket.
+    pub control: OwnedFd,
+}
+
+/// Builds a sandbox's jail and starts `init` (a sealed memfd holding the init program) as
+/// its pid 1. Same thread rule as [`build`]. Killing `init` through the returned pidfd ends
+/// the jail with everything in it.
+pub fn build_sandbox(spec: &JailSpec, init: &OwnedFd) -> Result<BuildingSandbox, SpawnError> {
+    let mut pair = [0 as RawFd; 2];
+    // SAFETY: socketpair writes two fresh descriptors into the array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        )
+    } < 0
+    {
+        return Err(os("control socket")(io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors are fresh and owned by nobody else.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(pair[0]), OwnedFd::from_raw_fd(pair[1])) };
+    let theirs = above_stdio(theirs, "control socket")?;
+    let cloned = clone_jail(spec, None, Some((&theirs, init)))?;
+    drop(theirs);
+    let building = BuildingSandbox {
+        init: cloned.init,
+        status: cloned.status,
+        control: ours,
+    };
+    if let Err(e) = cloned.setup {
+        let _ = building.init.kill();
+        let _ = building.init.wait_blocking();
+        return Err(e);
+    }
+    drop(cloned.sync_w);
+    set_nonblocking(&building.status).map_err(os("status pipe"))?;
+    Ok(building)
+}
+
+/// The pidfd of this process, inherited by every jail's child so it can tell whether
+/// Paddock is still there at the moments its parent-death signal is not armed (`-1` on a
+/// kernel without pidfds: the signal alone then).
+fn own_pidfd() -> RawFd {
+    static OWN: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    OWN.get_or_init(|| {
+        // SAFETY: pidfd_open of our own pid; the result is a fresh descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        above_stdio(fd, "pidfd").ok()
+    })
+    .as_ref()
+    .map_or(-1, |f| f.as_raw_fd())
+}
+
+/// What [`clone_jail`] made. `setup` is the parent's part after the clone (maps, cgroup,
+/// release); when it failed the child is still there and must be killed by the caller.
+struct Cloned {
+    init: PidFd,
+    status: OwnedFd,
+    sync_w: OwnedFd,
+    setup: Result<(), SpawnError>,
+}
+
+/// Clones the jail's child and releases it. `stdio`: the write ends of a one-shot jail's
+/// stdout and stderr; `sandbox`: the child's end of init's control socket and the init
+/// program, for a sandbox's jail.
+fn clone_jail(
+    spec: &JailSpec,
+    stdio: Option<(&OwnedFd, &OwnedFd)>,
+    sandbox: Option<(&OwnedFd, &OwnedFd)>,
+) -> Result<Cloned, SpawnError> {
     let mut p = prepare(spec)?;
     let fprog = libc::sock_fprog {
         len: u16::try_from(spec.seccomp.len()).map_err(|_| SpawnError::Os {
@@ -873,23 +1181,44 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
     let shell_stack = AnonMap::new(SHELL_STACK_BYTES).map_err(os("map the shell stack"))?;
     let (sync_r, sync_w) = pipe_pair("sync pipe")?;
     let (status_r, status_w) = pipe_pair("status pipe")?;
-    let (out_r, out_w) = pipe_pair("stdout pipe")?;
-    let (err_r, err_w) = pipe_pair("stderr pipe")?;
-    let mut flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
+    // The cgroup namespace is entered by the child once it has joined its cgroups (see
+    // `child_main`); the user namespace only when Paddock is not root.
+    let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS
-        | libc::CLONE_NEWCGROUP
         | libc::CLONE_PIDFD;
+    if !spec.privileged_mounts() {
+        flags |= libc::CLONE_NEWUSER;
+    }
     if matches!(spec.net, NetMode::PerExec) {
         flags |= libc::CLONE_NEWNET;
     }
+    let mut keep: Vec<u32> = [
+        sync_r.as_raw_fd(),
+        status_w.as_raw_fd(),
+        stdio.map_or(-1, |(o, _)| o.as_raw_fd()),
+        stdio.map_or(-1, |(_, e)| e.as_raw_fd()),
+        own_pidfd(),
+        sandbox.map_or(-1, |(c, _)| c.as_raw_fd()),
+        sandbox.map_or(-1, |(_, i)| i.as_raw_fd()),
+    ]
+    .into_iter()
+    .chain(shell_task_fds.iter().copied())
+    .chain(spec.idmap_userns.iter().map(|f| f.as_raw_fd()))
+    .filter_map(|fd| u32::try_from(fd).ok())
+    .collect();
+    keep.sort_unstable();
+    keep.dedup();
     let fds = ChildFds {
         sync_r: sync_r.as_raw_fd(),
         status_w: status_w.as_raw_fd(),
-        out_w: out_w.as_raw_fd(),
-        err_w: err_w.as_raw_fd(),
+        out_w: stdio.map_or(-1, |(o, _)| o.as_raw_fd()),
+        err_w: stdio.map_or(-1, |(_, e)| e.as_raw_fd()),
+        parent: own_pidfd(),
+        control: sandbox.map_or(-1, |(c, _)| c.as_raw_fd()),
+        init_program: sandbox.map_or(-1, |(_, i)| i.as_raw_fd()),
+        keep: &keep,
         cgroup_tasks: &task_fds,
         shell_cgroup_tasks: &shell_task_fds,
         shell_stack: shell_stack.ptr,
@@ -969,16 +1298,18 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
     let pid = i32::try_from(pid).map_err(|_| os("clone")(io::Error::other("pid out of range")))?;
     // SAFETY: CLONE_PIDFD filled in a fresh descriptor owned by us.
     let init = PidFd::from_owned(unsafe { OwnedFd::from_raw_fd(pidfd) }, pid);
-    drop((sync_r, status_w, out_w, err_w, tasks));
+    drop((sync_r, status_w, tasks));
     let setup = (|| -> Result<(), SpawnError> {
         let proc = PathBuf::from(format!("/proc/{pid}"));
-        if !spec.privileged {
-            std::fs::write(proc.join("setgroups"), "deny").map_err(os("write setgroups"))?;
+        if !spec.privileged_mounts() {
+            if !spec.privileged {
+                std::fs::write(proc.join("setgroups"), "deny").map_err(os("write setgroups"))?;
+            }
+            std::fs::write(proc.join("uid_map"), crate::uidmap::identity_map(spec.uid))
+                .map_err(os("write uid_map"))?;
+            std::fs::write(proc.join("gid_map"), crate::uidmap::identity_map(spec.gid))
+                .map_err(os("write gid_map"))?;
         }
-        std::fs::write(proc.join("uid_map"), crate::uidmap::identity_map(spec.uid))
-            .map_err(os("write uid_map"))?;
-        std::fs::write(proc.join("gid_map"), crate::uidmap::identity_map(spec.gid))
-            .map_err(os("write gid_map"))?;
         if let (Some(dir), false) = (&spec.cgroup.clone_into, joined_by_clone) {
             std::fs::write(dir.join("cgroup.procs"), pid.to_string())
                 .map_err(os("join the exec cgroup"))?;
@@ -990,23 +1321,12 @@ pub fn build(spec: &JailSpec) -> Result<PendingJail, SpawnError> {
         }
         Ok(())
     })();
-    let child = JailChild {
+    Ok(Cloned {
         init,
         status: status_r,
-        stdout: out_r,
-        stderr: err_r,
-    };
-    // From here on, dropping `pending` kills and reaps init.
-    let pending = PendingJail {
-        parts: Some((child, sync_w)),
-    };
-    setup?;
-    if let Some((c, _)) = &pending.parts {
-        set_nonblocking(&c.stdout).map_err(os("stdout pipe"))?;
-        set_nonblocking(&c.stderr).map_err(os("stderr pipe"))?;
-        set_nonblocking(&c.status).map_err(os("status pipe"))?;
-    }
-    Ok(pending)
+        sync_w,
+        setup,
+    })
 }
 
 /// `struct clone_args` of `clone3(2)` (the 88-byte version with `cgroup`).
@@ -1035,8 +1355,18 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 struct ChildFds<'a> {
     sync_r: RawFd,
     status_w: RawFd,
+    /// The shell's stdout and stderr (one-shot jails; -1 in a sandbox's jail).
     out_w: RawFd,
     err_w: RawFd,
+    /// A pidfd of Paddock's process (-1: none), readable once Paddock has ended.
+    parent: RawFd,
+    /// A sandbox's jail: the child's end of init's control socket, and the init program
+    /// (-1 both in a one-shot jail).
+    control: RawFd,
+    init_program: RawFd,
+    /// Every descriptor the child keeps past its first `close_range`, sorted: the ones
+    /// above, the cgroup files and the idmapping namespaces.
+    keep: &'a [u32],
     /// v1 `tasks` files to write `0` into (closed with the rest afterwards).
     cgroup_tasks: &'a [RawFd],
     /// v1 `tasks` files the shell writes `0` into (see `JoinPlan::shell_tasks`); init keeps
@@ -1069,8 +1399,8 @@ unsafe fn put_record(fd: RawFd, rec: &[u8; StatusRecord::LEN]) {
 }
 
 /// Reports a failed step and exits.
-unsafe fn fail(fd: RawFd, step: u32, err: i32) -> ! {
-    let rec = StatusRecord::encode(TAG_SETUP, step as i32, err);
+unsafe fn fail(fd: RawFd, step: Step, err: i32) -> ! {
+    let rec = StatusRecord::encode(TAG_SETUP, step as u32 as i32, err);
     // SAFETY: see put_record; _exit never returns.
     unsafe {
         put_record(fd, &rec);
@@ -1127,6 +1457,256 @@ struct LandlockPathBeneath {
     parent_fd: i32,
 }
 
+/// Whether Paddock's process has ended (its pidfd, `fd`, is readable).
+///
+/// # Safety
+/// Child only; a raw `poll`.
+unsafe fn parent_gone(fd: RawFd) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one live pollfd, without waiting.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 && p.revents & libc::POLLIN != 0 }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: u32 = 1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+
+/// Binds the directory `src` (an `O_PATH` descriptor) at `dst` through a mount idmapped by
+/// the user namespace `userns`: a detached copy of the source (`open_tree`), the idmapping
+/// set on it (`mount_setattr`), then attached (`move_mount`). Returns the raw result.
+///
+/// # Safety
+/// Child only; raw syscalls on live descriptors and a NUL-terminated path.
+unsafe fn idmapped_bind(src: RawFd, dst: &CString, userns: RawFd) -> i32 {
+    // SAFETY: as the function's contract; `attr` and the empty path outlive the calls.
+    unsafe {
+        let empty = c"";
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            src,
+            empty.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | libc::AT_EMPTY_PATH as u32,
+        ) as RawFd;
+        if tree < 0 {
+            return -1;
+        }
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns as u64,
+        };
+        let mut r = libc::syscall(
+            libc::SYS_mount_setattr,
+            tree,
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH as u32,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        ) as i32;
+        if r == 0 {
+            r = libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                empty.as_ptr(),
+                libc::AT_FDCWD,
+                dst.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) as i32;
+        }
+        let e = errno();
+        libc::close(tree);
+        *libc::__errno_location() = e;
+        r
+    }
+}
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+
+/// Opens every mount source (`O_PATH`) in the child's mount namespace. A source marked
+/// `no_symlinks` is refused (ELOOP) when any component of its path is a symbolic link:
+/// `openat2(RESOLVE_NO_SYMLINKS)`, or on a kernel without it a walk from `/` that opens each
+/// component with `O_NOFOLLOW` and refuses a link it lands on.
+///
+/// # Safety
+/// Child only; raw syscalls over prepared memory; fails through `fail`.
+unsafe fn open_sources(p: &mut Prepared, st: RawFd) {
+    // SAFETY: as the function's contract.
+    unsafe {
+        for i in 0..p.sources.len() {
+            let src = &p.sources[i];
+            let fd = match &p.source_parts[i] {
+                None => libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC),
+                Some(parts) => {
+                    let how = OpenHow {
+                        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+                        mode: 0,
+                        resolve: RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+                    };
+                    let r = libc::syscall(
+                        libc::SYS_openat2,
+                        libc::AT_FDCWD,
+                        src.as_ptr(),
+                        &how as *const OpenHow,
+                        std::mem::size_of::<OpenHow>(),
+                    ) as RawFd;
+                    if r >= 0 || errno() != libc::ENOSYS {
+                        r
+                    } else {
+                        walk_no_symlinks(p.slash.as_ptr(), parts)
+                    }
+                }
+            };
+            if fd < 0 {
+                fail(st, Step::OpenSource, errno());
+            }
+            p.source_fds[i] = fd;
+        }
+    }
+}
+
+/// Opens `/` then each of `parts` with `O_PATH | O_NOFOLLOW`; a symlink anywhere is ELOOP.
+///
+/// # Safety
+/// Child only; raw syscalls.
+unsafe fn walk_no_symlinks(slash: *const libc::c_char, parts: &[CString]) -> RawFd {
+    // SAFETY: raw open/openat/fstat/close over NUL-terminated strings and a stack stat.
+    unsafe {
+        let mut fd = libc::open(slash, libc::O_PATH | libc::O_CLOEXEC | libc::O_DIRECTORY);
+        for part in parts {
+            if fd < 0 {
+                return fd;
+            }
+            let next = libc::openat(
+                fd,
+                part.as_ptr(),
+                libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+            );
+            libc::close(fd);
+            fd = next;
+            if fd >= 0 {
+                let mut sb: libc::stat = std::mem::zeroed();
+                if libc::fstat(fd, &mut sb) < 0 || sb.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    libc::close(fd);
+                    *libc::__errno_location() = libc::ELOOP;
+                    return -1;
+                }
+            }
+        }
+        fd
+    }
+}
+
+/// Takes the sandbox's uid and gid (and no supplementary groups).
+///
+/// # Safety
+/// Child only; raw syscalls.
+unsafe fn switch_ids(p: &Prepared, st: RawFd) {
+    // SAFETY: raw set*id syscalls, not libc's wrappers: glibc's broadcast the change to
+    // every thread it knows of, taking its thread-list lock — in this child those threads do
+    // not exist and the lock may have been held by a parent thread at the clone: a deadlock.
+    unsafe {
+        if p.privileged
+            && libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) < 0
+        {
+            fail(st, Step::SetGroups, errno());
+        }
+        if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) < 0 {
+            fail(st, Step::SetGid, errno());
+        }
+        if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) < 0 {
+            fail(st, Step::SetUid, errno());
+        }
+    }
+}
+
+/// The end of a sandbox jail's build: places the control socket and the landlock ruleset
+/// where init expects them and `execve`s init from its memfd. The status pipe is
+/// close-on-exec, so Paddock reads end of file once init runs.
+///
+/// # Safety
+/// Child only; raw syscalls; never returns.
+unsafe fn exec_init(p: &Prepared, fds: &ChildFds, ruleset: RawFd) -> ! {
+    use crate::sandbox_jail::proto::{INIT_CTL_FD, INIT_RULESET_FD};
+    let st = fds.status_w;
+    // SAFETY: as the function's contract.
+    unsafe {
+        // Park everything above the numbers it goes to, then place it.
+        let park = |fd: RawFd| {
+            if fd < 0 {
+                return -1;
+            }
+            libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 16)
+        };
+        let (ctl, rs, prog, status) = (
+            park(fds.control),
+            park(ruleset),
+            park(fds.init_program),
+            park(st),
+        );
+        if ctl < 0 || prog < 0 || status < 0 || (ruleset >= 0 && rs < 0) {
+            fail(st, Step::ExecInit, errno());
+        }
+        let st = status;
+        let place = |from: RawFd, to: RawFd, cloexec: bool| {
+            let r = if cloexec {
+                libc::syscall(libc::SYS_dup3, from, to, libc::O_CLOEXEC) as RawFd
+            } else {
+                libc::dup2(from, to)
+            };
+            if r < 0 {
+                fail(st, Step::ExecInit, errno());
+            }
+        };
+        place(ctl, INIT_CTL_FD, false);
+        if rs >= 0 {
+            place(rs, INIT_RULESET_FD, false);
+        }
+        place(prog, 5, true);
+        place(st, 6, true);
+        libc::syscall(libc::SYS_close_range, 0u32, 2u32, 0u32);
+        if rs < 0 {
+            libc::close(INIT_RULESET_FD);
+        }
+        libc::syscall(libc::SYS_close_range, 7u32, u32::MAX, 0u32);
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        libc::syscall(
+            libc::SYS_execveat,
+            5,
+            p.empty.as_ptr(),
+            p.init_argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        fail(6, Step::ExecInit, errno())
+    }
+}
+
 /// Init: builds the jail, forks the shell, reaps, reports.
 ///
 /// # Safety
@@ -1143,40 +1723,42 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
     // SAFETY: raw syscalls with pointers into `p`, `fds`, `argv`, `envp` and stack buffers,
     // all alive until execve/_exit. Nothing allocates.
     unsafe {
-        // First of all, while single-threaded and before anything is charged to the wrong
-        // cgroup: move ourselves into the exec's v1 cgroups. Everything forked later is born
-        // inside.
+        // Before anything else: a jail must never outlive the process that builds it. The
+        // signal fires when the cloning thread ends; a parent that ended before this line is
+        // caught by `parent_gone` just below.
+        check!(
+            Step::ParentDeathSignal,
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0
+            )
+        );
+        if parent_gone(fds.parent) {
+            libc::_exit(125);
+        }
+        // Next, while single-threaded and before anything is charged to the wrong cgroup:
+        // move ourselves into the jail's v1 cgroups. Everything forked later is born inside.
         let zero = [b'0'];
         for fd in fds.cgroup_tasks {
             if libc::write(*fd, zero.as_ptr().cast(), 1) != 1 {
-                fail(st, S_CGROUP, errno());
+                fail(st, Step::JoinCgroup, errno());
             }
         }
-        // Keep only our four descriptors (and the shell's cgroup files, until it has joined):
-        // init must not hold Paddock's sockets and files open for as long as a background
-        // process keeps it alive.
-        let mut keep = [u32::MAX; 4 + MAX_SHELL_TASKS];
-        keep[..4].copy_from_slice(&[
-            fds.sync_r as u32,
-            fds.status_w as u32,
-            fds.out_w as u32,
-            fds.err_w as u32,
-        ]);
-        for (i, fd) in fds.shell_cgroup_tasks.iter().enumerate() {
-            keep[4 + i] = *fd as u32;
-        }
-        keep.sort_unstable();
+        // Keep only our own descriptors (and the shell's cgroup files, until it has joined):
+        // init must not hold Paddock's sockets and files open for as long as it lives.
         let mut lo = 0u32;
-        for k in keep {
-            if k == u32::MAX {
-                break;
-            }
+        for &k in fds.keep {
             if k > lo {
                 libc::syscall(libc::SYS_close_range, lo, k - 1, 0);
             }
-            lo = k + 1;
+            lo = k.saturating_add(1);
         }
-        libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0);
+        if lo != 0 {
+            libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0);
+        }
 
         let mut b = [0u8; 1];
         loop {
@@ -1188,37 +1770,24 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 continue;
             }
             if n < 0 {
-                fail(st, S_SYNC, errno());
+                fail(st, Step::WaitForParent, errno());
             }
-            // The parent gave up (it could not write our maps): leave quietly.
+            // The parent gave up (it could not write our maps) or is gone: leave quietly.
             libc::_exit(125);
         }
+        // Commands see their cgroup paths from the jail's own cgroup down, never Paddock's
+        // (its pid is in those names) or a neighbour's. Entered here, after joining, because
+        // a namespace's root is the cgroup its creator is in at that moment.
+        check!(Step::CgroupNamespace, libc::unshare(libc::CLONE_NEWCGROUP));
 
-        for (i, src) in p.sources.iter().enumerate() {
-            let fd = libc::open(src.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
-            check!(S_OPEN_SRC, fd);
-            p.source_fds[i] = fd;
+        open_sources(p, st);
+        if !p.privileged_mounts {
+            // Inside a user namespace of our own: take the sandbox ids first, keeping the
+            // capabilities the namespace gives us for the mounts below.
+            switch_ids(p, st);
         }
-        if p.privileged {
-            check!(
-                S_SETGROUPS,
-                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()) as i32
-            );
-        }
-        // Raw syscalls, not libc's wrappers: glibc's set*id broadcast the change to every
-        // thread it knows of, taking its thread-list lock — in this child those threads do not
-        // exist and the lock may have been held by a parent thread at the clone: a deadlock.
         check!(
-            S_SETGID,
-            libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) as i32
-        );
-        check!(
-            S_SETUID,
-            libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) as i32
-        );
-
-        check!(
-            S_PRIVATE,
+            Step::MakePrivate,
             libc::mount(
                 std::ptr::null(),
                 p.slash.as_ptr(),
@@ -1231,7 +1800,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
         for op in &p.ops {
             match op {
                 COp::Tmpfs { dst, flags, data } => check!(
-                    S_TMPFS,
+                    Step::MountTmpfs,
                     libc::mount(
                         p.tmpfs_s.as_ptr(),
                         dst.as_ptr(),
@@ -1242,11 +1811,11 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 ),
                 COp::Mkdir { path } => {
                     if libc::mkdir(path.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
-                        fail(st, S_MKDIR, errno());
+                        fail(st, Step::Mkdir, errno());
                     }
                 }
                 COp::Symlink { target, path } => {
-                    check!(S_SYMLINK, libc::symlink(target.as_ptr(), path.as_ptr()))
+                    check!(Step::Symlink, libc::symlink(target.as_ptr(), path.as_ptr()))
                 }
                 COp::Touch { path } => {
                     let fd = libc::open(
@@ -1254,7 +1823,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                         libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
                         0o644,
                     );
-                    check!(S_TOUCH, fd);
+                    check!(Step::DeviceMountPoint, fd);
                     libc::close(fd);
                 }
                 COp::Bind {
@@ -1266,7 +1835,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                     let src = fd_path(&mut buf, fd);
                     let flags = ms::BIND | if *recursive { ms::REC } else { 0 };
                     check!(
-                        S_BIND,
+                        Step::Bind,
                         libc::mount(
                             src,
                             dst.as_ptr(),
@@ -1276,8 +1845,16 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                         )
                     );
                 }
+                COp::IdmappedBind {
+                    source,
+                    dst,
+                    userns,
+                } => {
+                    let fd = p.source_fds.get(*source).copied().unwrap_or(-1);
+                    check!(Step::IdmappedBind, idmapped_bind(fd, dst, *userns));
+                }
                 COp::Remount { dst, flags } => check!(
-                    S_REMOUNT,
+                    Step::Remount,
                     libc::mount(
                         std::ptr::null(),
                         dst.as_ptr(),
@@ -1287,7 +1864,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                     )
                 ),
                 COp::Proc { dst } => check!(
-                    S_PROC,
+                    Step::MountProc,
                     libc::mount(
                         p.proc_s.as_ptr(),
                         dst.as_ptr(),
@@ -1313,7 +1890,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                         libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
                         0o444,
                     );
-                    check!(S_FILE, fd);
+                    check!(Step::WriteFile, fd);
                     let mut off = 0usize;
                     while off < data.len() {
                         let n = libc::write(fd, data[off..].as_ptr().cast(), data.len() - off);
@@ -1321,7 +1898,11 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                             if n < 0 && errno() == libc::EINTR {
                                 continue;
                             }
-                            fail(st, S_FILE, if n < 0 { errno() } else { libc::ENOSPC });
+                            fail(
+                                st,
+                                Step::WriteFile,
+                                if n < 0 { errno() } else { libc::ENOSPC },
+                            );
                         }
                         off += n as usize;
                     }
@@ -1333,19 +1914,22 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             libc::close(*fd);
         }
         check!(
-            S_HOSTNAME,
+            Step::Hostname,
             libc::sethostname(p.hostname.as_ptr(), p.hostname.as_bytes().len())
         );
         if p.new_net {
-            check!(S_LO, loopback_up());
+            check!(Step::Loopback, loopback_up());
         }
-        check!(S_PIVOT, libc::chdir(p.staging.as_ptr()));
+        check!(Step::PivotRoot, libc::chdir(p.staging.as_ptr()));
         check!(
-            S_PIVOT,
+            Step::PivotRoot,
             libc::syscall(libc::SYS_pivot_root, p.dot.as_ptr(), p.dot.as_ptr()) as i32
         );
-        check!(S_DETACH, libc::umount2(p.dot.as_ptr(), libc::MNT_DETACH));
-        check!(S_DETACH, libc::chdir(p.slash.as_ptr()));
+        check!(
+            Step::DetachOldRoot,
+            libc::umount2(p.dot.as_ptr(), libc::MNT_DETACH)
+        );
+        check!(Step::DetachOldRoot, libc::chdir(p.slash.as_ptr()));
 
         let mut ruleset: RawFd = -1;
         if let Some((abi, handled, scoped)) = p.ll {
@@ -1360,7 +1944,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 ruleset_attr_size(abi),
                 0u32,
             );
-            check!(S_LL_CREATE, r as i32);
+            check!(Step::LandlockCreate, r as i32);
             ruleset = r as RawFd;
             for (path, access) in &p.ll_rules {
                 let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
@@ -1381,7 +1965,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                     0u32,
                 );
                 libc::close(fd);
-                check!(S_LL_RULE, r as i32);
+                check!(Step::LandlockRule, r as i32);
             }
         }
         for l in &p.rlimits {
@@ -1389,10 +1973,24 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 rlim_cur: l.value,
                 rlim_max: l.value,
             };
-            check!(S_RLIMIT, libc::setrlimit(l.resource as _, &lim));
+            check!(Step::Rlimit, libc::setrlimit(l.resource as _, &lim));
         }
+        for cap in 0..=p.cap_last_cap {
+            check!(
+                Step::DropBoundingSet,
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)
+            );
+        }
+        if p.privileged_mounts {
+            // Host root until here, so the root could be built from any host directory
+            // whatever its owner and mode (a 0700 parent of a nested mount included). Now
+            // the sandbox ids: leaving uid 0 clears every capability.
+            switch_ids(p, st);
+        }
+        // A change of credentials clears the parent-death signal: arm it again, and look
+        // once more for a parent that ended in between.
         check!(
-            S_PDEATHSIG,
+            Step::ParentDeathSignal,
             libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -1401,14 +1999,14 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 0
             )
         );
-        for cap in 0..=p.cap_last_cap {
-            check!(
-                S_BSET,
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)
-            );
+        if parent_gone(fds.parent) {
+            libc::_exit(125);
+        }
+        if fds.parent >= 0 {
+            libc::close(fds.parent);
         }
         check!(
-            S_AMBIENT,
+            Step::ClearAmbient,
             libc::prctl(
                 libc::PR_CAP_AMBIENT,
                 libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
@@ -1427,17 +2025,23 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             inheritable: 0,
         }; 2];
         check!(
-            S_CAPSET,
+            Step::DropCapabilities,
             libc::syscall(libc::SYS_capset, &hdr as *const CapHeader, data.as_ptr()) as i32
         );
-        check!(S_NNP, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-        check!(S_DUMPABLE, libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0));
+        check!(
+            Step::NoNewPrivs,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        );
+        check!(
+            Step::NotDumpable,
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0)
+        );
         // The seccomp filter goes on init itself, before the command comes: the shell
         // inherits it, and attaching a filter (the kernel validates it and precomputes its
         // per-syscall cache) leaves the exec's critical path. What init does from here on —
         // read, clone without namespace flags, wait4, write, exit — the filter allows.
         check!(
-            S_SECCOMP,
+            Step::Seccomp,
             libc::prctl(
                 libc::PR_SET_SECCOMP,
                 libc::SECCOMP_MODE_FILTER as libc::c_ulong,
@@ -1446,6 +2050,9 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                 0
             )
         );
+        if fds.control >= 0 {
+            exec_init(p, fds, ruleset);
+        }
 
         // The jail is built: wait for the command, or start the shell now and let it read
         // the command itself (see `JailSpec::waiting_shell`).
@@ -1477,7 +2084,7 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
             libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
             (&args as *const ShellArgs).cast_mut().cast(),
         );
-        check!(S_FORK, shell);
+        check!(Step::ForkShell, shell);
         if waiting {
             libc::close(fds.sync_r);
         }
@@ -1550,26 +2157,26 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
         let zero = [b'0'];
         for fd in fds.shell_cgroup_tasks {
             if libc::write(*fd, zero.as_ptr().cast(), 1) != 1 {
-                fail(st, S_CGROUP, errno());
+                fail(st, Step::JoinCgroup, errno());
             }
         }
         // Next, while the ruleset descriptor may still sit at 0..=2 (init closed those, so
         // the kernel may have handed one out), before stdio is set up over them.
         if ruleset >= 0 {
             check!(
-                S_LL_RESTRICT,
+                Step::LandlockRestrict,
                 libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) as i32
             );
             libc::close(ruleset);
         }
         let null = libc::open(p.dev_null.as_ptr(), libc::O_RDONLY);
-        check!(S_STDIO, null);
+        check!(Step::Stdio, null);
         if null != 0 {
-            check!(S_STDIO, libc::dup2(null, 0));
+            check!(Step::Stdio, libc::dup2(null, 0));
             libc::close(null);
         }
-        check!(S_STDIO, libc::dup2(fds.out_w, 1));
-        check!(S_STDIO, libc::dup2(fds.err_w, 2));
+        check!(Step::Stdio, libc::dup2(fds.out_w, 1));
+        check!(Step::Stdio, libc::dup2(fds.err_w, 2));
         libc::close(fds.out_w);
         libc::close(fds.err_w);
         libc::setsid();
@@ -1578,17 +2185,17 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
         // `yes | head -1` ends as it does everywhere. Without CLONE_SIGHAND this changes
         // only the child's own table.
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        check!(S_CWD, libc::chdir(cwd));
+        check!(Step::Cwd, libc::chdir(cwd));
         let (argv, env) = if let Some(w) = &p.waiting {
             // The preload's descriptors at the numbers it expects (copies first, so neither
             // original can be overwritten while still needed), inherited across execve.
             let c = libc::fcntl(fds.sync_r, libc::F_DUPFD_CLOEXEC, 5);
-            check!(S_STDIO, c);
+            check!(Step::Stdio, c);
             let s = libc::fcntl(st, libc::F_DUPFD_CLOEXEC, 5);
-            check!(S_STDIO, s);
-            check!(S_STDIO, libc::dup2(s, ZYGOTE_STATUS_FD));
+            check!(Step::Stdio, s);
+            check!(Step::Stdio, libc::dup2(s, ZYGOTE_STATUS_FD));
             st = ZYGOTE_STATUS_FD;
-            check!(S_STDIO, libc::dup2(c, ZYGOTE_CMD_FD));
+            check!(Step::Stdio, libc::dup2(c, ZYGOTE_CMD_FD));
             libc::close(c);
             libc::close(s);
             (w.argv.as_ptr(), w.env.as_ptr())
@@ -1596,7 +2203,7 @@ unsafe fn shell_main(p: &Prepared, fds: &ChildFds, ruleset: RawFd, cwd: *const l
             (p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr())
         };
         libc::execve(p.program.as_ptr(), argv, env);
-        fail(st, S_EXEC, errno())
+        fail(st, Step::ExecShell, errno())
     }
 }
 
@@ -1633,19 +2240,19 @@ unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c
         match read_full(fd, h.as_mut_ptr(), h.len()) {
             Ok(()) => {}
             Err(true) => libc::_exit(0),
-            Err(false) => fail(st, S_COMMAND, libc::EPIPE),
+            Err(false) => fail(st, Step::ReadCommand, libc::EPIPE),
         }
         let body = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let argc = u32::from_ne_bytes([h[4], h[5], h[6], h[7]]) as usize;
         let envc = u32::from_ne_bytes([h[8], h[9], h[10], h[11]]) as usize;
         if body == 0 || body > p.cmd_buf.len || argc == 0 || argc > COMMAND_MAX_ARGS {
-            fail(st, S_COMMAND, libc::EINVAL);
+            fail(st, Step::ReadCommand, libc::EINVAL);
         }
         if envc > COMMAND_MAX_ENV {
-            fail(st, S_COMMAND, libc::EINVAL);
+            fail(st, Step::ReadCommand, libc::EINVAL);
         }
         if read_full(fd, p.cmd_buf.ptr, body).is_err() {
-            fail(st, S_COMMAND, libc::EPIPE);
+            fail(st, Step::ReadCommand, libc::EPIPE);
         }
         let want = 1 + argc + envc;
         let base: *const u8 = p.cmd_buf.ptr;
@@ -1659,7 +2266,7 @@ unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c
                 continue;
             }
             if seen >= want {
-                fail(st, S_COMMAND, libc::EINVAL);
+                fail(st, Step::ReadCommand, libc::EINVAL);
             }
             let ptr: *const libc::c_char = base.add(start).cast();
             if seen == 0 {
@@ -1673,7 +2280,7 @@ unsafe fn read_command(p: &mut Prepared, fd: RawFd, st: RawFd) -> *const libc::c
             start = i + 1;
         }
         if seen != want || start != body {
-            fail(st, S_COMMAND, libc::EINVAL);
+            fail(st, Step::ReadCommand, libc::EINVAL);
         }
         p.argv_ptrs[argc] = std::ptr::null();
         p.env_ptrs[envc] = std::ptr::null();
@@ -1722,19 +2329,24 @@ mod tests {
             StatusRecord::parse(&r),
             Some(StatusRecord::ShellExited(WaitStatus::Exited(3)))
         );
-        let r = StatusRecord::encode(TAG_SETUP, S_BIND as i32, libc::EPERM);
+        let r = StatusRecord::encode(TAG_SETUP, Step::Bind as i32, libc::EPERM);
         assert_eq!(
             StatusRecord::parse(&r),
             Some(StatusRecord::SetupFailed {
-                step: "bind mount",
+                step: Step::Bind,
                 errno: libc::EPERM
             })
         );
+        assert_eq!(Step::Bind.name(), "bind mount");
         let r = StatusRecord::encode(TAG_IDLE, 0, 0);
         assert_eq!(StatusRecord::parse(&r), Some(StatusRecord::Idle));
         let r = StatusRecord::encode(9, 0, 0);
         assert_eq!(StatusRecord::parse(&r), None);
-        assert_eq!(STEPS.len() as u32, S_FILE + 1);
+        for (i, step) in Step::ALL.iter().enumerate() {
+            assert_eq!(*step as u32, i as u32, "{step}");
+            assert_eq!(Step::from_wire(i as u32), Some(*step));
+        }
+        assert_eq!(Step::from_wire(Step::ALL.len() as u32), None);
     }
 
     #[test]

@@ -11,11 +11,13 @@
 
 pub mod cgroup;
 pub mod entry;
+pub mod idmap;
 pub mod jail;
 pub mod landlock;
 pub mod mountplan;
 pub mod probe;
 pub mod process;
+pub mod sandbox_jail;
 pub mod seccomp;
 pub mod uidmap;
 

@@ -104,6 +104,17 @@ pub enum SystemEntry {
     },
 }
 
+/// Who owns a directory on disk, to be shown to the sandbox as its own ids through an
+/// idmapped mount (a directory another program manages, such as DeerFlow's gateway, which
+/// Paddock must not chown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdMap {
+    /// The owner's host uid.
+    pub uid: u32,
+    /// The owner's host gid.
+    pub gid: u32,
+}
+
 /// One bind of a mount-table directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataBind {
@@ -115,6 +126,9 @@ pub struct DataBind {
     pub read_only: bool,
     /// Locked flags of the host mount holding `host`.
     pub locked: u64,
+    /// Show files of this owner as the sandbox's own (an idmapped mount); `None`: as they
+    /// are on disk.
+    pub idmap: Option<IdMap>,
 }
 
 /// Facts about the host that the plan depends on.
@@ -260,6 +274,17 @@ pub enum MountOp {
         /// `MS_REC`: also bind the submounts.
         recursive: bool,
     },
+    /// Bind `sources[source]` onto `dst` through an idmapped mount: files owned by
+    /// `MountPlan::idmaps[idmap]` show as owned by the sandbox's ids, and what the sandbox
+    /// creates there is owned by them on disk.
+    IdmappedBind {
+        /// Index into [`MountPlan::sources`].
+        source: usize,
+        /// Where.
+        dst: PathBuf,
+        /// Index into [`MountPlan::idmaps`].
+        idmap: usize,
+    },
     /// Change the flags of the mount at `dst` (`MS_REMOUNT | MS_BIND | flags`).
     Remount {
         /// Where.
@@ -286,11 +311,30 @@ pub enum MountOp {
     },
 }
 
+/// A host path a bind mount comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountSource {
+    /// The host path (absolute).
+    pub path: PathBuf,
+    /// Refuse the source when any component of the path is a symbolic link. Data
+    /// directories are canonical when the plan is made, so a symlink found there at open
+    /// time was planted since (a tenant swapping a directory it can write for a link to a
+    /// host path); system directories are taken as the host has them.
+    pub no_symlinks: bool,
+}
+
+impl std::ops::Deref for MountSource {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// A complete plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountPlan {
-    /// Host paths the child opens (`O_PATH`) before it changes uid.
-    pub sources: Vec<PathBuf>,
+    /// Host paths the child opens (`O_PATH`) before it mounts anything.
+    pub sources: Vec<MountSource>,
     /// The ordered steps.
     pub ops: Vec<MountOp>,
     /// The host directory the root tmpfs is mounted on (inside the child's mount namespace).
@@ -299,6 +343,9 @@ pub struct MountPlan {
     pub writable_dirs: Vec<String>,
     /// Jail paths of device files the sandbox may read and write (for landlock).
     pub device_files: Vec<String>,
+    /// The distinct owners idmapped binds map to the sandbox's ids (each needs a user
+    /// namespace holding that mapping when the jail is built).
+    pub idmaps: Vec<IdMap>,
 }
 
 /// Inputs of [`plan_mounts`].
@@ -370,10 +417,10 @@ fn valid_jail_path(p: &str) -> bool {
 /// the sandbox, because a read-only parent cannot be written from inside).
 pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
     let s = &inp.staging;
-    let mut sources: Vec<PathBuf> = Vec::new();
+    let mut sources: Vec<MountSource> = Vec::new();
     let mut ops = Vec::new();
-    let mut src = |p: PathBuf| {
-        sources.push(p);
+    let mut src = |path: PathBuf, no_symlinks: bool| {
+        sources.push(MountSource { path, no_symlinks });
         sources.len() - 1
     };
     ops.push(MountOp::Tmpfs {
@@ -399,7 +446,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
                 taken.insert(format!("/{name}"));
                 let dst = s.join(name);
                 ops.push(MountOp::Mkdir { path: dst.clone() });
-                let i = src(Path::new("/").join(name));
+                let i = src(Path::new("/").join(name), false);
                 ops.push(MountOp::Bind {
                     source: i,
                     dst: dst.clone(),
@@ -421,7 +468,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
                             return Err(PlanError::BadJailPath(format!("/etc/{}", f.name)));
                         }
                         let fdst = dst.join(&f.name);
-                        let i = src(f.host.clone());
+                        let i = src(f.host.clone(), true);
                         ops.push(MountOp::Bind {
                             source: i,
                             dst: fdst.clone(),
@@ -456,7 +503,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
     for node in DEV_NODES {
         let p = dev.join(node);
         ops.push(MountOp::Touch { path: p.clone() });
-        let i = src(Path::new("/dev").join(node));
+        let i = src(Path::new("/dev").join(node), false);
         ops.push(MountOp::Bind {
             source: i,
             dst: p,
@@ -525,6 +572,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
             .then(a.jail.cmp(&b.jail))
     });
     let mut created: BTreeSet<String> = BTreeSet::new();
+    let mut idmaps: Vec<IdMap> = Vec::new();
     let mut bound: Vec<&str> = Vec::new();
     for b in binds {
         let inside_bind = bound.iter().any(|p| b.jail.starts_with(&format!("{p}/")));
@@ -541,12 +589,28 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
             }
         }
         let dst = under(s, &b.jail);
-        let i = src(b.host.clone());
-        ops.push(MountOp::Bind {
-            source: i,
-            dst: dst.clone(),
-            recursive: false,
-        });
+        let i = src(b.host.clone(), true);
+        match b.idmap {
+            Some(m) => {
+                let idmap = match idmaps.iter().position(|x| *x == m) {
+                    Some(k) => k,
+                    None => {
+                        idmaps.push(m);
+                        idmaps.len() - 1
+                    }
+                };
+                ops.push(MountOp::IdmappedBind {
+                    source: i,
+                    dst: dst.clone(),
+                    idmap,
+                });
+            }
+            None => ops.push(MountOp::Bind {
+                source: i,
+                dst: dst.clone(),
+                recursive: false,
+            }),
+        }
         let ro = if b.read_only { ms::RDONLY } else { 0 };
         ops.push(MountOp::Remount {
             dst,
@@ -598,6 +662,7 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
         staging: s.clone(),
         writable_dirs,
         device_files,
+        idmaps,
     })
 }
 
@@ -629,6 +694,7 @@ mod tests {
 
     fn bind(host: &str, jail: &str, ro: bool) -> DataBind {
         DataBind {
+            idmap: None,
             host: host.into(),
             jail: jail.into(),
             read_only: ro,
@@ -794,7 +860,7 @@ mod tests {
     #[test]
     fn system_dirs_are_bound_read_only_with_their_submounts() {
         let p = plan_mounts(&inputs(vec![])).unwrap();
-        assert_eq!(p.sources[0], Path::new("/usr"));
+        assert_eq!(p.sources[0].path, Path::new("/usr"));
         let i = p
             .ops
             .iter()
@@ -850,6 +916,66 @@ mod tests {
     }
 
     #[test]
+    fn idmapped_binds_share_one_mapping_per_owner() {
+        let owned = |host: &str, jail: &str, ro: bool, uid: u32| DataBind {
+            idmap: Some(IdMap { uid, gid: uid }),
+            ..bind(host, jail, ro)
+        };
+        let p = plan_mounts(&inputs(vec![
+            owned("/g/config", "/mnt/integrations/lark-cli/config", true, 1000),
+            owned(
+                "/g/config/locks",
+                "/mnt/integrations/lark-cli/config/locks",
+                false,
+                1000,
+            ),
+            owned("/g/data", "/mnt/integrations/lark-cli/data", false, 0),
+            bind("/d/ws", "/mnt/user-data/workspace", false),
+        ]))
+        .unwrap();
+        assert_eq!(
+            p.idmaps,
+            [
+                IdMap {
+                    uid: 1000,
+                    gid: 1000
+                },
+                IdMap { uid: 0, gid: 0 }
+            ]
+        );
+        let mapped: Vec<(&Path, usize)> = p
+            .ops
+            .iter()
+            .filter_map(|o| match o {
+                MountOp::IdmappedBind { source, idmap, .. } => {
+                    Some((p.sources[*source].path.as_path(), *idmap))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            mapped,
+            [
+                (Path::new("/g/config"), 0),
+                (Path::new("/g/data"), 1),
+                (Path::new("/g/config/locks"), 0)
+            ]
+        );
+        // Each is still followed by its remount (read-only where asked).
+        let i = p
+            .ops
+            .iter()
+            .position(|o| matches!(o, MountOp::IdmappedBind { idmap: 0, dst, .. } if dst.ends_with("config")))
+            .unwrap();
+        assert!(matches!(&p.ops[i + 1], MountOp::Remount { flags, .. } if flags & ms::RDONLY != 0));
+        assert!(
+            p.sources
+                .iter()
+                .all(|s| !s.path.starts_with("/g") || s.no_symlinks)
+        );
+    }
+
+    #[test]
     fn data_binds_are_ordered_and_nested_mount_points_not_created() {
         let p = plan_mounts(&inputs(vec![
             bind("/d/skills/custom-u", "/mnt/skills/custom", true),
@@ -862,7 +988,7 @@ mod tests {
             .ops
             .iter()
             .filter_map(|o| match o {
-                MountOp::Bind { source, .. } => Some(p.sources[*source].as_path()),
+                MountOp::Bind { source, .. } => Some(p.sources[*source].path.as_path()),
                 _ => None,
             })
             .filter(|s| s.starts_with("/d"))

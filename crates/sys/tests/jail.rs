@@ -71,6 +71,7 @@ fn spec_with(ws: &std::path::Path, net: NetMode, waiting: bool) -> JailSpec {
             jail: "/mnt/user-data/workspace".into(),
             read_only: false,
             locked,
+            idmap: None,
         }],
         tmp_size_bytes: 1 << 20,
         staging: "/tmp".into(),
@@ -104,6 +105,7 @@ fn spec_with(ws: &std::path::Path, net: NetMode, waiting: bool) -> JailSpec {
         cap_last_cap: cap_last_cap(),
         waiting_shell: waiting,
         shell_locale: waiting.then(|| "C.UTF-8".into()),
+        idmap_userns: vec![],
     }
 }
 
@@ -545,7 +547,7 @@ fn a_waiting_shell_reports_a_missing_cwd_as_a_setup_error() {
     let mut cmd = command("echo ran");
     cmd.cwd = "/mnt/user-data/workspace/missing".into();
     let want = Some(StatusRecord::SetupFailed {
-        step: "change to the working directory",
+        step: paddock_sys::jail::Step::Cwd,
         errno: libc::ENOENT,
     });
     let (out, _, st) = collect(
