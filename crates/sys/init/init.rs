@@ -67,6 +67,7 @@ struct SigSet([u64; 16]);
 #[link(name = "c")]
 unsafe extern "C" {
     fn read(fd: c_int, buf: *mut c_void, n: usize) -> isize;
+    fn pipe2(fds: *mut c_int, flags: c_int) -> c_int;
     fn send(fd: c_int, buf: *const c_void, n: usize, flags: c_int) -> isize;
     fn recvmsg(fd: c_int, msg: *mut MsgHdr, flags: c_int) -> isize;
     fn poll(fds: *mut PollFd, n: u64, timeout: c_int) -> c_int;
@@ -143,9 +144,12 @@ struct Spawn {
     cgroups: [c_int; INIT_MAX_CGROUPS],
     ncgroups: usize,
     landlock: bool,
-    /// Set by a child that failed: the step, and its errno.
+    /// Set by a child that failed: the step, and its errno (a vfork child writes them
+    /// here; a forked one also sends them on `report`).
     failed: u32,
     errno: c_int,
+    /// A forked child's end of the failure pipe (close-on-exec), or -1.
+    report: c_int,
 }
 
 /// The child's stack until its `execve` (a dozen syscalls, no formatting).
@@ -167,6 +171,12 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         let fail = |s: &mut Spawn, step: u32| -> ! {
             s.failed = step;
             s.errno = errno();
+            if s.report >= 0 {
+                let mut r = [0u8; 8];
+                r[..4].copy_from_slice(&step.to_ne_bytes());
+                r[4..].copy_from_slice(&s.errno.to_ne_bytes());
+                write(s.report, r.as_ptr().cast(), r.len());
+            }
             _exit(127)
         };
         for i in 0..s.ncgroups {
@@ -191,12 +201,25 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
                 fail(s, INIT_S_STDIO);
             }
         }
-        if syscall(SYS_CLOSE_RANGE, s.nfds as c_uint, c_uint::MAX, 0u32) < 0 {
+        // Everything else goes, but the failure pipe (close-on-exec) until the execve.
+        let keep = if s.report >= 0 { s.report } else { c_int::MAX };
+        let lo = s.nfds as c_int;
+        let ok = if keep > lo && keep != c_int::MAX {
+            syscall(SYS_CLOSE_RANGE, lo as c_uint, (keep - 1) as c_uint, 0u32) >= 0
+                && syscall(SYS_CLOSE_RANGE, (keep + 1) as c_uint, c_uint::MAX, 0u32) >= 0
+        } else if keep == lo {
+            syscall(SYS_CLOSE_RANGE, (lo + 1) as c_uint, c_uint::MAX, 0u32) >= 0
+        } else {
+            syscall(SYS_CLOSE_RANGE, lo as c_uint, c_uint::MAX, 0u32) >= 0
+        };
+        if !ok {
             if errno() != ENOSYS {
                 fail(s, INIT_S_STDIO);
             }
-            for fd in s.nfds as c_int..4096 {
-                close(fd);
+            for fd in lo..4096 {
+                if fd != keep {
+                    close(fd);
+                }
             }
         }
         setsid();
@@ -428,6 +451,7 @@ unsafe fn message(buf: *mut u8, landlock: bool) {
         record(INIT_REC_FAILED, id, INIT_S_BUSY as i32, EAGAIN);
         return;
     };
+    let clone_into = word(&h, 7) & INIT_RUN_CLONE_INTO != 0 && ncg > 0;
     let mut s = Spawn {
         program,
         cwd,
@@ -436,25 +460,33 @@ unsafe fn message(buf: *mut u8, landlock: bool) {
         fds: [-1; INIT_MAX_FDS],
         nfds,
         cgroups: [-1; INIT_MAX_CGROUPS],
-        ncgroups: ncg,
+        ncgroups: if clone_into { ncg - 1 } else { ncg },
         landlock,
         failed: 0,
         errno: 0,
+        report: -1,
     };
     s.fds[..nfds].copy_from_slice(&got[..nfds]);
     s.cgroups[..ncg].copy_from_slice(&got[nfds..nfds + ncg]);
-    // SAFETY: the child runs on STACK (its top, 16-aligned) with CLONE_VM | CLONE_VFORK:
-    // init is suspended until the child's execve or exit, so `s` outlives its use.
-    let pid = unsafe {
-        let top = (core::ptr::addr_of_mut!(STACK) as *mut u8).add(core::mem::size_of::<Stack>());
-        clone(
-            child,
-            top.cast(),
-            CLONE_VM | CLONE_VFORK | SIGCHLD,
-            (&mut s as *mut Spawn).cast(),
-        )
+    let (pid, fork_errno) = if clone_into {
+        // SAFETY: forks into the cgroup; see `fork_into`.
+        unsafe { fork_into(&mut s, got[nfds + ncg - 1]) }
+    } else {
+        // SAFETY: the child runs on STACK (its top, 16-aligned) with CLONE_VM |
+        // CLONE_VFORK: init is suspended until the child's execve or exit, so `s` outlives
+        // its use.
+        let pid = unsafe {
+            let top =
+                (core::ptr::addr_of_mut!(STACK) as *mut u8).add(core::mem::size_of::<Stack>());
+            clone(
+                child,
+                top.cast(),
+                CLONE_VM | CLONE_VFORK | SIGCHLD,
+                (&mut s as *mut Spawn).cast(),
+            )
+        };
+        (pid, errno())
     };
-    let fork_errno = errno();
     close_all(&got[..ngot]);
     if pid < 0 {
         record(INIT_REC_FAILED, id, INIT_S_FORK as i32, fork_errno);
@@ -467,6 +499,89 @@ unsafe fn message(buf: *mut u8, landlock: bool) {
     }
     live[slot] = (pid, id);
     record(INIT_REC_STARTED, id, pid, 0);
+}
+
+/// `struct clone_args` of `clone3(2)` (the version with `cgroup`).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const SYS_CLONE3: c_long = 435;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const O_CLOEXEC: c_int = 0o2_000_000;
+
+/// Forks the child straight into the cgroup directory `cg` (`clone3` with
+/// `CLONE_INTO_CGROUP`, fork semantics: init's copy is small), and waits until it has
+/// `execve`d (its end of a close-on-exec pipe closes) or failed (it sends step and errno
+/// there, also recorded in `s`). Returns the pid (or -1) and the clone's errno.
+///
+/// # Safety
+/// Init only; `s` points at live strings and descriptors.
+unsafe fn fork_into(s: &mut Spawn, cg: c_int) -> (c_int, c_int) {
+    // SAFETY: as the function's contract.
+    unsafe {
+        let mut p = [-1 as c_int; 2];
+        if pipe2(p.as_mut_ptr(), O_CLOEXEC) < 0 {
+            return (-1, errno());
+        }
+        s.report = p[1];
+        let args = CloneArgs {
+            flags: CLONE_INTO_CGROUP,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: 0,
+            set_tid_size: 0,
+            cgroup: cg as u64,
+        };
+        let pid = syscall(
+            SYS_CLONE3,
+            &args as *const CloneArgs,
+            core::mem::size_of::<CloneArgs>(),
+        ) as c_int;
+        if pid == 0 {
+            child((s as *mut Spawn).cast());
+            _exit(127);
+        }
+        let e = errno();
+        close(p[1]);
+        s.report = -1;
+        if pid > 0 {
+            let mut r = [0u8; 8];
+            let mut off = 0usize;
+            while off < r.len() {
+                let n = read(p[0], r.as_mut_ptr().add(off).cast(), r.len() - off);
+                if n < 0 && errno() == EINTR {
+                    continue;
+                }
+                if n <= 0 {
+                    break;
+                }
+                off += n as usize;
+            }
+            if off == r.len() {
+                s.failed = u32::from_ne_bytes([r[0], r[1], r[2], r[3]]);
+                s.errno = c_int::from_ne_bytes([r[4], r[5], r[6], r[7]]);
+            }
+        }
+        close(p[0]);
+        (pid, e)
+    }
 }
 
 #[unsafe(no_mangle)]

@@ -4,12 +4,16 @@
 // Init reads messages from its control socket (a `SOCK_STREAM` unix socket at
 // `INIT_CTL_FD`) and writes fixed-size records back on it. Integers are native-endian u32.
 //
-// RUN: header `[INIT_MSG_RUN, exec_id, body_len, argc, envc, nfds, ncgroups, 0]`, with
+// RUN: header `[INIT_MSG_RUN, exec_id, body_len, argc, envc, nfds, ncgroups, flags]`, with
 // `nfds + ncgroups` descriptors attached (SCM_RIGHTS) to the header; then `body_len` bytes:
 // `program\0 cwd\0 argv…\0 KEY=VALUE…\0`. The first `nfds` descriptors become the child's
 // 0..nfds-1 (stdin, stdout, stderr, and for a waiting shell its command and status pipes);
 // the next `ncgroups` are `cgroup.procs`/`tasks` files the child writes `0` into before
-// anything else, so everything it starts is born in the exec's cgroups.
+// anything else, so everything it starts is born in the exec's cgroups. With
+// `INIT_RUN_CLONE_INTO` in `flags`, the last of those is instead a cgroup v2 directory the
+// child is created in (`clone3` with `CLONE_INTO_CGROUP`): on v2 a process moving itself
+// through `cgroup.procs` takes the kernel's threadgroup lock for writing, a clone into a
+// cgroup only for reading.
 //
 // SIGNAL: header `[INIT_MSG_SIGNAL, exec_id, signal, group, 0, 0, 0, 0]`: init sends the
 // signal to the exec's shell (`group == 0`) or to its process group (`group == 1`).
@@ -29,6 +33,8 @@ pub const INIT_ARG_LANDLOCK: &[u8] = b"landlock";
 pub const INIT_MSG_RUN: u32 = 1;
 /// Signal a command.
 pub const INIT_MSG_SIGNAL: u32 = 2;
+/// RUN flag: the last cgroup descriptor is a v2 directory to create the child in.
+pub const INIT_RUN_CLONE_INTO: u32 = 1;
 /// Words of every message header.
 pub const INIT_HEADER_WORDS: usize = 8;
 /// Bytes of every message header.

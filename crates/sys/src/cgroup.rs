@@ -267,6 +267,9 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    /// The sandbox has no cgroup to put a command's sub-cgroup in.
+    #[error("no cgroup controller is available for per-command cgroups")]
+    NoSlots,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
@@ -856,6 +859,270 @@ pub fn discover_self_with(mountinfo: &str) -> Layout {
     })
 }
 
+/// A sandbox's cgroup: its limits hold for everything the sandbox runs, all its commands
+/// and their background processes together, for as long as the sandbox lives. Each running
+/// command sits in a sub-cgroup of it, an [`ExecSlot`], so that a timeout kills exactly that
+/// command's processes (those that called `setsid` or double-forked included). Slots carry
+/// no limits of their own and are reused once empty, so their names (`x0`, `x1`, …, all a
+/// command sees of them through its cgroup namespace) count nothing across sandboxes.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxCgroup {
+    cg: ExecCgroup,
+    /// Where slots go: the v2 directory, or one v1 hierarchy (pids, else memory, else cpu).
+    slots_in: Option<(u8, PathBuf)>,
+}
+
+/// The name of slot `k`.
+pub fn exec_slot_name(k: usize) -> String {
+    format!("x{k}")
+}
+
+impl CgroupSet {
+    /// Writes `limits` into the subtree itself: a cap on all sandboxes of this runtime
+    /// together, beneath Paddock's own cgroup.
+    pub fn limit_total(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        if self.flat_prefix.is_some() {
+            return Ok(());
+        }
+        for (c, (version, base)) in &self.bases {
+            for (file, value, required) in limit_writes(*version, *c, limits) {
+                let f = base.join(file);
+                match std::fs::write(&f, &value) {
+                    Err(e) if required => return Err(io_err("write", &f)(e)),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates sandbox `name`'s cgroup below the subtree with `limits` (see
+    /// [`SandboxCgroup`]). The hierarchy its slots go in gets a directory even when no limit
+    /// is written there.
+    pub fn create_sandbox(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<SandboxCgroup, CgroupError> {
+        let slot_controller = [Controller::Pids, Controller::Memory, Controller::Cpu]
+            .into_iter()
+            .find(|c| self.bases.contains_key(c));
+        let mut dirs: Vec<(Controller, u8, PathBuf)> = Vec::new();
+        let mut made: Vec<PathBuf> = Vec::new();
+        let mut slots_in = None;
+        let result = (|| -> Result<(), CgroupError> {
+            for (c, (version, base)) in &self.bases {
+                let writes = limit_writes(*version, *c, limits);
+                let for_slots = *version == 2 || Some(*c) == slot_controller;
+                if *version == 1 && writes.is_empty() && !for_slots {
+                    continue;
+                }
+                let dir = self.exec_dir(base, name);
+                if !made.contains(&dir) {
+                    match std::fs::create_dir(&dir) {
+                        Ok(()) => made.push(dir.clone()),
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_err("create", &dir)(e)),
+                    }
+                }
+                for (file, value, required) in writes {
+                    let f = dir.join(file);
+                    match std::fs::write(&f, &value) {
+                        Err(e) if required => return Err(io_err("write", &f)(e)),
+                        _ => {}
+                    }
+                }
+                if for_slots && slots_in.is_none() {
+                    slots_in = Some((*version, dir.clone()));
+                }
+                dirs.push((*c, *version, dir));
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for d in made.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+            return Err(e);
+        }
+        let mut cg = ExecCgroup {
+            dirs,
+            ..ExecCgroup::default()
+        };
+        cg.oom_base = cg.oom_kills_total();
+        Ok(SandboxCgroup { cg, slots_in })
+    }
+}
+
+impl SandboxCgroup {
+    /// How the sandbox's init enters its cgroups: every v1 hierarchy's `tasks` (init and
+    /// everything it starts count against the sandbox), or the v2 directory it is cloned
+    /// into.
+    pub fn join_plan(&self) -> JoinPlan {
+        let mut plan = JoinPlan::default();
+        for (_, version, d) in &self.cg.dirs {
+            if *version == 1 {
+                let f = d.join("tasks");
+                if !plan.self_tasks.contains(&f) {
+                    plan.self_tasks.push(f);
+                }
+            } else {
+                plan.clone_into = Some(d.clone());
+            }
+        }
+        plan
+    }
+
+    /// Lets `uid`/`gid` (the sandbox's init) create processes in the slots: on v2 a clone
+    /// into a cgroup needs write access to the `cgroup.procs` of the common ancestor, here
+    /// the sandbox's own cgroup. Nothing above it is delegated, and the sandbox has no
+    /// cgroupfs mounted, so this gives its commands nothing to reach.
+    pub fn delegate_to(&self, uid: u32, gid: u32) -> Result<(), CgroupError> {
+        if let Some((2, dir)) = &self.slots_in {
+            let f = dir.join("cgroup.procs");
+            crate::process::lchown(&f, uid, gid).map_err(io_err("delegate", &f))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the sandbox has a cgroup at all (else commands cannot be killed one by one).
+    pub fn has_slots(&self) -> bool {
+        self.slots_in.is_some()
+    }
+
+    /// Whether a controller limits the sandbox.
+    pub fn has(&self, c: Controller) -> bool {
+        self.cg.has(c)
+    }
+
+    /// Slot `k` (its directory made if needed).
+    pub fn slot(&self, k: usize) -> Result<ExecSlot, CgroupError> {
+        let Some((version, base)) = &self.slots_in else {
+            return Err(CgroupError::NoSlots);
+        };
+        let dir = base.join(exec_slot_name(k));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", &dir)(e)),
+        }
+        Ok(ExecSlot {
+            version: *version,
+            dir,
+        })
+    }
+
+    /// OOM kills in the sandbox since its cgroup was made.
+    pub fn oom_kills(&self) -> u64 {
+        self.cg.oom_kills()
+    }
+
+    /// Host pids of every process in the sandbox (its init included).
+    pub fn procs(&self) -> Vec<u32> {
+        let Some((_, dir)) = &self.slots_in else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut add = |d: &Path| {
+            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                out.extend(parse_procs(&t));
+            }
+        };
+        add(dir);
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    add(&e.path());
+                }
+            }
+        }
+        out
+    }
+
+    /// Removes the slots and the sandbox's directories (once its processes are gone).
+    pub fn remove(&self) {
+        if let Some((_, dir)) = &self.slots_in
+            && let Ok(rd) = std::fs::read_dir(dir)
+        {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        self.cg.remove();
+    }
+}
+
+/// One command's sub-cgroup of a sandbox (see [`SandboxCgroup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecSlot {
+    version: u8,
+    dir: PathBuf,
+}
+
+impl ExecSlot {
+    /// What the command's shell joins by: on v1 its `tasks` file, opened for writing (the
+    /// shell writes `0` into it, a thread moving itself, which skips the threadgroup lock);
+    /// on v2 the directory, which init clones the shell into (`CLONE_INTO_CGROUP`).
+    pub fn open_join(&self) -> io::Result<(std::os::fd::OwnedFd, bool)> {
+        if self.version == 1 {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(self.dir.join("tasks"))?;
+            Ok((f.into(), false))
+        } else {
+            let f = std::fs::File::open(&self.dir)?;
+            Ok((f.into(), true))
+        }
+    }
+
+    /// Whether no process is in the slot (so another command may take it).
+    pub fn is_empty(&self) -> bool {
+        if self.version == 2
+            && let Ok(t) = std::fs::read_to_string(self.dir.join("cgroup.events"))
+        {
+            return t.lines().any(|l| l.trim() == "populated 0");
+        }
+        std::fs::read_to_string(self.dir.join("cgroup.procs"))
+            .map(|t| t.trim().is_empty())
+            .unwrap_or(false)
+    }
+
+    /// Kills every process in the slot: `cgroup.kill` where the kernel has it (v2, Linux
+    /// 5.14), else SIGKILL to each process listed until none is left (a fork racing the loop
+    /// is caught by the next round). Returns whether the slot is empty afterwards.
+    pub fn kill(&self) -> bool {
+        if self.version == 2 && std::fs::write(self.dir.join("cgroup.kill"), "1").is_ok() {
+            return true;
+        }
+        for _ in 0..200 {
+            let Ok(t) = std::fs::read_to_string(self.dir.join("cgroup.procs")) else {
+                return false;
+            };
+            let pids = parse_procs(&t);
+            if pids.is_empty() {
+                return true;
+            }
+            for p in pids {
+                if let Ok(pid) = i32::try_from(p)
+                    && pid > 1
+                {
+                    // SAFETY: kill(2) of a process listed in our own cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        false
+    }
+
+    /// The slot's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1014,6 +1281,89 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.oom_kills(), 1);
+    }
+
+    #[test]
+    fn a_v2_sandbox_holds_its_limits_and_its_slots_in_one_directory() {
+        let (_tmp, own, layout) = fake_v2("svc", "cpu memory pids", "");
+        let (set, failed) = CgroupSet::create(&layout, "paddock-1");
+        assert!(failed.is_empty(), "{failed:?}");
+        set.limit_total(&CgroupLimits {
+            memory_bytes: Some(9000),
+            pids: Some(90),
+            cpus: None,
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(own.join("paddock-1/pids.max")).unwrap(),
+            "90"
+        );
+        let limits = CgroupLimits {
+            memory_bytes: Some(1000),
+            pids: Some(7),
+            cpus: None,
+        };
+        let sb = set.create_sandbox("sb-3", &limits).unwrap();
+        let d = own.join("paddock-1/sb-3");
+        assert_eq!(std::fs::read_to_string(d.join("pids.max")).unwrap(), "7");
+        assert_eq!(
+            sb.join_plan(),
+            JoinPlan {
+                self_tasks: vec![],
+                shell_tasks: vec![],
+                clone_into: Some(d.clone()),
+            }
+        );
+        let slot = sb.slot(0).unwrap();
+        assert_eq!(slot.dir(), d.join("x0"));
+        let (_, clone_into) = slot.open_join().unwrap();
+        assert!(clone_into, "a v2 command is cloned into its slot");
+        std::fs::write(d.join("x0/cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        assert!(!slot.is_empty());
+        std::fs::write(d.join("x0/cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+        assert!(slot.is_empty());
+        std::fs::write(d.join("cgroup.procs"), "41\n").unwrap();
+        std::fs::write(d.join("x0/cgroup.procs"), "42\n43\n").unwrap();
+        assert_eq!(sb.procs(), [41, 42, 43]);
+    }
+
+    #[test]
+    fn a_v1_sandbox_puts_its_slots_in_the_pids_hierarchy_and_init_in_every_one() {
+        let (tmp, layout) = fake_v1();
+        let (set, failed) = CgroupSet::create(&layout, "paddock-9");
+        assert!(failed.is_empty());
+        let sb = set
+            .create_sandbox(
+                "sb-1",
+                &CgroupLimits {
+                    memory_bytes: Some(5000),
+                    pids: None,
+                    cpus: None,
+                },
+            )
+            .unwrap();
+        let pids = tmp.path().join("pids/paddock-9/sb-1");
+        let mem = tmp.path().join("memory/process_api/abc/paddock-9/sb-1");
+        assert!(
+            pids.is_dir(),
+            "the slots' hierarchy gets a directory without a limit"
+        );
+        assert!(!tmp.path().join("cpu/paddock-9/sb-1").exists());
+        let plan = sb.join_plan();
+        assert_eq!(plan.self_tasks.len(), 2, "{plan:?}");
+        assert!(plan.self_tasks.contains(&pids.join("tasks")));
+        assert!(plan.self_tasks.contains(&mem.join("tasks")));
+        let slot = sb.slot(2).unwrap();
+        assert_eq!(slot.dir(), pids.join("x2"));
+        std::fs::write(pids.join("x2/tasks"), "").unwrap();
+        let (_, clone_into) = slot.open_join().unwrap();
+        assert!(
+            !clone_into,
+            "a v1 command writes itself into the slot's tasks"
+        );
+        std::fs::write(pids.join("x2/cgroup.procs"), "").unwrap();
+        assert!(slot.is_empty());
+        assert!(slot.kill(), "an empty slot has nothing to kill");
     }
 
     #[test]

@@ -95,8 +95,10 @@ pub struct RunCommand<'a> {
     pub env: &'a [(String, String)],
     /// Descriptors the command gets as 0, 1, 2, … in this order.
     pub fds: &'a [BorrowedFd<'a>],
-    /// `cgroup.procs` / `tasks` files the command joins before anything else.
+    /// v1 `tasks` files the command writes itself into before anything else.
     pub cgroups: &'a [BorrowedFd<'a>],
+    /// A cgroup v2 directory the command is created in.
+    pub clone_into: Option<BorrowedFd<'a>>,
 }
 
 /// A RUN message: its bytes and the descriptors to attach to them.
@@ -135,7 +137,8 @@ impl RunCommand<'_> {
                 what: "environment (at most 4096 entries)",
             });
         }
-        if self.fds.len() > INIT_MAX_FDS || self.cgroups.len() > INIT_MAX_CGROUPS {
+        let ncg = self.cgroups.len() + usize::from(self.clone_into.is_some());
+        if self.fds.len() > INIT_MAX_FDS || ncg > INIT_MAX_CGROUPS {
             return Err(SpawnError::TooLarge {
                 what: "descriptors of a command",
             });
@@ -172,14 +175,19 @@ impl RunCommand<'_> {
             self.argv.len() as u32,
             self.env.len() as u32,
             self.fds.len() as u32,
-            self.cgroups.len() as u32,
-            0,
+            ncg as u32,
+            if self.clone_into.is_some() {
+                INIT_RUN_CLONE_INTO
+            } else {
+                0
+            },
         ]);
         bytes.extend_from_slice(&body);
         let fds = self
             .fds
             .iter()
             .chain(self.cgroups)
+            .chain(self.clone_into.as_ref())
             .map(|f| f.as_raw_fd())
             .collect();
         Ok(EncodedRun { bytes, fds })
@@ -427,6 +435,7 @@ mod tests {
             env: &[("A".into(), "b".into())],
             fds: &[],
             cgroups: &[],
+            clone_into: None,
         };
         let e = ok.encode().unwrap();
         assert_eq!(&e.bytes()[..4], &INIT_MSG_RUN.to_ne_bytes());

@@ -48,6 +48,10 @@ pub struct Denied {
 }
 
 const EPERM: i32 = libc::EPERM;
+/// `S_ISUID | S_ISGID`.
+const SETID_BITS: u64 = 0o6000;
+/// `fchmodat2` (Linux 6.6), not yet in every libc.
+const SYS_FCHMODAT2: i64 = 452;
 const CLONE_NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
 
 macro_rules! deny {
@@ -308,6 +312,53 @@ pub fn denied() -> Vec<Denied> {
             EPERM,
             "pushes characters into a terminal's input queue (terminal injection)"
         ),
+        deny!(
+            "fchmod(setuid/setgid)",
+            libc::SYS_fchmod,
+            When::AnyBits {
+                arg: 1,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "a set-id file the sandbox makes would run with its owner's ids on the host"
+        ),
+        deny!(
+            "fchmodat(setuid/setgid)",
+            libc::SYS_fchmodat,
+            When::AnyBits {
+                arg: 2,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "a set-id file the sandbox makes would run with its owner's ids on the host"
+        ),
+        deny!(
+            "fchmodat2(setuid/setgid)",
+            SYS_FCHMODAT2,
+            When::AnyBits {
+                arg: 2,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "a set-id file the sandbox makes would run with its owner's ids on the host"
+        ),
+        deny!(
+            "openat(setuid/setgid mode)",
+            libc::SYS_openat,
+            When::AnyBits {
+                arg: 3,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "creating a set-id file (files of an idmapped mount are owned by their host owner)"
+        ),
+        deny!(
+            "openat2",
+            libc::SYS_openat2,
+            When::Always,
+            libc::ENOSYS,
+            "its mode lives in memory seccomp cannot read; ENOSYS makes callers fall back to openat"
+        ),
     ];
     #[cfg(target_arch = "x86_64")]
     v.extend([
@@ -318,6 +369,36 @@ pub fn denied() -> Vec<Denied> {
         ),
         deny!("iopl", libc::SYS_iopl, "raw I/O port access"),
         deny!("ioperm", libc::SYS_ioperm, "raw I/O port access"),
+        deny!(
+            "chmod(setuid/setgid)",
+            libc::SYS_chmod,
+            When::AnyBits {
+                arg: 1,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "a set-id file the sandbox makes would run with its owner's ids on the host"
+        ),
+        deny!(
+            "open(setuid/setgid mode)",
+            libc::SYS_open,
+            When::AnyBits {
+                arg: 2,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "creating a set-id file (files of an idmapped mount are owned by their host owner)"
+        ),
+        deny!(
+            "creat(setuid/setgid mode)",
+            libc::SYS_creat,
+            When::AnyBits {
+                arg: 1,
+                mask: SETID_BITS
+            },
+            EPERM,
+            "creating a set-id file (files of an idmapped mount are owned by their host owner)"
+        ),
     ]);
     v
 }

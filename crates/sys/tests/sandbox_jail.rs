@@ -158,6 +158,7 @@ impl Jail {
             env: &env,
             fds: &fds,
             cgroups: &[],
+            clone_into: None,
         }
         .encode()
         .unwrap();
