@@ -7,6 +7,7 @@
 
 pub mod envpolicy;
 pub mod error;
+pub mod escape;
 pub mod ids;
 pub mod layout;
 pub mod mount;
