@@ -99,6 +99,7 @@ fn entry(vp: VirtualPath, md: &std::fs::Metadata) -> Entry {
         kind,
         size: if kind == EntryKind::Dir { 0 } else { md.len() },
         modified: modified(md),
+        escaped_path: None,
     }
 }
 
@@ -506,7 +507,11 @@ impl Sandbox for HostSandbox {
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let truncated = entries.len() > req.max_entries;
         entries.truncate(req.max_entries);
-        Ok(Listing { entries, truncated })
+        Ok(Listing {
+            entries,
+            truncated,
+            ..Listing::default()
+        })
     }
 
     async fn glob(&self, req: Glob) -> Result<GlobOutcome, SandboxError> {
@@ -540,7 +545,11 @@ impl Sandbox for HostSandbox {
             }
         }
         paths.sort();
-        Ok(GlobOutcome { paths, truncated })
+        Ok(GlobOutcome {
+            paths,
+            truncated,
+            ..GlobOutcome::default()
+        })
     }
 
     async fn grep(&self, req: Grep) -> Result<GrepOutcome, SandboxError> {
@@ -619,10 +628,15 @@ impl Sandbox for HostSandbox {
                     path: v.clone(),
                     line_number: i as u64 + 1,
                     line: shown,
+                    escaped_path: None,
                 });
             }
         }
-        Ok(GrepOutcome { matches, truncated })
+        Ok(GrepOutcome {
+            matches,
+            truncated,
+            ..GrepOutcome::default()
+        })
     }
 
     async fn str_replace(&self, req: StrReplace) -> Result<ReplaceOutcome, SandboxError> {

@@ -3,6 +3,7 @@
 //! and one conformance suite checks them all. Paths in requests are *virtual* strings;
 //! each backend resolves them through its mount table.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 
@@ -36,6 +37,9 @@ pub const GREP_MAX_LINE_CHARS: usize = 2_000;
 pub const GREP_LINE_CUT_CHARS: usize = 200;
 /// Largest text file `read_text` / `str_replace` will load.
 pub const DEFAULT_TEXT_CAP_BYTES: u64 = 100 * 1024 * 1024;
+/// Most unreadable directories one list, glob or grep reports; past this many the result
+/// is marked truncated instead.
+pub const MAX_UNREADABLE_REPORTED: usize = 100;
 
 /// A stream of bytes (downloads, uploads).
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, SandboxError>> + Send>>;
@@ -385,10 +389,21 @@ pub enum EntryKind {
     Other,
 }
 
+/// A path as shown to a model: `escaped` when the walk had to write one (a name on the
+/// path is not UTF-8), else `path` with its control characters escaped
+/// ([`crate::escape`]).
+fn shown_path<'a>(path: &'a VirtualPath, escaped: Option<&'a str>) -> Cow<'a, str> {
+    match escaped {
+        Some(e) => Cow::Borrowed(e),
+        None => crate::escape::escape_str(path.as_str()),
+    }
+}
+
 /// One file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// Virtual path.
+    /// Virtual path. When a name on it is not UTF-8 this is a lossy stand-in (invalid
+    /// bytes as U+FFFD) and `escaped_path` holds the exact path.
     pub path: VirtualPath,
     /// What it is.
     pub kind: EntryKind,
@@ -396,6 +411,11 @@ pub struct Entry {
     pub size: u64,
     /// Modification time, seconds since the epoch.
     pub modified: Option<i64>,
+    /// The exact path with every byte that is not UTF-8 written `\xNN` (and control
+    /// characters and backslashes escaped, see [`crate::escape`]); present only when a
+    /// name on the path is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_path: Option<String>,
 }
 
 impl Entry {
@@ -406,6 +426,38 @@ impl Entry {
         } else {
             self.path.to_string()
         }
+    }
+
+    /// Like [`Entry::display`], escaped for text shown to a model: one line, no control
+    /// characters, exact even for names that are not UTF-8.
+    pub fn shown(&self) -> String {
+        let p = shown_path(&self.path, self.escaped_path.as_deref());
+        if self.kind == EntryKind::Dir && !self.path.is_root() {
+            format!("{p}/")
+        } else {
+            p.into_owned()
+        }
+    }
+}
+
+/// A directory that a list, glob or grep found but could not read (permission denied, no
+/// descriptor left, swapped for a symlink, changed during the walk, a path too long to
+/// name): whatever lies beneath it is missing from the result, and this says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreadable {
+    /// Virtual path (a lossy stand-in when a name on it is not UTF-8, as in [`Entry`]).
+    pub path: VirtualPath,
+    /// The exact path escaped, when a name on it is not UTF-8 (as in [`Entry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_path: Option<String>,
+    /// Why, in a few words (`permission denied`, `too many open files`, ...).
+    pub reason: String,
+}
+
+impl Unreadable {
+    /// The path escaped for text shown to a model.
+    pub fn shown(&self) -> Cow<'_, str> {
+        shown_path(&self.path, self.escaped_path.as_deref())
     }
 }
 
@@ -457,8 +509,12 @@ impl List {
 pub struct Listing {
     /// The entries (the root itself is not included).
     pub entries: Vec<Entry>,
-    /// Whether `max_entries` cut the list.
+    /// Whether the list is incomplete: `max_entries` cut it, the walk's own budget ran
+    /// out, or more than [`MAX_UNREADABLE_REPORTED`] directories could not be read.
     pub truncated: bool,
+    /// Directories below the root that could not be read, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Find paths matching a glob under a root.
@@ -496,10 +552,29 @@ impl Glob {
 /// Matched paths, sorted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GlobOutcome {
-    /// Virtual paths.
+    /// Virtual paths (lossy stand-ins where a name is not UTF-8: see `escaped_paths`).
     pub paths: Vec<VirtualPath>,
-    /// Whether the cap was hit.
+    /// Whether the result is incomplete: the cap was hit, the walk's own budget ran out,
+    /// or more than [`MAX_UNREADABLE_REPORTED`] directories could not be read.
     pub truncated: bool,
+    /// For `paths[i]` with a name that is not UTF-8: `i` and the exact path escaped (as
+    /// [`Entry::escaped_path`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub escaped_paths: BTreeMap<usize, String>,
+    /// Directories below the root that could not be read, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl GlobOutcome {
+    /// `paths[i]` escaped for text shown to a model.
+    pub fn shown(&self, i: usize) -> Cow<'_, str> {
+        match (self.escaped_paths.get(&i), self.paths.get(i)) {
+            (Some(e), _) => Cow::Borrowed(e.as_str()),
+            (None, Some(p)) => crate::escape::escape_str(p.as_str()),
+            (None, None) => Cow::Borrowed(""),
+        }
+    }
 }
 
 /// Search file contents.
@@ -545,12 +620,22 @@ impl Grep {
 /// One matching line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrepMatch {
-    /// The file (virtual).
+    /// The file (virtual; a lossy stand-in when a name on it is not UTF-8).
     pub path: VirtualPath,
     /// 1-based line number.
     pub line_number: u64,
     /// The line, right-trimmed and cut to 200 chars.
     pub line: String,
+    /// The exact path escaped, when a name on it is not UTF-8 (as in [`Entry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_path: Option<String>,
+}
+
+impl GrepMatch {
+    /// The path escaped for text shown to a model.
+    pub fn shown(&self) -> Cow<'_, str> {
+        shown_path(&self.path, self.escaped_path.as_deref())
+    }
 }
 
 /// Matches in path order, then line order.
@@ -558,8 +643,12 @@ pub struct GrepMatch {
 pub struct GrepOutcome {
     /// The matches.
     pub matches: Vec<GrepMatch>,
-    /// Whether the cap was hit.
+    /// Whether the result is incomplete: the cap was hit, the walk's own budget ran out,
+    /// or more than [`MAX_UNREADABLE_REPORTED`] directories could not be read.
     pub truncated: bool,
+    /// Directories below the root that could not be read, sorted by path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Replace text in a file.
@@ -746,6 +835,52 @@ mod tests {
             end_line: None,
         };
         assert!(r.validate().unwrap_err().to_string().contains("start_line"));
+    }
+
+    #[test]
+    fn walk_outcomes_on_the_wire_are_additive() {
+        let vp = |s: &str| VirtualPath::parse(s).unwrap();
+        // Ordinary results serialise exactly as before the new fields existed.
+        let l = Listing {
+            entries: vec![Entry {
+                path: vp("/w/a"),
+                kind: EntryKind::File,
+                size: 1,
+                modified: None,
+                escaped_path: None,
+            }],
+            truncated: false,
+            unreadable: vec![],
+        };
+        let j = serde_json::to_string(&l).unwrap();
+        assert_eq!(
+            j,
+            r#"{"entries":[{"path":"/w/a","kind":"file","size":1,"modified":null}],"truncated":false}"#
+        );
+        assert_eq!(serde_json::from_str::<Listing>(&j).unwrap(), l);
+        let g: GlobOutcome =
+            serde_json::from_str(r#"{"paths":["/w/a"],"truncated":true}"#).unwrap();
+        assert!(g.escaped_paths.is_empty() && g.unreadable.is_empty());
+        let m: GrepOutcome = serde_json::from_str(
+            r#"{"matches":[{"path":"/w/a","line_number":1,"line":"x"}],"truncated":false}"#,
+        )
+        .unwrap();
+        assert_eq!(m.matches[0].escaped_path, None);
+        // New fields round-trip, and what is shown is escaped.
+        let g = GlobOutcome {
+            paths: vec![vp("/w/a\nb"), vp("/w/bad\u{fffd}")],
+            truncated: false,
+            escaped_paths: BTreeMap::from([(1, "/w/bad\\xff".to_owned())]),
+            unreadable: vec![Unreadable {
+                path: vp("/w/locked"),
+                escaped_path: None,
+                reason: "permission denied".into(),
+            }],
+        };
+        let back: GlobOutcome = serde_json::from_str(&serde_json::to_string(&g).unwrap()).unwrap();
+        assert_eq!(back, g);
+        assert_eq!(g.shown(0), "/w/a\\nb");
+        assert_eq!(g.shown(1), "/w/bad\\xff");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use paddock_core::sandbox::{
 };
 use paddock_core::{MountTable, SandboxError, VirtualPath};
 
+mod chain;
 pub mod ignore;
 mod list;
 mod read;
@@ -28,7 +29,10 @@ mod tree;
 mod walker;
 mod write;
 
+pub use chain::HELD_FDS;
 pub use ignore::{IGNORE_PATTERNS, is_ignored};
+pub use search::{GREP_MAX_FDS, GREP_MAX_WORKERS, GREP_QUEUED_PER_WORKER};
+pub use tree::{WALK_MAX_ENTRIES, WALK_MAX_FDS, WALK_MAX_NAME_BYTES};
 
 /// Default cap on an upload (1 GiB).
 pub const DEFAULT_UPLOAD_CAP_BYTES: u64 = 1024 * 1024 * 1024;
@@ -47,6 +51,10 @@ pub struct FsOptions {
     pub owner: Option<(u32, u32)>,
     /// Always take the fd walk, never the `openat2` fast path (tests compare both).
     pub force_walk: bool,
+    /// Directory entries one list, glob or grep reads before it stops and reports a
+    /// truncated result: a bound on the work (and, with [`WALK_MAX_NAME_BYTES`], the
+    /// memory) one request can cost, however large the tenant's tree.
+    pub walk_max_entries: usize,
 }
 
 impl Default for FsOptions {
@@ -57,6 +65,7 @@ impl Default for FsOptions {
             upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
             owner: None,
             force_walk: false,
+            walk_max_entries: WALK_MAX_ENTRIES,
         }
     }
 }

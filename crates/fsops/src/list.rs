@@ -1,22 +1,20 @@
 //! `list`: the entries under a directory to a depth, sorted by path.
 //!
 //! Invariant: only directories reached through [`crate::tree`] (fds, `O_NOFOLLOW`) are
-//! listed, so symlinks appear as entries but are never entered.
+//! listed, so symlinks appear as entries but are never entered; what the walk could not
+//! read is reported in [`Listing::unreadable`], never dropped silently.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
 
-use paddock_core::sandbox::{Entry, EntryKind, List, Listing};
-use paddock_core::{SandboxError, VirtualPath};
+use paddock_core::SandboxError;
+use paddock_core::sandbox::{Entry, EntryKind, List, Listing, Unreadable};
 use rustix::fs::AtFlags;
+use rustix::io::Errno;
 
 use crate::read::entry_from_stat;
 use crate::resolve::FOLLOW;
-use crate::tree::{Child, open_child_dir, open_root_dir, read_children};
+use crate::tree::{self, Child, Flow, Spec, open_root_dir};
 use crate::{FsOps, ignore};
-
-/// Stops a runaway listing (the cap applies after sorting, so the walk must see more
-/// than `max_entries`; this bounds memory on enormous trees).
-const LIST_WALK_LIMIT: usize = 1_000_000;
 
 pub(crate) fn list(ops: &FsOps, req: &List) -> Result<Listing, SandboxError> {
     if req.max_depth == 0 {
@@ -28,48 +26,69 @@ pub(crate) fn list(ops: &FsOps, req: &List) -> Result<Listing, SandboxError> {
         (req.show_hidden || !name.starts_with('.'))
             && !(req.apply_ignore && ignore::is_ignored(name))
     };
+    let spec = Spec {
+        keep: &keep,
+        max_depth: req.max_depth,
+        max_entries: ops.options().walk_max_entries,
+    };
     let mut entries = Vec::new();
-    let mut walk_cut = false;
-    let mut stack: Vec<(OwnedFd, VirtualPath, u32)> = vec![(root, r.vpath().clone(), 1)];
-    while let Some((dir, vdir, depth)) = stack.pop() {
-        let children = match read_children(ops.table(), &dir, &vdir, &keep) {
-            Ok(c) => c,
-            Err(e) if depth == 1 => return Err(r.io_err("list", e)),
-            Err(e) => {
-                tracing::debug!(dir = %vdir, error = %e, "skipping an unreadable directory");
-                continue;
-            }
-        };
-        for child in children {
-            if entries.len() >= LIST_WALK_LIMIT {
-                walk_cut = true;
-                break;
-            }
-            let Some(entry) = entry_of(&dir, &child) else {
-                continue;
-            };
-            if child.kind == EntryKind::Dir
-                && depth < req.max_depth
-                && let Some(fd) = open_child_dir(&dir, &child)
+    let mut changed = Vec::new();
+    // Entries come in path order, so the walk stops once it has one past the cap.
+    let mut walked = tree::walk(ops.table(), root, r.vpath(), &spec, &mut |dir, child| {
+        if let Some(entry) = entry_of(dir, child) {
+            // A directory now that was something else when its parent was read (swapped
+            // in since) was not entered: say so rather than show it empty.
+            if entry.kind == EntryKind::Dir
+                && child.kind != EntryKind::Dir
+                && child.depth < req.max_depth
             {
-                stack.push((fd, child.vpath.clone(), depth + 1));
+                changed.push(Unreadable {
+                    path: child.vpath.clone(),
+                    escaped_path: child.escaped.clone(),
+                    reason: "changed during the walk".into(),
+                });
             }
             entries.push(entry);
         }
-    }
+        if entries.len() > req.max_entries {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    })
+    .map_err(|e| r.io_err("list", e))?;
+    walked.add_unreadable(changed);
     entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let truncated = walk_cut || entries.len() > req.max_entries;
+    let truncated = walked.truncated || entries.len() > req.max_entries;
     entries.truncate(req.max_entries);
-    Ok(Listing { entries, truncated })
+    Ok(Listing {
+        entries,
+        truncated,
+        unreadable: walked.unreadable,
+    })
 }
 
 /// The entry for `child` (stat without following; a mount point by its host root).
-fn entry_of(dir: &OwnedFd, child: &Child<'_>) -> Option<Entry> {
+/// `None` only when it vanished since its directory was read; an entry that cannot be
+/// stat'ed is listed with what the directory said about it rather than left out.
+fn entry_of(dir: BorrowedFd<'_>, child: &Child<'_, '_>) -> Option<Entry> {
     let st = match child.mount {
-        Some(m) => rustix::fs::stat(&m.host).ok()?,
-        None => rustix::fs::statat(dir, child.name.as_str(), AtFlags::SYMLINK_NOFOLLOW).ok()?,
+        Some(m) => rustix::fs::stat(&m.host),
+        None => rustix::fs::statat(dir, child.name, AtFlags::SYMLINK_NOFOLLOW),
     };
-    Some(entry_from_stat(child.vpath.clone(), &st))
+    let mut entry = match st {
+        Ok(st) => entry_from_stat(child.vpath.clone(), &st),
+        Err(Errno::NOENT) if child.mount.is_none() => return None,
+        Err(_) => Entry {
+            path: child.vpath.clone(),
+            kind: child.kind,
+            size: 0,
+            modified: None,
+            escaped_path: None,
+        },
+    };
+    entry.escaped_path.clone_from(&child.escaped);
+    Some(entry)
 }
 
 #[cfg(test)]

@@ -192,6 +192,7 @@ pub(crate) fn entry_from_stat(path: paddock_core::VirtualPath, st: &Stat) -> Ent
         kind,
         size,
         modified: Some(st.st_mtime),
+        escaped_path: None,
     }
 }
 

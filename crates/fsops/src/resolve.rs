@@ -116,9 +116,11 @@ impl FsOps {
         }
         let mut w = FdWalker::new(self.options().owner);
         let walked = self.table().walk(raw, opts, &mut w)?;
-        let dir = w.into_top().ok_or_else(|| SandboxError::Internal {
-            message: "path walk ended without a directory".into(),
-        })?;
+        // The top is held unless the path is deeper than the chain holds and the walk
+        // came back up to a forgotten level; re-opening it can then fail like any open.
+        let dir = w
+            .into_top()
+            .map_err(|e| SandboxError::from_io("open", requested.as_str(), &e))?;
         Ok(Resolved {
             requested,
             walked,

@@ -1,14 +1,21 @@
-//! `glob` and `grep`: one fd-based walk of the virtual tree, pruning ignored names.
+//! `glob` and `grep`: one fd-based walk of the virtual tree ([`crate::tree`]), pruning
+//! ignored names and stopping once the result cap is exceeded.
 //!
 //! Invariant: files are opened relative to their directory fd with `O_NOFOLLOW`, and only
 //! regular files are searched, so neither a symlink nor a swapped directory can bring
 //! content from outside the mounts into results. Grep walks once on the calling thread and
-//! searches in parallel on `available_parallelism` scoped worker threads, each reusing
-//! one `Searcher` and one read buffer; results are sorted afterwards, so they do not depend
-//! on scheduling.
+//! searches in parallel on at most [`GREP_MAX_WORKERS`] scoped worker threads, each reusing
+//! one `Searcher` and one read buffer, with at most [`GREP_QUEUED_PER_WORKER`] opened files
+//! queued per worker, so it holds at most [`GREP_MAX_FDS`] descriptors. Files are handed
+//! out in path order and every file handed out is searched to the end (up to the cap), so
+//! the matches kept after sorting are exactly the first in path and line order, whatever
+//! the scheduling.
 
+use std::collections::BTreeMap;
+use std::ffi::CStr;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -25,11 +32,19 @@ use paddock_core::{SandboxError, VirtualPath};
 use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::resolve::FOLLOW;
-use crate::tree::{Child, open_child_dir, open_root_dir, read_children};
+use crate::tree::{self, Flow, Spec, WALK_MAX_FDS, Walked, open_root_dir};
 use crate::{FsOps, ignore};
 
 /// Grep treats a file as binary when its first this-many bytes hold a NUL.
 const BINARY_PROBE_BYTES: usize = 8 * 1024;
+
+/// Most grep worker threads, whatever the host's parallelism: each holds one open file.
+pub const GREP_MAX_WORKERS: usize = 8;
+/// Opened files waiting per worker.
+pub const GREP_QUEUED_PER_WORKER: usize = 2;
+/// Most descriptors a grep holds at once: the walk's, one per worker, the queue, and the
+/// file the walk holds while it waits for room in the queue.
+pub const GREP_MAX_FDS: usize = WALK_MAX_FDS + GREP_MAX_WORKERS * (1 + GREP_QUEUED_PER_WORKER) + 1;
 
 /// A glob over paths relative to a search root, right-anchored like the reference: a
 /// pattern not starting with `/` or `**/` also matches at any depth, and `**/x` matches a
@@ -83,37 +98,14 @@ impl PathMatcher {
     }
 }
 
-/// A depth-first walk of the virtual tree below `root_fd`, pruning ignored names and never
-/// entering symlinks. `visit(dir_fd, child)` sees every kept entry.
-fn walk_tree(
-    ops: &FsOps,
-    root_fd: OwnedFd,
-    root: &VirtualPath,
-    visit: &mut dyn FnMut(&OwnedFd, &Child<'_>),
-) -> Result<(), SandboxError> {
-    let keep = |name: &str| !ignore::is_ignored(name);
-    let mut stack: Vec<(OwnedFd, VirtualPath)> = vec![(root_fd, root.clone())];
-    let mut first = true;
-    while let Some((dir, vdir)) = stack.pop() {
-        let children = match read_children(ops.table(), &dir, &vdir, &keep) {
-            Ok(c) => c,
-            Err(e) if first => return Err(SandboxError::from_io("read", root.as_str(), &e)),
-            Err(e) => {
-                tracing::debug!(dir = %vdir, error = %e, "skipping an unreadable directory");
-                continue;
-            }
-        };
-        first = false;
-        for child in children {
-            visit(&dir, &child);
-            if child.kind == EntryKind::Dir
-                && let Some(fd) = open_child_dir(&dir, &child)
-            {
-                stack.push((fd, child.vpath));
-            }
-        }
+/// A walk of the whole virtual tree below the root, pruning ignored names and never
+/// entering symlinks (see [`crate::tree`]).
+fn search_spec(ops: &FsOps) -> Spec<'static> {
+    Spec {
+        keep: &|name: &str| !ignore::is_ignored(name),
+        max_depth: u32::MAX,
+        max_entries: ops.options().walk_max_entries,
     }
-    Ok(())
 }
 
 fn rel_of<'a>(path: &'a VirtualPath, root: &VirtualPath) -> &'a str {
@@ -125,25 +117,55 @@ pub(crate) fn glob(ops: &FsOps, req: &Glob) -> Result<GlobOutcome, SandboxError>
     let r = ops.resolve(&req.path, FOLLOW)?;
     let root_fd = open_root_dir(&r)?;
     let root = r.vpath().clone();
-    let mut paths = Vec::new();
-    walk_tree(ops, root_fd, &root, &mut |_, child| {
-        let wanted = match child.kind {
-            EntryKind::Dir => req.include_dirs,
-            EntryKind::File | EntryKind::Symlink | EntryKind::Other => true,
-        };
-        if wanted && matcher.is_match(rel_of(&child.vpath, &root)) {
-            paths.push(child.vpath.clone());
-        }
-    })?;
-    paths.sort();
-    let truncated = paths.len() > req.max_results;
-    paths.truncate(req.max_results);
-    Ok(GlobOutcome { paths, truncated })
+    let mut found: Vec<(VirtualPath, Option<String>)> = Vec::new();
+    // Entries come in path order, so the walk stops once it has one match past the cap.
+    let walked = tree::walk(
+        ops.table(),
+        root_fd,
+        &root,
+        &search_spec(ops),
+        &mut |_, child| {
+            let wanted = match child.kind {
+                EntryKind::Dir => req.include_dirs,
+                EntryKind::File | EntryKind::Symlink | EntryKind::Other => true,
+            };
+            if wanted && matcher.is_match(rel_of(&child.vpath, &root)) {
+                found.push((child.vpath.clone(), child.escaped.clone()));
+            }
+            if found.len() > req.max_results {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        },
+    )
+    .map_err(|e| SandboxError::from_io("read", root.as_str(), &e))?;
+    found.sort();
+    let truncated = walked.truncated || found.len() > req.max_results;
+    found.truncate(req.max_results);
+    let mut escaped_paths = BTreeMap::new();
+    let paths = found
+        .into_iter()
+        .enumerate()
+        .map(|(i, (path, escaped))| {
+            if let Some(e) = escaped {
+                escaped_paths.insert(i, e);
+            }
+            path
+        })
+        .collect();
+    Ok(GlobOutcome {
+        paths,
+        truncated,
+        escaped_paths,
+        unreadable: walked.unreadable,
+    })
 }
 
 /// One file handed to a grep worker.
 struct Job {
     vpath: VirtualPath,
+    escaped: Option<String>,
     file: std::fs::File,
 }
 
@@ -154,6 +176,8 @@ struct Worker<'m> {
     buf: Vec<u8>,
     /// Per-file cap: a file never needs to contribute more than the global cap plus one.
     per_file: usize,
+    /// Matches found by every worker so far: the walk stops handing out files past the cap.
+    found: &'m AtomicUsize,
 }
 
 impl Worker<'_> {
@@ -180,19 +204,21 @@ impl Worker<'_> {
             return;
         }
         let per_file = self.per_file;
+        let total = self.found;
         let mut found = 0usize;
-        let vpath = &job.vpath;
         let sink = Lossy(|line_number, line: &str| {
             let line = line.trim_end_matches(['\n', '\r']);
             if line.len() > GREP_MAX_LINE_CHARS && line.chars().count() > GREP_MAX_LINE_CHARS {
                 return Ok(true);
             }
             out.push(GrepMatch {
-                path: vpath.clone(),
+                path: job.vpath.clone(),
                 line_number,
                 line: cut_line(line),
+                escaped_path: job.escaped.clone(),
             });
             found += 1;
+            total.fetch_add(1, Ordering::Relaxed);
             Ok(found < per_file)
         });
         if let Err(e) = self.searcher.search_slice(self.matcher, &self.buf, sink) {
@@ -212,7 +238,7 @@ pub(crate) fn cut_line(line: &str) -> String {
     s
 }
 
-fn open_file(dir: &OwnedFd, name: &str) -> Option<std::fs::File> {
+fn open_file(dir: BorrowedFd<'_>, name: &CStr) -> Option<std::fs::File> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
     rustix::fs::openat(dir, name, flags, Mode::empty())
         .ok()
@@ -237,6 +263,7 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
         .transpose()?;
     let r = ops.resolve(&req.path, FOLLOW)?;
     let per_file = req.max_results.saturating_add(1);
+    let found = AtomicUsize::new(0);
     let new_worker = || Worker {
         matcher: &matcher,
         searcher: SearcherBuilder::new()
@@ -245,8 +272,10 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
             .build(),
         buf: Vec::with_capacity(64 * 1024),
         per_file,
+        found: &found,
     };
     let mut matches = Vec::new();
+    let mut walked = Walked::default();
     match r.node() {
         Node::File => {
             let name = r.vpath().file_name().unwrap_or_default();
@@ -254,6 +283,7 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                 let file = r.open("open", OFlags::RDONLY | OFlags::NONBLOCK, 0)?;
                 let job = Job {
                     vpath: r.vpath().clone(),
+                    escaped: None,
                     file: std::fs::File::from(file),
                 };
                 new_worker().search(&job, &mut matches);
@@ -264,8 +294,8 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
             let root = r.vpath().clone();
             let workers = std::thread::available_parallelism()
                 .map_or(2, usize::from)
-                .max(1);
-            let (tx, rx) = mpsc::sync_channel::<Job>(workers * 16);
+                .clamp(1, GREP_MAX_WORKERS);
+            let (tx, rx) = mpsc::sync_channel::<Job>(workers * GREP_QUEUED_PER_WORKER);
             // Only the workers hold the receiver: if they all died, `send` fails instead
             // of blocking the walk forever on a full channel.
             let rx = Arc::new(Mutex::new(rx));
@@ -289,24 +319,34 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                     })
                     .collect();
                 drop(rx);
-                let walked = walk_tree(ops, root_fd, &root, &mut |dir, child| {
-                    if child.kind != EntryKind::File {
-                        return;
-                    }
-                    if filter
-                        .as_ref()
-                        .is_some_and(|f| !f.is_match(rel_of(&child.vpath, &root)))
-                    {
-                        return;
-                    }
-                    if let Some(file) = open_file(dir, &child.name) {
-                        // A send error means every worker is gone; the join below reports it.
-                        let _ = tx.send(Job {
-                            vpath: child.vpath.clone(),
-                            file,
-                        });
-                    }
-                });
+                let walk = tree::walk(
+                    ops.table(),
+                    root_fd,
+                    &root,
+                    &search_spec(ops),
+                    &mut |dir, child| {
+                        if child.kind == EntryKind::File
+                            && filter
+                                .as_ref()
+                                .is_none_or(|f| f.is_match(rel_of(&child.vpath, &root)))
+                            && let Some(file) = open_file(dir, child.name)
+                        {
+                            // A send error means every worker is gone; the join below reports it.
+                            let _ = tx.send(Job {
+                                vpath: child.vpath.clone(),
+                                escaped: child.escaped.clone(),
+                                file,
+                            });
+                        }
+                        // Files go out in path order: once the files handed out hold more
+                        // matches than the cap, later files cannot be among the first.
+                        if found.load(Ordering::Relaxed) > req.max_results {
+                            Flow::Stop
+                        } else {
+                            Flow::Continue
+                        }
+                    },
+                );
                 drop(tx);
                 for h in handles {
                     match h.join() {
@@ -318,7 +358,8 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                         }
                     }
                 }
-                walked
+                walked = walk.map_err(|e| SandboxError::from_io("read", root.as_str(), &e))?;
+                Ok(())
             })?;
         }
         Node::Missing => return Err(SandboxError::NotFound { path: r.shown() }),
@@ -330,9 +371,13 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
         }
     }
     matches.sort_by(|a, b| a.path.cmp(&b.path).then(a.line_number.cmp(&b.line_number)));
-    let truncated = matches.len() > req.max_results;
+    let truncated = walked.truncated || matches.len() > req.max_results;
     matches.truncate(req.max_results);
-    Ok(GrepOutcome { matches, truncated })
+    Ok(GrepOutcome {
+        matches,
+        truncated,
+        unreadable: walked.unreadable,
+    })
 }
 
 #[cfg(test)]

@@ -3,12 +3,17 @@
 //! Invariant: every directory on the stack was opened relative to the one below it with
 //! `O_NOFOLLOW | O_DIRECTORY`, starting from a mount's host root. A symlink swapped in
 //! between `lookup` and `descend` therefore makes `descend` fail; the kernel never follows
-//! it, so the walk cannot be steered outside the mount by a concurrent writer.
+//! it, so the walk cannot be steered outside the mount by a concurrent writer. The stack
+//! is a [`DirChain`], so a path of any depth holds at most [`crate::chain::CHAIN_MAX_FDS`]
+//! descriptors.
 
-use std::os::fd::OwnedFd;
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
 
 use paddock_core::mount::{Mount, Node, Walker};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+use crate::chain::DirChain;
 
 /// Flags of every directory on the stack: a handle for `*at` calls, nothing more.
 pub(crate) const DIR_PATH_FLAGS: OFlags = OFlags::PATH
@@ -19,10 +24,10 @@ pub(crate) const DIR_PATH_FLAGS: OFlags = OFlags::PATH
 /// Mode of directories created for a write (before the umask).
 pub(crate) const NEW_DIR_MODE: u32 = 0o755;
 
-/// A stack of directory fds, the top being the current directory of the walk.
+/// A stack of directories, the top being the current directory of the walk.
 #[derive(Debug, Default)]
 pub(crate) struct FdWalker {
-    stack: Vec<OwnedFd>,
+    stack: DirChain,
     owner: Option<(u32, u32)>,
 }
 
@@ -30,21 +35,19 @@ impl FdWalker {
     /// A walker that chowns directories it creates to `owner`.
     pub(crate) fn new(owner: Option<(u32, u32)>) -> Self {
         Self {
-            stack: Vec::new(),
+            stack: DirChain::default(),
             owner,
         }
     }
 
     /// Takes the current directory, ending the walk.
-    pub(crate) fn into_top(mut self) -> Option<OwnedFd> {
-        self.stack.pop()
+    pub(crate) fn into_top(self) -> std::io::Result<OwnedFd> {
+        self.stack.into_top()
     }
+}
 
-    fn top(&self) -> std::io::Result<&OwnedFd> {
-        self.stack
-            .last()
-            .ok_or_else(|| std::io::Error::other("walker has no current directory"))
-    }
+fn name_of(name: &str) -> std::io::Result<CString> {
+    CString::new(name).map_err(|_| std::io::Error::other("name contains a NUL byte"))
 }
 
 /// Opens a mount's host root as an `O_PATH` directory handle. Host roots come from the
@@ -59,7 +62,8 @@ pub(crate) fn open_mount_root(mount: &Mount) -> std::io::Result<OwnedFd> {
 }
 
 /// Classifies `name` in `dir` without following a symlink.
-pub(crate) fn lookup_at(dir: &OwnedFd, name: &str) -> std::io::Result<Node> {
+pub(crate) fn lookup_at(dir: impl AsFd, name: &str) -> std::io::Result<Node> {
+    let dir = dir.as_fd();
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(rustix::io::Errno::NOENT) => return Ok(Node::Missing),
@@ -84,19 +88,17 @@ impl Walker for FdWalker {
     }
 
     fn push_mount(&mut self, mount: &Mount) -> std::io::Result<()> {
-        let fd = open_mount_root(mount)?;
-        self.stack.push(fd);
-        Ok(())
+        self.stack.push_host_root(&mount.host, OFlags::PATH)
     }
 
     fn lookup(&mut self, name: &str) -> std::io::Result<Node> {
-        lookup_at(self.top()?, name)
+        lookup_at(self.stack.top().map_err(|l| l.error)?, name)
     }
 
     fn descend(&mut self, name: &str) -> std::io::Result<()> {
-        let fd = rustix::fs::openat(self.top()?, name, DIR_PATH_FLAGS, Mode::empty())?;
-        self.stack.push(fd);
-        Ok(())
+        self.stack
+            .push_child(&name_of(name)?, OFlags::PATH)
+            .map_err(|l| l.error)
     }
 
     fn ascend(&mut self) {
@@ -104,10 +106,11 @@ impl Walker for FdWalker {
     }
 
     fn mkdir(&mut self, name: &str) -> std::io::Result<()> {
-        let top = self.top()?;
+        let owner = self.owner;
+        let top = self.stack.top().map_err(|l| l.error)?;
         match rustix::fs::mkdirat(top, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
             Ok(()) => {
-                if let Some((uid, gid)) = self.owner {
+                if let Some((uid, gid)) = owner {
                     // SYMLINK_NOFOLLOW: if the new directory was swapped for a symlink,
                     // the link itself is chowned, never its target.
                     rustix::fs::chownat(

@@ -228,6 +228,7 @@ pub fn entry(path: &str, kind: EntryKind) -> Entry {
         kind,
         size: 0,
         modified: None,
+        escaped_path: None,
     }
 }
 
@@ -235,6 +236,7 @@ pub fn listing(entries: &[(&str, EntryKind)], truncated: bool) -> Reply {
     Reply::List(Ok(Listing {
         entries: entries.iter().map(|(p, k)| entry(p, *k)).collect(),
         truncated,
+        ..Listing::default()
     }))
 }
 
@@ -242,6 +244,7 @@ pub fn globbed(paths: &[&str], truncated: bool) -> Reply {
     Reply::Glob(Ok(GlobOutcome {
         paths: paths.iter().map(|p| vp(p)).collect(),
         truncated,
+        ..GlobOutcome::default()
     }))
 }
 
@@ -253,9 +256,11 @@ pub fn grepped(matches: &[(&str, u64, &str)], truncated: bool) -> Reply {
                 path: vp(p),
                 line_number: *n,
                 line: (*l).to_owned(),
+                escaped_path: None,
             })
             .collect(),
         truncated,
+        ..GrepOutcome::default()
     }))
 }
 
