@@ -1,13 +1,17 @@
 //! Pure renderers: sandbox outcomes to the exact text the reference's tools return.
 //!
-//! Invariant: these functions do no I/O, so every format is pinned by unit and
-//! snapshot tests without a sandbox.
+//! Invariants: these functions do no I/O, so every format is pinned by unit and
+//! snapshot tests without a sandbox. Every name that comes from the sandbox's tree is
+//! shown escaped ([`paddock_core::escape`]: one line, no control characters, exact even
+//! when it is not UTF-8), so a file name can neither forge a line of a listing nor pass a
+//! terminal escape through; names without such characters come out byte for byte as the
+//! reference shows them.
 
 use std::collections::BTreeMap;
 
 use paddock_core::SandboxError;
-use paddock_core::sandbox::{ExecOutcome, GrepMatch};
-use paddock_core::vpath::VirtualPath;
+use paddock_core::escape::escape_controls;
+use paddock_core::sandbox::{ExecOutcome, GlobOutcome, GrepOutcome, Listing, Unreadable};
 
 /// Values shorter than this are not masked: a short value (a region code, a PIN) would
 /// shred unrelated output such as exit codes and sizes.
@@ -159,49 +163,108 @@ pub fn resolve_max_results(
     requested.min(configured)
 }
 
-/// `Found N paths under ROOT` and a numbered list, or `No files matched under ROOT`.
-pub fn format_glob(root: &str, paths: &[VirtualPath], truncated: bool) -> String {
-    if paths.is_empty() {
-        return format!("No files matched under {root}");
+/// Most unreadable directories a note names (the count covers the rest).
+pub const UNREADABLE_NOTE_MAX_PATHS: usize = 10;
+
+/// Paddock's own note (the reference skips what it cannot read without a word): one
+/// line naming the directories a walk could not read, so the model knows the result is
+/// missing what lies beneath them. `None` when there are none.
+pub fn unreadable_note(unreadable: &[Unreadable]) -> Option<String> {
+    if unreadable.is_empty() {
+        return None;
     }
-    let mut lines = Vec::with_capacity(paths.len() + 2);
-    let mut header = format!("Found {} paths under {root}", paths.len());
-    if truncated {
-        header.push_str(&format!(" (showing first {})", paths.len()));
+    let n = unreadable.len();
+    let what = if n == 1 { "directory" } else { "directories" };
+    let mut note = format!("Could not read {n} {what}, so what lies beneath is not included: ");
+    let shown: Vec<String> = unreadable
+        .iter()
+        .take(UNREADABLE_NOTE_MAX_PATHS)
+        .map(|u| format!("{} ({})", u.shown(), escape_controls(&u.reason)))
+        .collect();
+    note.push_str(&shown.join("; "));
+    if n > UNREADABLE_NOTE_MAX_PATHS {
+        note.push_str(&format!("; and {} more", n - UNREADABLE_NOTE_MAX_PATHS));
     }
-    lines.push(header);
-    lines.extend(
-        paths
+    Some(note)
+}
+
+/// The `ls` text before its length cap: one entry per line (directories end with `/`),
+/// the entry-cap marker, the unreadable note; `(empty)` when there is no entry.
+pub fn format_ls(listing: &Listing) -> String {
+    let mut out = if listing.entries.is_empty() {
+        "(empty)".to_owned()
+    } else {
+        listing
+            .entries
             .iter()
-            .enumerate()
-            .map(|(i, p)| format!("{}. {p}", i + 1)),
-    );
-    if truncated {
-        lines
-            .push("Results truncated. Narrow the path or pattern to see fewer matches.".to_owned());
+            .map(|e| e.shown())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if listing.truncated && !listing.entries.is_empty() {
+        out.push_str(&format!(
+            "\n... [listing stopped after {} entries. Use a more specific path to see fewer results] ...",
+            listing.entries.len()
+        ));
     }
+    if let Some(note) = unreadable_note(&listing.unreadable) {
+        out.push('\n');
+        out.push_str(&note);
+    }
+    out
+}
+
+/// `Found N paths under ROOT` and a numbered list, or `No files matched under ROOT`.
+pub fn format_glob(root: &str, found: &GlobOutcome) -> String {
+    let paths = &found.paths;
+    let truncated = found.truncated;
+    let mut lines = Vec::with_capacity(paths.len() + 3);
+    if paths.is_empty() {
+        lines.push(format!("No files matched under {root}"));
+    } else {
+        let mut header = format!("Found {} paths under {root}", paths.len());
+        if truncated {
+            header.push_str(&format!(" (showing first {})", paths.len()));
+        }
+        lines.push(header);
+        lines.extend((0..paths.len()).map(|i| format!("{}. {}", i + 1, found.shown(i))));
+        if truncated {
+            lines.push(
+                "Results truncated. Narrow the path or pattern to see fewer matches.".to_owned(),
+            );
+        }
+    }
+    lines.extend(unreadable_note(&found.unreadable));
     lines.join("\n")
 }
 
 /// `Found N matches under ROOT` and `path:line: text` lines, or `No matches found under ROOT`.
-pub fn format_grep(root: &str, matches: &[GrepMatch], truncated: bool) -> String {
+/// The text is content, shown as it is but for control characters other than tab.
+pub fn format_grep(root: &str, found: &GrepOutcome) -> String {
+    let matches = &found.matches;
+    let truncated = found.truncated;
+    let mut lines = Vec::with_capacity(matches.len() + 3);
     if matches.is_empty() {
-        return format!("No matches found under {root}");
+        lines.push(format!("No matches found under {root}"));
+    } else {
+        let mut header = format!("Found {} matches under {root}", matches.len());
+        if truncated {
+            header.push_str(&format!(" (showing first {})", matches.len()));
+        }
+        lines.push(header);
+        lines.extend(matches.iter().map(|m| {
+            format!(
+                "{}:{}: {}",
+                m.shown(),
+                m.line_number,
+                escape_controls(&m.line)
+            )
+        }));
+        if truncated {
+            lines.push("Results truncated. Narrow the path or add a glob filter.".to_owned());
+        }
     }
-    let mut lines = Vec::with_capacity(matches.len() + 2);
-    let mut header = format!("Found {} matches under {root}", matches.len());
-    if truncated {
-        header.push_str(&format!(" (showing first {})", matches.len()));
-    }
-    lines.push(header);
-    lines.extend(
-        matches
-            .iter()
-            .map(|m| format!("{}:{}: {}", m.path, m.line_number, m.line)),
-    );
-    if truncated {
-        lines.push("Results truncated. Narrow the path or add a glob filter.".to_owned());
-    }
+    lines.extend(unreadable_note(&found.unreadable));
     lines.join("\n")
 }
 

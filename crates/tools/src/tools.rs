@@ -120,21 +120,10 @@ impl Tools {
             }
             Err(e) => return format!("Error: {e}"),
         };
-        if listing.entries.is_empty() {
+        if listing.entries.is_empty() && listing.unreadable.is_empty() {
             return "(empty)".to_owned();
         }
-        let mut out = listing
-            .entries
-            .iter()
-            .map(|e| e.display())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if listing.truncated {
-            out.push_str(&format!(
-                "\n... [listing stopped after {} entries. Use a more specific path to see fewer results] ...",
-                listing.entries.len()
-            ));
-        }
+        let out = render::format_ls(&listing);
         truncate::truncate_head(&out, self.config.ls_output_max_chars, truncate::ls_marker)
     }
 
@@ -159,7 +148,7 @@ impl Tools {
             max_results: max,
         };
         match self.sandbox.glob(req).await {
-            Ok(found) => render::format_glob(path, &found.paths, found.truncated),
+            Ok(found) => render::format_glob(path, &found),
             Err(e) => search_error(path, &e),
         }
     }
@@ -193,7 +182,7 @@ impl Tools {
             max_results: max,
         };
         match self.sandbox.grep(req).await {
-            Ok(found) => render::format_grep(path, &found.matches, found.truncated),
+            Ok(found) => render::format_grep(path, &found),
             Err(SandboxError::InvalidArgument { field, message })
                 if field == "pattern" || field == "regex" =>
             {
