@@ -5,16 +5,18 @@
 //! regular files are searched, so neither a symlink nor a swapped directory can bring
 //! content from outside the mounts into results. Grep walks once on the calling thread and
 //! searches in parallel on at most [`GREP_MAX_WORKERS`] scoped worker threads, each reusing
-//! one `Searcher` and one read buffer, with at most [`GREP_QUEUED_PER_WORKER`] opened files
-//! queued per worker, so it holds at most [`GREP_MAX_FDS`] descriptors. Files are handed
-//! out in path order and every file handed out is searched to the end (up to the cap), so
-//! the matches kept after sorting are exactly the first in path and line order, whatever
-//! the scheduling.
+//! one `Searcher` and one read buffer. Files go to the workers in batches of one
+//! directory's files with one descriptor on that directory (a worker opens each file
+//! relative to it, `O_NOFOLLOW`, when it gets to it), at most [`GREP_QUEUED_PER_WORKER`]
+//! batches queued per worker, so grep holds at most [`GREP_MAX_FDS`] descriptors. Files
+//! are handed out in path order and every file handed out is searched to the end (up to
+//! the cap), so the matches kept after sorting are exactly the first in path and line
+//! order, whatever the scheduling.
 
 use std::collections::BTreeMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, CString};
 use std::io::Read;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -38,13 +40,17 @@ use crate::{FsOps, ignore};
 /// Grep treats a file as binary when its first this-many bytes hold a NUL.
 const BINARY_PROBE_BYTES: usize = 8 * 1024;
 
-/// Most grep worker threads, whatever the host's parallelism: each holds one open file.
+/// Most grep worker threads, whatever the host's parallelism: each holds one batch's
+/// directory and one open file.
 pub const GREP_MAX_WORKERS: usize = 8;
-/// Opened files waiting per worker.
+/// Batches waiting per worker, each holding one directory descriptor.
 pub const GREP_QUEUED_PER_WORKER: usize = 2;
-/// Most descriptors a grep holds at once: the walk's, one per worker, the queue, and the
-/// file the walk holds while it waits for room in the queue.
-pub const GREP_MAX_FDS: usize = WALK_MAX_FDS + GREP_MAX_WORKERS * (1 + GREP_QUEUED_PER_WORKER) + 1;
+/// Most files in a batch.
+const GREP_BATCH_FILES: usize = 64;
+/// Most descriptors a grep holds at once: the walk's, the batch being filled, the queued
+/// batches, and per worker its batch and the file it searches.
+pub const GREP_MAX_FDS: usize =
+    WALK_MAX_FDS + 1 + GREP_MAX_WORKERS * GREP_QUEUED_PER_WORKER + GREP_MAX_WORKERS * 2;
 
 /// A glob over paths relative to a search root, right-anchored like the reference: a
 /// pattern not starting with `/` or `**/` also matches at any depth, and `**/x` matches a
@@ -162,11 +168,27 @@ pub(crate) fn glob(ops: &FsOps, req: &Glob) -> Result<GlobOutcome, SandboxError>
     })
 }
 
-/// One file handed to a grep worker.
+/// One file being searched.
 struct Job {
     vpath: VirtualPath,
     escaped: Option<String>,
     file: std::fs::File,
+}
+
+/// A file of a [`Batch`], not opened yet.
+struct FileJob {
+    name: CString,
+    vpath: VirtualPath,
+    escaped: Option<String>,
+}
+
+/// Consecutive files of one directory handed to a worker together, with one descriptor
+/// on that directory: the queue costs one descriptor per batch, not one per file, and a
+/// handoff per batch rather than per file.
+struct Batch {
+    dir: Arc<OwnedFd>,
+    vdir: VirtualPath,
+    files: Vec<FileJob>,
 }
 
 /// Per-worker search state, reused across files.
@@ -181,6 +203,19 @@ struct Worker<'m> {
 }
 
 impl Worker<'_> {
+    fn search_batch(&mut self, batch: Batch, out: &mut Vec<GrepMatch>) {
+        for f in batch.files {
+            if let Some(file) = open_file(batch.dir.as_fd(), &f.name) {
+                let job = Job {
+                    vpath: f.vpath,
+                    escaped: f.escaped,
+                    file,
+                };
+                self.search(&job, out);
+            }
+        }
+    }
+
     fn search(&mut self, job: &Job, out: &mut Vec<GrepMatch>) {
         let Ok(st) = rustix::fs::fstat(&job.file) else {
             return;
@@ -295,7 +330,7 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
             let workers = std::thread::available_parallelism()
                 .map_or(2, usize::from)
                 .clamp(1, GREP_MAX_WORKERS);
-            let (tx, rx) = mpsc::sync_channel::<Job>(workers * GREP_QUEUED_PER_WORKER);
+            let (tx, rx) = mpsc::sync_channel::<Batch>(workers * GREP_QUEUED_PER_WORKER);
             // Only the workers hold the receiver: if they all died, `send` fails instead
             // of blocking the walk forever on a full channel.
             let rx = Arc::new(Mutex::new(rx));
@@ -307,18 +342,23 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                         s.spawn(move || {
                             let mut out = Vec::new();
                             loop {
-                                let job = match rx.lock() {
+                                let batch = match rx.lock() {
                                     Ok(guard) => guard.recv(),
                                     Err(_) => break,
                                 };
-                                let Ok(job) = job else { break };
-                                w.search(&job, &mut out);
+                                let Ok(batch) = batch else { break };
+                                w.search_batch(batch, &mut out);
                             }
                             out
                         })
                     })
                     .collect();
                 drop(rx);
+                let mut batch: Option<Batch> = None;
+                // A send error means every worker is gone; the join below reports it.
+                let send = |b: Batch| {
+                    let _ = tx.send(b);
+                };
                 let walk = tree::walk(
                     ops.table(),
                     root_fd,
@@ -329,14 +369,37 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                             && filter
                                 .as_ref()
                                 .is_none_or(|f| f.is_match(rel_of(&child.vpath, &root)))
-                            && let Some(file) = open_file(dir, child.name)
                         {
-                            // A send error means every worker is gone; the join below reports it.
-                            let _ = tx.send(Job {
-                                vpath: child.vpath.clone(),
-                                escaped: child.escaped.clone(),
-                                file,
-                            });
+                            let parent = child.vpath.parent();
+                            if let Some(b) = batch.take_if(|b| {
+                                b.files.len() >= GREP_BATCH_FILES
+                                    || Some(&b.vdir) != parent.as_ref()
+                            }) {
+                                send(b);
+                            }
+                            if batch.is_none() {
+                                // One descriptor for the whole batch: the worker opens
+                                // each file relative to it, `O_NOFOLLOW`, when it gets there.
+                                match rustix::io::fcntl_dupfd_cloexec(dir, 0) {
+                                    Ok(fd) => {
+                                        batch = Some(Batch {
+                                            dir: Arc::new(fd),
+                                            vdir: parent.unwrap_or_else(VirtualPath::root),
+                                            files: Vec::new(),
+                                        });
+                                    }
+                                    Err(e) => {
+                                        tracing::debug!(path = %child.vpath, error = %e, "cannot hold the directory of a file to grep");
+                                    }
+                                }
+                            }
+                            if let Some(b) = batch.as_mut() {
+                                b.files.push(FileJob {
+                                    name: child.name.to_owned(),
+                                    vpath: child.vpath.clone(),
+                                    escaped: child.escaped.clone(),
+                                });
+                            }
                         }
                         // Files go out in path order: once the files handed out hold more
                         // matches than the cap, later files cannot be among the first.
@@ -347,6 +410,9 @@ pub(crate) fn grep(ops: &FsOps, req: &Grep) -> Result<GrepOutcome, SandboxError>
                         }
                     },
                 );
+                if let Some(b) = batch.take() {
+                    send(b);
+                }
                 drop(tx);
                 for h in handles {
                     match h.join() {
