@@ -31,6 +31,22 @@ pub const ACP_WORKSPACE: &str = "/mnt/acp-workspace";
 pub const SKILLS: &str = "/mnt/skills";
 /// `/mnt/skills/custom` (read-only, per user).
 pub const CUSTOM_SKILLS: &str = "/mnt/skills/custom";
+/// `/mnt/skills/legacy` (read-only, per user, with a gateway root).
+pub const LEGACY_SKILLS: &str = "/mnt/skills/legacy";
+
+/// The container paths DeerFlow's gateway sends as extra mounts of every create, exactly
+/// the set its own provisioner accepts (`ALLOWED_EXTRA_MOUNT_PATHS`).
+pub const GATEWAY_MOUNT_PATHS: &[&str] = &[
+    "/mnt/acp-workspace",
+    "/mnt/skills/custom",
+    "/mnt/skills/integrations",
+    "/mnt/integrations/lark-cli/config",
+    "/mnt/integrations/lark-cli/config/locks",
+    "/mnt/integrations/lark-cli/data",
+    "/mnt/integrations/lark-cli/runtime",
+];
+/// Most gateway mounts per sandbox (DeerFlow's `MAX_EXTRA_MOUNTS`).
+pub const MAX_GATEWAY_MOUNTS: usize = 10;
 
 /// Container paths no custom mount may take or nest under.
 pub const RESERVED_PREFIXES: &[&str] = &[USER_DATA, SKILLS, ACP_WORKSPACE];
@@ -59,8 +75,13 @@ pub enum MountKind {
     Skills,
     /// `/mnt/skills/custom`.
     CustomSkills,
+    /// `/mnt/skills/legacy` (read-only, per user; with a gateway root only).
+    LegacySkills,
     /// Operator-configured.
     Custom,
+    /// Supplied by DeerFlow's gateway with the create request (see
+    /// [`validate_gateway_mounts`]); replaces a built-in mount at the same path.
+    Gateway,
 }
 
 /// One mapping of a virtual directory onto a host directory.
@@ -74,6 +95,17 @@ pub struct Mount {
     pub read_only: bool,
     /// What it is.
     pub kind: MountKind,
+}
+
+impl Mount {
+    /// Whether this is the thread's user data (`/mnt/user-data` and its three directories),
+    /// the sandbox's own writable data.
+    pub fn is_user_data(&self) -> bool {
+        matches!(
+            self.kind,
+            MountKind::UserData | MountKind::Workspace | MountKind::Uploads | MountKind::Outputs
+        )
+    }
 }
 
 /// A custom mount as written in config or sent by a client (DeerFlow's `ExtraMount`).
@@ -126,6 +158,24 @@ pub enum MountRule {
     /// Two mounts on one container path.
     #[error("container_path is used by another mount")]
     Duplicate,
+    /// A gateway mount arrived but no gateway root is configured.
+    #[error(
+        "container_path is one of DeerFlow's gateway mounts, but no DeerFlow state root is \
+         configured (set DEER_FLOW_HOST_BASE_DIR or deerflow.host_base_dir)"
+    )]
+    NoGatewayRoot,
+    /// A gateway mount's host path is outside the gateway's state root.
+    #[error("host_path is outside the DeerFlow state root (DEER_FLOW_HOST_BASE_DIR)")]
+    OutsideGatewayRoot,
+    /// A gateway mount's host path is in another user's directory of the state root.
+    #[error("host_path is inside another user's directory of the DeerFlow state root")]
+    OtherUsersDirectory,
+    /// A component of the host path is a symbolic link.
+    #[error("host_path contains a symbolic link (refused, never followed)")]
+    HostPathSymlink,
+    /// A host path that is not lexically normalised (`.`, `..`, `//`).
+    #[error("host_path must be normalised (no '.', '..' or empty segments)")]
+    HostPathNotNormalised,
 }
 
 /// A rejected mount, named by its index and container path.
@@ -223,6 +273,112 @@ pub fn validate_custom_mounts(
         });
     }
     Ok(out)
+}
+
+/// Validates the extra mounts DeerFlow's gateway sends (SPEC section 3, gateway-supplied
+/// mounts), as DeerFlow's own provisioner does and stricter where it is lax: at most
+/// [`MAX_GATEWAY_MOUNTS`]; the container path normalised and one of [`GATEWAY_MOUNT_PATHS`],
+/// used once; the host path absolute, normalised, strictly inside `gateway_root`, inside
+/// the requesting user's own `users/{user}` when it is under `users/`, and free of symbolic
+/// links. A read-write mount's missing directory is created (as the gateway's user, see
+/// [`DataLayout::ensure_thread_dirs`]); a read-only one must exist. The returned mounts
+/// replace built-in ones at the same container path ([`MountTable::for_thread`]).
+pub fn validate_gateway_mounts(
+    specs: &[(usize, &MountSpec)],
+    user: &UserId,
+    gateway_root: Option<&Path>,
+) -> Result<Vec<Mount>, MountError> {
+    let err = |index: usize, spec: &MountSpec, rule| MountError {
+        index,
+        container_path: shown(&spec.container_path),
+        rule,
+    };
+    if let Some((i, spec)) = specs.get(MAX_GATEWAY_MOUNTS) {
+        return Err(err(
+            *i,
+            spec,
+            MountRule::TooMany {
+                max: MAX_GATEWAY_MOUNTS,
+            },
+        ));
+    }
+    let mut out: Vec<Mount> = Vec::with_capacity(specs.len());
+    for (i, spec) in specs {
+        let (i, spec) = (*i, *spec);
+        let container = gateway_container_path(&spec.container_path).ok_or_else(|| {
+            err(
+                i,
+                spec,
+                MountRule::ContainerPathInvalid("is not a gateway mount path".into()),
+            )
+        })?;
+        if out.iter().any(|m| m.container == container) {
+            return Err(err(i, spec, MountRule::Duplicate));
+        }
+        let Some(root) = gateway_root else {
+            return Err(err(i, spec, MountRule::NoGatewayRoot));
+        };
+        let host = Path::new(&spec.host_path);
+        if !host.is_absolute() || spec.host_path.contains('\0') {
+            return Err(err(i, spec, MountRule::HostPathNotAbsolute));
+        }
+        let trimmed = spec
+            .host_path
+            .strip_suffix('/')
+            .filter(|t| !t.is_empty())
+            .unwrap_or(&spec.host_path);
+        if trimmed[1..]
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
+            return Err(err(i, spec, MountRule::HostPathNotNormalised));
+        }
+        let host = Path::new(trimmed);
+        let rel = match host.strip_prefix(root) {
+            Ok(r) if !r.as_os_str().is_empty() => r,
+            _ => return Err(err(i, spec, MountRule::OutsideGatewayRoot)),
+        };
+        let mut parts = rel.components().map(|c| c.as_os_str());
+        if parts.next() == Some(std::ffi::OsStr::new("users"))
+            && parts.next() != Some(std::ffi::OsStr::new(user.as_str()))
+        {
+            return Err(err(i, spec, MountRule::OtherUsersDirectory));
+        }
+        // Refuse a symlink anywhere below the root (the root itself is the operator's).
+        let mut at = root.to_path_buf();
+        for c in rel.components() {
+            at.push(c);
+            match std::fs::symlink_metadata(&at) {
+                Ok(md) if md.file_type().is_symlink() => {
+                    return Err(err(i, spec, MountRule::HostPathSymlink));
+                }
+                Ok(md) if !md.is_dir() => return Err(err(i, spec, MountRule::HostPathMissing)),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !spec.read_only => {
+                    crate::layout::create_as_owner_of(root, host)
+                        .map_err(|_| err(i, spec, MountRule::HostPathMissing))?;
+                    break;
+                }
+                Err(_) => return Err(err(i, spec, MountRule::HostPathMissing)),
+            }
+        }
+        out.push(Mount {
+            container,
+            host: host.to_path_buf(),
+            read_only: spec.read_only,
+            kind: MountKind::Gateway,
+        });
+    }
+    Ok(out)
+}
+
+/// The normalised container path when `raw` names one of [`GATEWAY_MOUNT_PATHS`].
+pub fn gateway_container_path(raw: &str) -> Option<VirtualPath> {
+    if raw.split('/').any(|s| s == "..") {
+        return None;
+    }
+    let vp = VirtualPath::parse(raw).ok()?;
+    GATEWAY_MOUNT_PATHS.contains(&vp.as_str()).then_some(vp)
 }
 
 fn validate_container_path(raw: &str) -> Result<VirtualPath, MountRule> {
@@ -392,9 +548,20 @@ impl MountTable {
         let dirs = layout.ensure_thread_dirs(user, thread)?;
         let skills = layout.skills_dir();
         let custom_skills = layout.user_custom_skills_dir(user);
-        for (what, dir) in [("skills", &skills), ("custom skills", &custom_skills)] {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| MountTableError::Resolve { what, source })?;
+        let legacy_skills = layout.user_legacy_skills_dir(user);
+        let skill_dirs = [
+            ("skills", Some(&skills)),
+            ("custom skills", Some(&custom_skills)),
+        ]
+        .into_iter()
+        .chain(std::iter::once(("legacy skills", legacy_skills.as_ref())));
+        for (what, dir) in skill_dirs {
+            let Some(dir) = dir else { continue };
+            match layout.gateway_root() {
+                Some(g) => crate::layout::create_as_owner_of(g, dir),
+                None => std::fs::create_dir_all(dir),
+            }
+            .map_err(|source| MountTableError::Resolve { what, source })?;
         }
         let canon = |what: &'static str, p: &Path| {
             std::fs::canonicalize(p).map_err(|source| MountTableError::Resolve { what, source })
@@ -471,6 +638,23 @@ impl MountTable {
                 kind: MountKind::CustomSkills,
             },
         ];
+        if let Some(legacy) = &legacy_skills {
+            mounts.push(Mount {
+                container: vp(LEGACY_SKILLS)?,
+                host: canon("legacy skills", legacy)?,
+                read_only: true,
+                kind: MountKind::LegacySkills,
+            });
+        }
+        // A mount the gateway manages replaces the built-in one at its path: the gateway
+        // knows the directory it means (its own projection of the user's skills, the ACP
+        // workspace it writes), and two mounts cannot share a path. User data is never
+        // replaced (the gateway's validation refuses those paths).
+        mounts.retain(|b| {
+            !custom
+                .iter()
+                .any(|m| m.kind == MountKind::Gateway && m.container == b.container)
+        });
         mounts.extend(custom);
         Ok(Self::new(mounts)?)
     }

@@ -446,3 +446,180 @@ fn planted_symlinks_in_a_threads_directories_are_refused_not_followed() {
     }
     assert!(MountTable::for_thread(&layout, &u, &t, vec![]).is_ok());
 }
+
+/// A DeerFlow state root with the directories the gateway makes for `u1`/`t1`.
+fn gateway() -> (tempfile::TempDir, PathBuf, DataLayout) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let g = root.join("deer-flow");
+    for d in [
+        "users/u1/threads/t1/user-data/workspace",
+        "users/u1/threads/t1/acp-workspace",
+        "users/u1/skills_view/custom",
+        "users/u1/skills_view/integrations",
+        "users/u1/integrations/lark-cli/config/locks",
+        "users/u2/skills_view/custom",
+        "skills_view/public",
+    ] {
+        std::fs::create_dir_all(g.join(d)).unwrap();
+    }
+    let layout = DataLayout::new(root.join("paddock")).with_gateway_root(Some(g.clone()));
+    (tmp, g, layout)
+}
+
+fn spec(host: &Path, container: &str, read_only: bool) -> MountSpec {
+    MountSpec {
+        host_path: host.display().to_string(),
+        container_path: container.into(),
+        read_only,
+    }
+}
+
+fn gw(specs: &[MountSpec], g: Option<&Path>) -> Result<Vec<Mount>, MountRule> {
+    let indexed: Vec<(usize, &MountSpec)> = specs.iter().enumerate().collect();
+    validate_gateway_mounts(&indexed, &UserId::new("u1").unwrap(), g).map_err(|e| e.rule)
+}
+
+#[test]
+fn gateway_mounts_are_accepted_as_deerflows_provisioner_accepts_them() {
+    let (_tmp, g, _) = gateway();
+    let u = g.join("users/u1");
+    let lark = u.join("integrations/lark-cli");
+    let all = [
+        spec(
+            &u.join("threads/t1/acp-workspace"),
+            "/mnt/acp-workspace",
+            true,
+        ),
+        spec(&u.join("skills_view/custom"), "/mnt/skills/custom", true),
+        spec(
+            &u.join("skills_view/integrations"),
+            "/mnt/skills/integrations",
+            true,
+        ),
+        spec(
+            &lark.join("config"),
+            "/mnt/integrations/lark-cli/config",
+            true,
+        ),
+        spec(
+            &lark.join("config/locks"),
+            "/mnt/integrations/lark-cli/config/locks",
+            false,
+        ),
+        spec(&lark.join("data"), "/mnt/integrations/lark-cli/data", false),
+    ];
+    let ok = gw(&all, Some(&g)).unwrap();
+    assert_eq!(ok.len(), 6);
+    assert!(ok.iter().all(|m| m.kind == MountKind::Gateway));
+    // A missing read-write directory is made, as DeerFlow's DirectoryOrCreate.
+    assert!(lark.join("data").is_dir());
+    // Refusals, each named.
+    let one = |s: MountSpec| gw(&[s], Some(&g)).unwrap_err();
+    assert_eq!(
+        one(spec(&g.join("users/u1"), "/mnt/user-data", false)),
+        MountRule::ContainerPathInvalid("is not a gateway mount path".into())
+    );
+    assert_eq!(
+        one(spec(Path::new("/etc"), "/mnt/acp-workspace", true)),
+        MountRule::OutsideGatewayRoot
+    );
+    assert_eq!(
+        one(spec(&g, "/mnt/acp-workspace", true)),
+        MountRule::OutsideGatewayRoot,
+        "the root itself is not a mount"
+    );
+    assert_eq!(
+        one(spec(
+            &g.join("users/u2/skills_view/custom"),
+            "/mnt/skills/custom",
+            true
+        )),
+        MountRule::OtherUsersDirectory
+    );
+    assert_eq!(
+        one(MountSpec {
+            host_path: format!("{}/users/u1/../u2/skills_view/custom", g.display()),
+            container_path: "/mnt/skills/custom".into(),
+            read_only: true,
+        }),
+        MountRule::HostPathNotNormalised
+    );
+    assert_eq!(
+        one(spec(&u.join("nope"), "/mnt/acp-workspace", true)),
+        MountRule::HostPathMissing,
+        "a read-only mount must exist"
+    );
+    std::os::unix::fs::symlink("/etc", u.join("link")).unwrap();
+    assert_eq!(
+        one(spec(&u.join("link"), "/mnt/acp-workspace", true)),
+        MountRule::HostPathSymlink
+    );
+    assert_eq!(
+        gw(&[all[0].clone(), all[0].clone()], Some(&g)).unwrap_err(),
+        MountRule::Duplicate
+    );
+    let eleven: Vec<MountSpec> = (0..11).map(|_| all[0].clone()).collect();
+    assert_eq!(
+        gw(&eleven, Some(&g)).unwrap_err(),
+        MountRule::TooMany { max: 10 }
+    );
+    assert_eq!(gw(&all[..1], None).unwrap_err(), MountRule::NoGatewayRoot);
+}
+
+#[test]
+fn gateway_mounts_replace_built_ins_and_user_data_comes_from_the_gateway() {
+    let (_tmp, g, layout) = gateway();
+    let u = UserId::new("u1").unwrap();
+    let t = ThreadId::new("t1").unwrap();
+    let extra = gw(
+        &[
+            spec(
+                &g.join("users/u1/skills_view/custom"),
+                "/mnt/skills/custom",
+                true,
+            ),
+            spec(
+                &g.join("users/u1/skills_view/integrations"),
+                "/mnt/skills/integrations",
+                true,
+            ),
+        ],
+        Some(&g),
+    )
+    .unwrap();
+    let table = MountTable::for_thread(&layout, &u, &t, extra).unwrap();
+    let at = |p: &str| {
+        table
+            .mount_at(&VirtualPath::parse(p).unwrap())
+            .map(|m| (m.host.clone(), m.kind))
+    };
+    assert_eq!(
+        at("/mnt/user-data/workspace"),
+        Some((
+            g.join("users/u1/threads/t1/user-data/workspace"),
+            MountKind::Workspace
+        ))
+    );
+    assert_eq!(
+        at("/mnt/skills/custom"),
+        Some((g.join("users/u1/skills_view/custom"), MountKind::Gateway))
+    );
+    assert_eq!(
+        at("/mnt/skills"),
+        Some((g.join("skills_view"), MountKind::Skills))
+    );
+    assert_eq!(
+        at("/mnt/skills/legacy").map(|(_, k)| k),
+        Some(MountKind::LegacySkills)
+    );
+    assert!(at("/mnt/skills/integrations").is_some());
+    assert_eq!(
+        table
+            .mounts()
+            .iter()
+            .filter(|m| m.container.as_str() == "/mnt/skills/custom")
+            .count(),
+        1
+    );
+}

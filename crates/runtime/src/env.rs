@@ -15,7 +15,7 @@ use paddock_core::envpolicy::scrub;
 pub const ISOLATED_BASE: &[(&str, &str)] = &[
     (
         "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.paddock/bin",
     ),
     ("HOME", paddock_core::mount::WORKSPACE),
     ("TMPDIR", "/tmp"),
@@ -75,7 +75,7 @@ mod tests {
         assert_eq!(env["HOME"], "/mnt/user-data/workspace");
         assert_eq!(
             env["PATH"],
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/.paddock/bin"
         );
         assert_eq!(env["TMPDIR"], "/tmp");
         assert_eq!(env.len(), ISOLATED_BASE.len());

@@ -41,7 +41,8 @@ pub enum Network {
     Host,
 }
 
-/// Resource limits of one command (and everything it starts). `0` disables a limit.
+/// Resource limits of one sandbox: all its commands and their background processes
+/// together, for as long as the sandbox lives. `0` disables a limit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -71,6 +72,46 @@ impl Default for Limits {
     }
 }
 
+/// Caps on all sandboxes of the process together (the cgroup subtree Paddock makes beneath
+/// its own cgroup). Unset: automatic (see [`TotalLimits::effective`]); `0` disables a cap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TotalLimits {
+    /// Memory of every sandbox together, bytes (unset: three quarters of the host's).
+    pub memory_bytes: Option<u64>,
+    /// Processes and threads of every sandbox together (unset: half the host's pid space,
+    /// `kernel.pid_max` or `kernel.threads-max`, whichever is lower).
+    pub pids: Option<u64>,
+}
+
+impl TotalLimits {
+    /// The caps in force on this host: (memory bytes, pids); 0 is no cap.
+    pub fn effective(&self) -> (u64, u64) {
+        let read = |p: &str| std::fs::read_to_string(p).ok();
+        let memory = self.memory_bytes.unwrap_or_else(|| {
+            read("/proc/meminfo")
+                .and_then(|m| {
+                    m.lines()
+                        .find_map(|l| l.strip_prefix("MemTotal:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .map_or(0, |kb| kb * 1024 / 4 * 3)
+        });
+        let pids = self.pids.unwrap_or_else(|| {
+            let num = |p: &str| read(p).and_then(|v| v.trim().parse::<u64>().ok());
+            match (
+                num("/proc/sys/kernel/pid_max"),
+                num("/proc/sys/kernel/threads-max"),
+            ) {
+                (Some(a), Some(b)) => a.min(b) / 2,
+                (Some(a), None) | (None, Some(a)) => a / 2,
+                (None, None) => 0,
+            }
+        });
+        (memory, pids)
+    }
+}
+
 /// A range of host uids/gids; each sandbox gets a stable one from `hash(user, thread)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,8 +130,10 @@ pub struct RuntimeOptions {
     pub isolation: Isolation,
     /// `none` (default: loopback only) or `host`.
     pub network: Network,
-    /// Resource limits.
+    /// Resource limits of each sandbox.
     pub limits: Limits,
+    /// Caps on all sandboxes together.
+    pub total_limits: TotalLimits,
     /// Default wall-clock timeout of a command, seconds (600). A request may ask for another.
     pub exec_timeout_secs: f64,
     /// Cap on each of stdout and stderr, bytes (10 MiB); a request may only lower it.
@@ -108,19 +151,16 @@ pub struct RuntimeOptions {
     pub environment: BTreeMap<String, String>,
     /// Sandboxes kept in memory by the provider (256); eviction loses nothing on disk.
     pub max_cached_sandboxes: usize,
-    /// Build each sandbox's next jail (namespaces, root, cgroup) while the current command
-    /// runs, so the next exec only starts its shell (default true). Costs one idle process
-    /// per sandbox that has run a command. One-shot `paddock exec` never prebuilds.
+    /// Build a sandbox's jail (namespaces, root, cgroup, its init) as soon as the sandbox
+    /// is created, so its first command finds it ready (default true); false: on its first
+    /// command. A jail lives as long as its sandbox either way. One-shot `paddock exec`
+    /// builds one jail for its one command.
     pub prebuild_jail: bool,
-    /// Seconds a prebuilt jail waits for a command before it is dropped (300). Its init holds
-    /// a copy-on-write snapshot of Paddock's memory that turns private as Paddock's heap
-    /// changes, so only recently active sandboxes keep one.
-    pub prebuilt_jail_idle_secs: u64,
-    /// With `prebuild_jail`, also start the prebuilt jail's shell before its command comes
-    /// (default true): the shell's `execve` and dynamic loading then happen ahead of time
-    /// too, and the command is handed to the waiting shell, which runs it exactly as
-    /// `bash -c COMMAND` would. Off, or with a statically linked shell, the shell starts
-    /// when the command comes.
+    /// Keep a shell started ahead of the next command in each sandbox's jail (default true):
+    /// the shell's `execve` and dynamic loading then happen before the command comes, and
+    /// the command is handed to the waiting shell, which runs it exactly as `bash -c
+    /// COMMAND` would. Off, or with a statically linked shell, the shell starts when the
+    /// command comes.
     pub prebuild_shell: bool,
 }
 
@@ -137,8 +177,8 @@ impl Default for RuntimeOptions {
             uid_range: None,
             environment: BTreeMap::new(),
             max_cached_sandboxes: 256,
+            total_limits: TotalLimits::default(),
             prebuild_jail: true,
-            prebuilt_jail_idle_secs: 300,
             prebuild_shell: true,
         }
     }
@@ -174,12 +214,6 @@ impl RuntimeOptions {
         }
         if self.output_cap_bytes == 0 {
             return err("output_cap_bytes", "must be at least 1".into());
-        }
-        if self.prebuilt_jail_idle_secs == 0 {
-            return err(
-                "prebuilt_jail_idle_secs",
-                "must be at least 1 (set prebuild_jail: false to turn prebuilding off)".into(),
-            );
         }
         if !(self.limits.cpus.is_finite() && self.limits.cpus >= 0.0) {
             return err(

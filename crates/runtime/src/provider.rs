@@ -146,6 +146,7 @@ impl LocalProvider {
             }
         };
         self.evict(&key);
+        sb.start_jail();
         Ok(sb)
     }
 

@@ -15,7 +15,7 @@ use paddock_core::DataLayout;
 use paddock_sys::cgroup::{CgroupSet, Controller};
 
 use crate::probecache::Orphans;
-use paddock_sys::jail::{EncodedCommand, JailChild, JailSpec, PendingJail, SpawnError};
+use paddock_sys::jail::{BuildingSandbox, EncodedCommand, JailChild, JailSpec, SpawnError};
 use paddock_sys::mountplan::HostFacts;
 use paddock_sys::probe::{Action, probe};
 
@@ -287,14 +287,14 @@ impl Runtime {
         }))
     }
 
-    /// Whether execs prebuild the next jail.
+    /// Whether a sandbox's jail is built as soon as the sandbox is prepared.
     pub(crate) fn prebuilds(&self) -> bool {
         self.opts.prebuild_jail && !self.one_shot
     }
 
-    /// Whether prebuilt jails start their shell ahead of the command too.
+    /// Whether jails keep a shell started ahead of the next command.
     pub(crate) fn prebuilds_shell(&self) -> bool {
-        self.prebuilds()
+        !self.one_shot
             && self.opts.prebuild_shell
             && self.jail.as_ref().is_some_and(|b| b.shell_takes_preload)
     }
@@ -399,6 +399,18 @@ impl Runtime {
         for line in cgroup_warnings(&failed, |c| cgroups.has(c)) {
             tracing::warn!("{line}");
         }
+        if !one_shot {
+            let nz = |v: u64| (v > 0).then_some(v);
+            let (memory, pids) = opts.total_limits.effective();
+            let total = paddock_sys::cgroup::CgroupLimits {
+                memory_bytes: nz(memory),
+                pids: nz(pids),
+                cpus: None,
+            };
+            if let Err(e) = cgroups.limit_total(&total) {
+                tracing::warn!(error = %e, "could not cap all sandboxes together; each sandbox is still limited");
+            }
+        }
         let shell = pick_shell();
         Ok(JailBase {
             facts,
@@ -472,8 +484,8 @@ type Reply<T> = tokio::sync::oneshot::Sender<Result<T, SpawnError>>;
 
 /// What the spawner thread does with a spec, and where the answer goes.
 enum Task {
-    /// Build the jail and return it waiting for its command.
-    Build(Reply<PendingJail>),
+    /// Build a sandbox's jail and start its init (the init program's memfd).
+    Sandbox(Arc<std::os::fd::OwnedFd>, Reply<BuildingSandbox>),
     /// Build the jail and start this command in it at once.
     Run(EncodedCommand, Reply<JailChild>),
 }
@@ -493,11 +505,17 @@ fn spawner() -> Result<&'static std::sync::mpsc::Sender<Job>, String> {
                 .name("paddock-spawner".into())
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        let built = paddock_sys::jail::build(&job.spec);
                         match job.task {
-                            // A pending jail whose caller went away kills itself on drop.
-                            Task::Build(reply) => drop(reply.send(built)),
+                            Task::Sandbox(init, reply) => {
+                                let r = paddock_sys::jail::build_sandbox(&job.spec, &init);
+                                if let Err(Ok(b)) = reply.send(r) {
+                                    // The caller went away: do not leave the jail running.
+                                    let _ = b.init.kill();
+                                    let _ = b.init.wait_blocking();
+                                }
+                            }
                             Task::Run(cmd, reply) => {
+                                let built = paddock_sys::jail::build(&job.spec);
                                 let r = built.and_then(|p| p.start(&cmd));
                                 if let Err(Ok(child)) = reply.send(r) {
                                     // The caller went away: do not leave the jail running.
@@ -544,9 +562,11 @@ pub(crate) async fn spawn_jail(
     on_spawner(spec, |r| Task::Run(cmd, r)).await
 }
 
-/// Builds a jail that waits for its command, on the spawner thread.
-pub(crate) async fn build_jail(spec: JailSpec) -> Result<PendingJail, String> {
-    on_spawner(spec, Task::Build).await
+/// Builds a sandbox's jail on the spawner thread (its init's parent-death signal is tied to
+/// that thread, which lives as long as the process).
+pub(crate) async fn build_sandbox_jail(spec: JailSpec) -> Result<BuildingSandbox, String> {
+    let init = paddock_sys::sandbox_jail::init_program()?;
+    on_spawner(spec, |r| Task::Sandbox(init, r)).await
 }
 
 #[cfg(test)]

@@ -1,29 +1,24 @@
-//! `LocalSandbox`: one (user, thread) sandbox on this host. Commands run in a fresh jail per
-//! exec (see `paddock_sys::jail`), file operations go through `paddock-fsops` over the same
-//! mount table, so a path means the same thing to a command and to the file API.
+//! `LocalSandbox`: one (user, thread) sandbox on this host. Its commands run in the
+//! sandbox's jail (`crate::jail`), built once and kept for as long as the sandbox lives, as a
+//! container is; file operations go through `paddock-fsops` over the same mount table, so a
+//! path means the same thing to a command and to the file API.
 //!
-//! Choice of namespaces: each exec gets its own user, mount, pid, ipc, uts and cgroup
-//! namespaces, torn down with it, so nothing but files and the network survives between
-//! execs and one exec costs a single clone. The network is per *sandbox*: when Paddock runs
-//! as root, the sandbox creates one loopback-only network namespace when it is prepared and
-//! every exec joins it (the spawner thread enters it just for the clone). So a server started
-//! in the background by one exec (`python -m http.server &`) is reachable on 127.0.0.1 by the
-//! next one, as agents expect, and no network namespace is created and torn down per exec
-//! (that churn is the most expensive part of a fresh namespace set). Without root, joining a
-//! kept namespace is not permitted, so each exec gets a fresh one and background servers are
-//! only reachable from the exec that started them. `network: host` joins nothing.
+//! Why one jail per sandbox and not one per command (the design before): agents expect what
+//! a container gives them — `/tmp` and `/dev/shm` that keep what one command wrote for the
+//! next, a server started in the background reachable by the next command — and the limits
+//! must hold for the sandbox, not per command, or a few background jobs multiply them. A
+//! per-sandbox jail gives all three at once, and a command costs a message to the jail's
+//! init and a fork instead of building and tearing down a set of namespaces (which is also
+//! what bounded throughput). The cost: one init process per live sandbox (a small static
+//! program, not a copy of Paddock), and a timeout needs the command's own cgroup slot to kill
+//! exactly its processes (without cgroups, a timeout ends the jail).
 //!
-//! Prebuilt jails (`prebuild_jail`, the default): a jail does not need its command until
-//! the end of its build, so once an exec's stream has ended the sandbox builds the next
-//! exec's jail in the background (`JailFactory::build`), and the next exec only sends its
-//! command to the waiting init — or, with `prebuild_shell`, to the jail's shell, already
-//! started and waiting in the shell preload (`paddock_sys::jail::SHELL_PRELOAD`). An exec
-//! that finds the build still running awaits it; one that finds the jail dead (killed from
-//! outside) builds a fresh one.
+//! A one-shot `paddock exec` still builds a jail for its one command (there is no next
+//! command to keep anything for), with `/tmp` of its own.
 //!
-//! Invariants: every running exec is registered in `live` until its process tree is gone,
-//! and [`LocalSandbox::kill_all`] (reset, shutdown, drop) kills every one of them and the
-//! prebuilt jail; a prebuilt jail is never counted as running and is used by one exec only.
+//! Invariants: every running command of a one-shot runtime is registered in `live` until its
+//! process tree is gone; [`LocalSandbox::kill_all`] (reset, shutdown, drop) ends the
+//! sandbox's jail and everything in it.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -34,25 +29,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use paddock_core::mount::{Mount, MountKind, WORKSPACE, WalkOptions};
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use paddock_core::mount::{WORKSPACE, WalkOptions};
 use paddock_core::sandbox::*;
-use paddock_core::{MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualPath};
+use paddock_core::{Mount, MountTable, Sandbox, SandboxError, ThreadId, UserId, VirtualPath};
 use paddock_fsops::{FsOps, FsOptions};
 use paddock_sys::PidFd;
-use paddock_sys::cgroup::{CgroupLimits, Controller, ExecCgroup};
-use paddock_sys::jail::{
-    EncodedCommand, JailChild, JailCommand, JailSpec, NetMode, PendingJail, Rlimit, StatusRecord,
-};
-use paddock_sys::landlock::LandlockPlan;
-use paddock_sys::mountplan::{
-    DataBind, JailFile, MountInputs, MountPlan, locked_flags_from_statvfs, plan_mounts,
-};
+use paddock_sys::cgroup::ExecCgroup;
+use paddock_sys::jail::{JailCommand, StatusRecord};
 use paddock_sys::process::WaitStatus;
 use tokio::io::AsyncReadExt;
 
 use crate::drive::{Control, ShellEnd, drive};
-use crate::options::{Isolation, Network};
-use crate::runtime::{JailBase, Runtime, build_jail, spawn_jail};
+use crate::jail::RunningJail;
+use crate::options::Isolation;
+use crate::plan::JailPlan;
+use crate::runtime::{Runtime, spawn_jail};
 
 /// The reference's id format for a thread's local sandbox.
 pub fn sandbox_id(user: &UserId, thread: &ThreadId) -> String {
@@ -67,220 +59,31 @@ pub fn parse_sandbox_id(id: &str) -> Option<(UserId, ThreadId)> {
 }
 
 enum Live {
-    /// The init of an exec's pid namespace.
+    /// The init of a one-shot exec's pid namespace.
     Jail(Arc<PidFd>),
     /// A process group (`isolation: none`).
     Group(i32),
 }
 
-/// Builds this sandbox's jails: everything but the command is fixed per sandbox.
-#[derive(Clone)]
-struct JailFactory {
-    rt: Arc<Runtime>,
-    base: Arc<JailBase>,
-    mounts: Arc<MountPlan>,
-    landlock: Option<Arc<LandlockPlan>>,
-    ids: (u32, u32),
-    /// The sandbox's own loopback-only network, kept across execs (root Paddock,
-    /// `network: none`); `None` means a fresh one per exec or the host's.
-    netns: Option<Arc<std::os::fd::OwnedFd>>,
+type Building = Shared<BoxFuture<'static, Result<Arc<RunningJail>, String>>>;
+
+/// The sandbox's jail: none yet, on its way up, or running.
+enum JailState {
+    Down,
+    Building { build: Building, generation: u64 },
+    Up(Arc<RunningJail>),
 }
 
-impl JailFactory {
-    fn base(&self) -> &JailBase {
-        &self.base
-    }
+static JAIL_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Names of sandbox cgroups (`sb-{n}`): unique in the process, meaningless outside it.
+static SANDBOX_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-    /// Creates exec number `n`'s cgroup with the configured limits.
-    fn cgroup(&self, n: u64) -> Result<Option<Arc<CgroupGuard>>, SandboxError> {
-        let base = self.base();
-        if base.cgroups.bases.is_empty() {
-            return Ok(None);
-        }
-        let cg = base
-            .cgroups
-            .create_exec(&format!("x{n}"), &self.cgroup_limits())
-            .map_err(|e| {
-                tracing::error!(error = %e, "could not create the exec's cgroup");
-                SandboxError::Spawn {
-                    message: "could not create the command's cgroup".into(),
-                }
-            })?;
-        Ok(Some(Arc::new(CgroupGuard(cg))))
-    }
-
-    fn cgroup_limits(&self) -> CgroupLimits {
-        let o = self.rt.options();
-        let nz = |v: u64| (v > 0).then_some(v);
-        CgroupLimits {
-            memory_bytes: nz(o.limits.memory_bytes),
-            pids: nz(o.limits.pids),
-            cpus: binding_cpus(o.limits.cpus, self.base().online_cpus),
-        }
-    }
-
-    /// The jail of one exec, in `cgroup`.
-    fn spec(&self, cgroup: Option<&CgroupGuard>) -> JailSpec {
-        let base = self.base();
-        let o = self.rt.options();
-        let lim = self.cgroup_limits();
-        let has = |c: Controller| cgroup.is_some_and(|g| g.0.has(c));
-        let mut rlimits = vec![Rlimit {
-            resource: libc::RLIMIT_CORE as i32,
-            value: 0,
-        }];
-        if o.limits.nofile > 0 {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_NOFILE as i32,
-                value: o.limits.nofile.min(base.nofile_hard),
-            });
-        }
-        if let (Some(p), false) = (lim.pids, has(Controller::Pids)) {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_NPROC as i32,
-                value: p,
-            });
-        }
-        if let (Some(m), false) = (lim.memory_bytes, has(Controller::Memory)) {
-            rlimits.push(Rlimit {
-                resource: libc::RLIMIT_AS as i32,
-                value: m,
-            });
-        }
-        JailSpec {
-            mounts: (*self.mounts).clone(),
-            landlock: self.landlock.as_deref().cloned(),
-            seccomp: base.seccomp.clone(),
-            uid: self.ids.0,
-            gid: self.ids.1,
-            privileged: base.privileged,
-            net: match (&self.netns, o.network) {
-                (_, Network::Host) => NetMode::Host,
-                (Some(ns), Network::None) => NetMode::Join(ns.clone()),
-                (None, Network::None) => NetMode::PerExec,
-            },
-            hostname: "sandbox".into(),
-            program: base.shell.into(),
-            rlimits,
-            cgroup: cgroup.map(|g| g.0.join_plan()).unwrap_or_default(),
-            cap_last_cap: base.cap_last_cap,
-            waiting_shell: false,
-            shell_locale: None,
-            idmap_userns: Vec::new(),
-        }
-    }
-
-    /// A jail waiting for its command.
-    async fn build(&self) -> Result<Warm, String> {
-        let n = self.rt.next_exec_id();
-        let cgroup = self.cgroup(n).map_err(|e| e.to_string())?;
-        let mut spec = self.spec(cgroup.as_deref());
-        if self.rt.prebuilds_shell() {
-            spec.waiting_shell = true;
-            spec.shell_locale = crate::env::likely_locale(&self.rt.options().environment);
-        }
-        let pending = build_jail(spec).await?;
-        Ok(Warm { pending, cgroup, n })
-    }
-}
-
-/// A jail built ahead of time for the sandbox's next exec. Dropping it kills its init, then
-/// removes its cgroup (fields drop in order).
-struct Warm {
-    pending: PendingJail,
-    cgroup: Option<Arc<CgroupGuard>>,
-    n: u64,
-}
-
-/// Starts building the next exec's jail in the background, unless a build is already there.
-/// A failure is only logged by the exec that takes it, which then builds its own jail and
-/// reports.
-fn prebuild(slot: &Arc<Mutex<WarmSlot>>, factory: JailFactory) {
-    // Called from a driver task, so normally inside a runtime; outside one (a driver dropped
-    // by a runtime being torn down) there is nothing to build for.
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let mut guard = slot.lock().unwrap_or_else(|p| p.into_inner());
-    if guard.is_some() {
-        return;
-    }
-    let generation = PREBUILT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let ttl = Duration::from_secs(factory.rt.options().prebuilt_jail_idle_secs);
-    let build = rt.spawn(async move { factory.build().await });
-    // An unused jail is not kept forever: its init holds a copy-on-write snapshot of
-    // Paddock's memory, which turns into private memory as Paddock's heap changes.
-    let weak = Arc::downgrade(slot);
-    let expiry = rt.spawn(async move {
-        tokio::time::sleep(ttl).await;
-        let Some(slot) = weak.upgrade() else {
-            return;
-        };
-        let expired = {
-            let mut s = slot.lock().unwrap_or_else(|p| p.into_inner());
-            if s.as_ref().is_some_and(|p| p.generation == generation) {
-                s.take()
-            } else {
-                None
-            }
-        };
-        drop(expired);
-    });
-    *guard = Some(Prebuilt {
-        generation,
-        build,
-        expiry: expiry.abort_handle(),
-    });
-}
-
-static PREBUILT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// The next exec's jail: its build task (maybe finished) and the timer that drops it unused.
-/// Whoever takes the build handle gets the jail; a handle dropped untaken drops the jail
-/// (killing it) when the task ends.
-struct Prebuilt {
-    generation: u64,
-    build: tokio::task::JoinHandle<Result<Warm, String>>,
-    expiry: tokio::task::AbortHandle,
-}
-
-impl Prebuilt {
-    /// The build, with the expiry timer stopped.
-    fn take_build(self) -> tokio::task::JoinHandle<Result<Warm, String>> {
-        self.expiry.abort();
-        self.build
-    }
-}
-
-/// Sends `cmd` to a prebuilt jail. A message that fits a pipe buffer is written at once;
-/// a larger one blocks until init has read it, so it is written off the async threads.
-async fn send_command(
-    pending: PendingJail,
-    cmd: &EncodedCommand,
-) -> Result<JailChild, paddock_sys::jail::SpawnError> {
-    const PIPE_BUFFER: usize = 64 * 1024;
-    if cmd.as_bytes().len() <= PIPE_BUFFER {
-        return pending.start(cmd);
-    }
-    let cmd = cmd.clone();
-    tokio::task::spawn_blocking(move || pending.start(&cmd))
-        .await
-        .unwrap_or_else(|e| {
-            Err(paddock_sys::jail::SpawnError::Os {
-                step: "send the command",
-                source: std::io::Error::other(e.to_string()),
-            })
-        })
-}
-
-type WarmSlot = Option<Prebuilt>;
-
-/// How long an init with nothing left in its jail lives on after the result was handed
-/// over: its teardown (about a millisecond of kernel work) then runs after the caller has
-/// the result, not beside the hand-over on a small host.
+/// How long an init with nothing left in its one-shot jail lives on after the result was
+/// handed over: its teardown (about a millisecond of kernel work) then runs after the
+/// caller has the result, not beside the hand-over on a small host.
 const IDLE_INIT_GRACE: Duration = Duration::from_millis(5);
 
-/// Removes the exec's cgroup when the last holder (driver or reaper) is done with it.
+/// Removes a one-shot exec's cgroup when the last holder (driver or reaper) is done with it.
 struct CgroupGuard(ExecCgroup);
 
 impl Drop for CgroupGuard {
@@ -296,11 +99,10 @@ pub struct LocalSandbox {
     table: Arc<MountTable>,
     fs: FsOps,
     ids: (u32, u32),
-    jail: Option<JailFactory>,
-    /// The next exec's jail, when `prebuild_jail` is on.
-    warm: Arc<Mutex<WarmSlot>>,
+    plan: Option<JailPlan>,
+    jail: Mutex<JailState>,
     live: Arc<Mutex<HashMap<u64, Live>>>,
-    /// Reapers still to finish (each removes its exec's cgroup when init is gone).
+    /// Reapers still to finish (one-shot: each removes its exec's cgroup when init is gone).
     reaping: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
     /// Of those, the ones whose cgroup is to be removed once their init is gone (a reusable
     /// slot of the pool is not; see `paddock_sys::cgroup::CgroupSet::flat`).
@@ -320,27 +122,6 @@ fn internal(message: impl Into<String>) -> SandboxError {
     SandboxError::Internal {
         message: message.into(),
     }
-}
-
-/// Chowns `dir` and everything below it (not following symlinks) when `dir` is not already
-/// owned by `uid:gid`. A thread created before a uid change, or by an older Paddock, becomes
-/// writable by its sandbox again; the common case costs one stat.
-fn chown_tree(dir: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let md = std::fs::symlink_metadata(dir)?;
-    if md.uid() == uid && md.gid() == gid {
-        return Ok(());
-    }
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        paddock_sys::process::lchown(&d, uid, gid)?;
-        if std::fs::symlink_metadata(&d)?.is_dir() {
-            for e in std::fs::read_dir(&d)? {
-                stack.push(e?.path());
-            }
-        }
-    }
-    Ok(())
 }
 
 impl LocalSandbox {
@@ -372,110 +153,31 @@ impl LocalSandbox {
         )
         .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?;
         let mut owner = None;
-        let jail = match &rt.jail {
+        let plan = match &rt.jail {
             None => None,
             Some(base) => {
                 if base.privileged {
                     owner = Some(ids);
+                    // Paddock's own thread directories become the sandbox user's; a
+                    // gateway's (another program's tree) are shown to it through idmapped
+                    // mounts instead, never chowned.
                     for m in table.mounts() {
-                        if matches!(
-                            m.kind,
-                            MountKind::UserData
-                                | MountKind::Workspace
-                                | MountKind::Uploads
-                                | MountKind::Outputs
-                        ) {
-                            chown_tree(&m.host, ids.0, ids.1).map_err(|e| {
-                                tracing::error!(error = %e, path = %m.host.display(), "chown of thread data failed");
-                                internal(format!("could not give {} to the sandbox user", m.container))
-                            })?;
+                        if m.is_user_data() && !rt.layout().is_gateways(&m.host) {
+                            let failed = paddock_sys::tree::chown_tree(&m.host, ids.0, ids.1)
+                                .map_err(|e| {
+                                    tracing::error!(error = %e, mount = %m.container, "chown of thread data failed");
+                                    internal(format!(
+                                        "could not give {} to the sandbox user",
+                                        m.container
+                                    ))
+                                })?;
+                            if failed > 0 {
+                                tracing::warn!(mount = %m.container, failed, "some entries of the thread's data could not be given to the sandbox user (changed while being walked)");
+                            }
                         }
                     }
                 }
-                // Mount points of nested mounts must exist in the parent's host directory:
-                // a read-only parent cannot get them from inside the jail.
-                for m in table.mounts() {
-                    let parent = table
-                        .mounts()
-                        .iter()
-                        .filter(|p| {
-                            p.container != m.container && m.container.starts_with(&p.container)
-                        })
-                        .max_by_key(|p| p.container.depth());
-                    if let Some(p) = parent {
-                        let rel = m.container.strip_prefix(&p.container).unwrap_or_default();
-                        let point = p.host.join(rel);
-                        // The mount's own directory (workspace inside user-data) exists.
-                        if point == m.host {
-                            continue;
-                        }
-                        std::fs::create_dir_all(point).map_err(|e| {
-                            tracing::error!(error = %e, "could not create a mount point");
-                            internal(format!(
-                                "could not create the mount point of {}",
-                                m.container
-                            ))
-                        })?;
-                    }
-                }
-                let mut binds = Vec::new();
-                for m in table.mounts() {
-                    let flags = paddock_sys::process::statvfs_flags(&m.host).map_err(|_| {
-                        internal(format!(
-                            "could not inspect the directory of {}",
-                            m.container
-                        ))
-                    })?;
-                    binds.push(DataBind {
-                        host: m.host.clone(),
-                        jail: m.container.to_string(),
-                        read_only: m.read_only,
-                        locked: locked_flags_from_statvfs(flags),
-                        idmap: None,
-                    });
-                }
-                let mounts = plan_mounts(&MountInputs {
-                    facts: base.facts.clone(),
-                    binds,
-                    tmp_size_bytes: o.limits.tmp_size_bytes,
-                    staging: "/tmp".into(),
-                    files: if rt.prebuilds_shell() {
-                        vec![JailFile {
-                            path: paddock_sys::jail::SHELL_PRELOAD_PATH.into(),
-                            data: paddock_sys::jail::SHELL_PRELOAD,
-                        }]
-                    } else {
-                        Vec::new()
-                    },
-                    etc_files: crate::etc::etc_files(rt.layout().root(), ids.0, ids.1).map_err(
-                        |e| {
-                            tracing::error!(error = %e, "could not write the sandbox user's account files");
-                            internal("could not write the sandbox user's account files")
-                        },
-                    )?,
-                })
-                .map_err(|e| SandboxError::invalid_argument("mounts", e.to_string()))?;
-                let landlock = paddock_sys::landlock::plan(
-                    base.landlock_abi,
-                    &mounts.writable_dirs,
-                    &mounts.device_files,
-                );
-                let mut netns = None;
-                if base.privileged && o.network == Network::None && !rt.one_shot {
-                    let ns = paddock_sys::jail::create_netns().map_err(|e| {
-                        tracing::error!(error = %e, "could not create the sandbox's network namespace");
-                        internal("could not create the sandbox's network namespace")
-                    })?;
-                    netns = Some(Arc::new(ns));
-                }
-                Some(JailFactory {
-                    rt: rt.clone(),
-                    base: base.clone(),
-                    mounts: Arc::new(mounts),
-                    landlock: landlock.map(Arc::new),
-                    ids,
-                    netns,
-                })
+                Some(JailPlan::prepare(&rt, base, &table, ids)?)
             }
         };
         let table = Arc::new(table);
@@ -492,12 +194,31 @@ impl LocalSandbox {
             table,
             fs,
             ids,
-            jail,
-            warm: Arc::default(),
+            plan,
+            jail: Mutex::new(JailState::Down),
             live: Arc::new(Mutex::new(HashMap::new())),
             reaping: Arc::default(),
             removing: Arc::default(),
         })
+    }
+
+    /// Starts building the sandbox's jail in the background (when `prebuild_jail` is on), so
+    /// the first command finds it ready. Call from within a tokio runtime.
+    pub fn start_jail(self: &Arc<Self>) {
+        if self.plan.is_none() || !self.rt.prebuilds() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        handle.spawn(async move {
+            if let Some(sb) = weak.upgrade()
+                && let Err(e) = sb.jail().await
+            {
+                tracing::warn!(sandbox = %sb.id, error = %e, "could not build the sandbox's jail ahead of its first command");
+            }
+        });
     }
 
     /// The sandbox id (`local:{user}:{thread}`).
@@ -515,8 +236,20 @@ impl LocalSandbox {
         &self.table
     }
 
-    /// Host pids of the inits of running execs (isolated) or process-group ids (none).
+    fn running_jail(&self) -> Option<Arc<RunningJail>> {
+        match &*self.jail.lock().unwrap_or_else(|p| p.into_inner()) {
+            JailState::Up(j) if j.alive() => Some(j.clone()),
+            _ => None,
+        }
+    }
+
+    /// Host pids of the sandbox's processes while something runs in it: its jail's init
+    /// first, then the rest (isolated); the process groups of running commands (one-shot
+    /// or `isolation: none`). Empty when nothing runs.
     pub fn running(&self) -> Vec<i32> {
+        if let Some(j) = self.running_jail() {
+            return if j.busy() { j.processes() } else { Vec::new() };
+        }
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.values()
             .map(|l| match l {
@@ -526,14 +259,19 @@ impl LocalSandbox {
             .collect()
     }
 
+    /// The host pid of the sandbox's jail's init, while its jail runs.
+    pub fn init_pid(&self) -> Option<i32> {
+        self.running_jail().map(|j| j.init_pid())
+    }
+
     /// The runtime this sandbox runs on.
     pub fn runtime(&self) -> &Arc<Runtime> {
         &self.rt
     }
 
-    /// Waits (at most `limit`) until every exec's process tree is gone and its cgroup
-    /// removed; true when that happened. Used after [`Self::kill_all`] by a process about to
-    /// exit, so it leaves nothing behind.
+    /// Waits (at most `limit`) until every one-shot exec's process tree is gone and its
+    /// cgroup removed; true when that happened. Used after [`Self::kill_all`] by a process
+    /// about to exit, so it leaves nothing behind.
     pub async fn settle(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -549,26 +287,23 @@ impl LocalSandbox {
 
     /// Whether a process about to exit can leave the rest of its commands' teardown to the
     /// kernel once [`Self::kill_all`] was called: their inits are adopted and reaped by
-    /// someone else ([`Runtime::orphans_reaped`]) and no cgroup waits to be removed. Then
-    /// [`Self::settle`] would only wait for the kernel to dismantle the namespaces (about a
-    /// millisecond: the mount tree, the process's memory, its `/proc` entries).
+    /// someone else ([`Runtime::orphans_reaped`]) and no cgroup waits to be removed.
     pub fn teardown_can_be_left_to_the_kernel(&self) -> bool {
         self.rt.orphans_reaped() && self.removing.load(std::sync::atomic::Ordering::SeqCst) == 0
     }
 
-    /// Kills every running command of this sandbox, including background processes, and
-    /// the jail prebuilt for its next command.
+    /// Kills every process of this sandbox: its jail (and with it every command and
+    /// background process), and the process groups of `isolation: none` commands. The next
+    /// command builds a fresh jail.
     pub fn kill_all(&self) {
-        let warm = self
-            .warm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(Prebuilt::take_build);
-        // A finished build's jail is dropped (killed, then its cgroup removed) with the
-        // handle; a running one is left to finish and its jail dropped then, in that order.
-        // (Cancelling it could remove the cgroup before the jail is gone.)
-        drop(warm);
+        let state = std::mem::replace(
+            &mut *self.jail.lock().unwrap_or_else(|p| p.into_inner()),
+            JailState::Down,
+        );
+        // A build in flight finds its generation gone and drops (kills) what it built.
+        if let JailState::Up(j) = state {
+            j.kill();
+        }
         let live = std::mem::take(&mut *self.live.lock().unwrap_or_else(|p| p.into_inner()));
         for (_, l) in live {
             match l {
@@ -578,6 +313,72 @@ impl LocalSandbox {
                 Live::Group(g) => {
                     let _ = paddock_sys::process::kill_process_group(g, libc::SIGKILL);
                 }
+            }
+        }
+    }
+
+    /// The sandbox's running jail, built (or awaited while another caller builds it) when
+    /// there is none.
+    async fn jail(&self) -> Result<Arc<RunningJail>, SandboxError> {
+        let Some(plan) = &self.plan else {
+            return Err(internal("isolated exec without a jail plan"));
+        };
+        let (build, generation) = {
+            let mut st = self.jail.lock().unwrap_or_else(|p| p.into_inner());
+            match &*st {
+                JailState::Up(j) if j.alive() => return Ok(j.clone()),
+                JailState::Building { build, generation } => (build.clone(), *generation),
+                _ => {
+                    let generation =
+                        JAIL_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let n = SANDBOX_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let plan = plan.clone();
+                    let build = async move {
+                        RunningJail::build(&plan, &format!("sb-{n}"))
+                            .await
+                            .map(Arc::new)
+                    }
+                    .boxed()
+                    .shared();
+                    *st = JailState::Building {
+                        build: build.clone(),
+                        generation,
+                    };
+                    (build, generation)
+                }
+            }
+        };
+        let built = build.await;
+        let mut st = self.jail.lock().unwrap_or_else(|p| p.into_inner());
+        let current = matches!(&*st, JailState::Building { generation: g, .. } if *g == generation);
+        match built {
+            Ok(j) if current => {
+                *st = JailState::Up(j.clone());
+                drop(st);
+                if self.rt.prebuilds_shell() {
+                    let (jail, shell) = (j.clone(), plan.base.shell);
+                    let locale = crate::env::likely_locale(&self.rt.options().environment);
+                    tokio::spawn(async move {
+                        if let Err(e) = jail.prepare_waiting_shell(shell, locale.as_deref()).await {
+                            tracing::debug!(error = %e, "could not start a shell ahead of the first command");
+                        }
+                    });
+                }
+                Ok(j)
+            }
+            Ok(j) => match &*st {
+                // Another caller of the same build got there first.
+                JailState::Up(u) if Arc::ptr_eq(u, &j) => Ok(j),
+                _ => Err(SandboxError::Unavailable {
+                    message: "the sandbox was reset while its jail was being built".into(),
+                }),
+            },
+            Err(message) => {
+                if current {
+                    *st = JailState::Down;
+                }
+                tracing::error!(sandbox = %self.id, %message, "could not build the sandbox's jail");
+                Err(SandboxError::Spawn { message })
             }
         }
     }
@@ -600,80 +401,246 @@ impl LocalSandbox {
         (Duration::from_secs_f64(t), cap)
     }
 
-    async fn exec_isolated(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
-        let Some(factory) = &self.jail else {
-            return Err(internal("isolated exec without a jail"));
-        };
-        let cwd = self.cwd(&req)?;
-        let (timeout, cap) = self.limits(&req);
+    /// The shell's argv and the environment of an isolated command.
+    fn isolated_command(
+        &self,
+        req: &ExecRequest,
+        shell: &str,
+    ) -> (Vec<String>, Vec<(String, String)>) {
         let o = self.rt.options();
         let env = crate::env::isolated_env(&o.environment, &req.env);
-        let shell = factory.base().shell;
-        let cmd = JailCommand {
-            argv: vec![
+        (
+            vec![
                 shell.rsplit('/').next().unwrap_or("sh").into(),
                 "-c".into(),
                 req.command.clone(),
             ],
-            env: env.into_iter().collect(),
+            env.into_iter().collect(),
+        )
+    }
+
+    /// A command in the sandbox's jail: handed to the shell waiting for it there, or
+    /// started now.
+    async fn exec_in_jail(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
+        let Some(plan) = &self.plan else {
+            return Err(internal("isolated exec without a jail plan"));
+        };
+        let cwd = self.cwd(&req)?;
+        let (timeout, cap) = self.limits(&req);
+        let shell = plan.base.shell;
+        let (argv, env) = self.isolated_command(&req, shell);
+        let jail = self.jail().await?;
+        let prebuild = self.rt.prebuilds_shell();
+        let waiting = if prebuild {
+            jail.take_waiting_shell()
+        } else {
+            None
+        };
+        let (started, stdout, stderr, status) = match waiting {
+            Some(w) => {
+                let cmd = JailCommand {
+                    argv: argv.clone(),
+                    env: env.clone(),
+                    cwd: cwd.to_string(),
+                }
+                .encode()
+                .map_err(|e| SandboxError::invalid_argument("command", e.to_string()))?;
+                let crate::jail::WaitingShell {
+                    started,
+                    cmd: cmd_w,
+                    status,
+                    stdout,
+                    stderr,
+                } = w;
+                // A message larger than a pipe buffer is read by the preload as it comes.
+                set_nonblocking(&cmd_w).map_err(|e| internal(format!("pipe: {e}")))?;
+                let mut tx = tokio::net::unix::pipe::Sender::from_owned_fd(cmd_w)
+                    .map_err(|e| internal(format!("pipe: {e}")))?;
+                use tokio::io::AsyncWriteExt;
+                if let Err(e) = tx.write_all(cmd.as_bytes()).await {
+                    // The shell is gone (killed from outside); its slot is given back.
+                    tracing::debug!(error = %e, "the waiting shell is gone; starting the command anew");
+                    drop(started);
+                    return self
+                        .exec_started_anew(&jail, shell, &argv, &env, &cwd, timeout, cap)
+                        .await;
+                }
+                (started, stdout, stderr, Some(status))
+            }
+            None => {
+                return self
+                    .exec_started_anew(&jail, shell, &argv, &env, &cwd, timeout, cap)
+                    .await;
+            }
+        };
+        self.drive_in_jail(jail, started, stdout, stderr, status, timeout, cap)
+    }
+
+    /// Starts the command in the jail now (no shell is waiting for it).
+    #[allow(clippy::too_many_arguments)]
+    async fn exec_started_anew(
+        &self,
+        jail: &Arc<RunningJail>,
+        shell: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        cwd: &VirtualPath,
+        timeout: Duration,
+        cap: u64,
+    ) -> Result<ExecStream, SandboxError> {
+        let (out_r, out_w) = std::io::pipe().map_err(|e| internal(format!("pipe: {e}")))?;
+        let (err_r, err_w) = std::io::pipe().map_err(|e| internal(format!("pipe: {e}")))?;
+        let started = jail
+            .start(
+                shell,
+                argv,
+                env,
+                cwd.as_str(),
+                vec![out_w.into(), err_w.into()],
+            )
+            .await
+            .map_err(|message| {
+                tracing::error!(sandbox = %self.id, %message, "could not start a command");
+                SandboxError::Spawn { message }
+            })?;
+        self.drive_in_jail(
+            jail.clone(),
+            started,
+            out_r.into(),
+            err_r.into(),
+            None,
+            timeout,
+            cap,
+        )
+    }
+
+    /// Streams a started command to its end. `status`: a waiting shell's status pipe, where
+    /// the preload reports a step that failed before the command ran (a missing cwd).
+    #[allow(clippy::too_many_arguments)]
+    fn drive_in_jail(
+        &self,
+        jail: Arc<RunningJail>,
+        started: crate::jail::Started,
+        stdout: std::os::fd::OwnedFd,
+        stderr: std::os::fd::OwnedFd,
+        status: Option<std::os::fd::OwnedFd>,
+        timeout: Duration,
+        cap: u64,
+    ) -> Result<ExecStream, SandboxError> {
+        let pipe = |fd: std::os::fd::OwnedFd| {
+            set_nonblocking(&fd).map_err(|e| internal(format!("pipe: {e}")))?;
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| internal(format!("pipe: {e}")))
+        };
+        let (out, err) = (pipe(stdout)?, pipe(stderr)?);
+        let status = status.map(pipe).transpose()?;
+        let crate::jail::Started {
+            end,
+            slot,
+            oom_before,
+            ..
+        } = started;
+        let slot = slot.map(Arc::new);
+        let kill: Box<dyn Fn() + Send + Sync> = match slot.clone() {
+            Some(s) => Box::new(move || {
+                s.kill();
+            }),
+            // No cgroup to tell the command's processes from the others: end the jail.
+            None => {
+                let j = jail.clone();
+                Box::new(move || j.kill())
+            }
+        };
+        let shell = async move {
+            if let Some(mut status) = status {
+                let mut rec = [0u8; StatusRecord::LEN];
+                // End of file once the command runs; a record when the preload failed.
+                if status.read_exact(&mut rec).await.is_ok()
+                    && let Some(StatusRecord::SetupFailed { step, errno }) =
+                        StatusRecord::parse(&rec)
+                {
+                    return ShellEnd::SpawnFailed(format!(
+                        "{step} failed: {}",
+                        std::io::Error::from_raw_os_error(errno)
+                    ));
+                }
+            }
+            end.await.unwrap_or(ShellEnd::Vanished)
+        };
+        let oom_jail = jail.clone();
+        // Once the result is out: the slot is given back, and (with `prebuild_shell`) the
+        // next command's shell is started — not before, on a small host it would compete
+        // with the command for the CPU.
+        let next = self
+            .rt
+            .prebuilds_shell()
+            .then(|| (jail.clone(), self.plan.as_ref().map(|p| p.base.shell)));
+        let locale = crate::env::likely_locale(&self.rt.options().environment);
+        let keep = (slot, jail);
+        let on_end: Box<dyn FnOnce() + Send> = Box::new(move || {
+            drop(keep);
+            if let Some((j, Some(shell))) = next
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                rt.spawn(async move {
+                    if let Err(e) = j.prepare_waiting_shell(shell, locale.as_deref()).await {
+                        tracing::debug!(error = %e, "could not start a shell ahead of the next command");
+                    }
+                });
+            }
+        });
+        let ctl = Control {
+            shell: Box::pin(shell),
+            kill,
+            oom_check: Box::new(move || oom_jail.oom_kills() > oom_before),
+            map_output: None,
+            on_end: Some(on_end),
+        };
+        Ok(drive(out, err, ctl, timeout, cap))
+    }
+
+    /// A one-shot runtime's command: a jail of its own (`paddock exec`).
+    async fn exec_one_shot(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
+        let Some(plan) = &self.plan else {
+            return Err(internal("isolated exec without a jail plan"));
+        };
+        let cwd = self.cwd(&req)?;
+        let (timeout, cap) = self.limits(&req);
+        let (argv, env) = self.isolated_command(&req, plan.base.shell);
+        let cmd = JailCommand {
+            argv,
+            env,
             cwd: cwd.to_string(),
         }
         .encode()
         .map_err(|e| SandboxError::invalid_argument("command", e.to_string()))?;
-        // A jail built ahead of time only needs its command; if its init is gone (killed
-        // from outside, or its setup failed), build a fresh one now, which reports any
-        // systematic failure.
-        // A build still in flight is awaited: it finishes sooner than a new one would.
-        let warm = self
-            .warm
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map(Prebuilt::take_build);
-        let mut started = None;
-        if let Some(task) = warm {
-            match task.await {
-                Ok(Ok(Warm { pending, cgroup, n })) => match send_command(pending, &cmd).await {
-                    Ok(child) => started = Some((child, cgroup, n)),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "prebuilt jail unusable; building one now")
+        let n = self.rt.next_exec_id();
+        let cgroup = if plan.base.cgroups.bases.is_empty() {
+            None
+        } else {
+            let cg = plan
+                .base
+                .cgroups
+                .create_exec(&format!("x{n}"), &plan.limits())
+                .map_err(|e| {
+                    tracing::error!(error = %e, "could not create the exec's cgroup");
+                    SandboxError::Spawn {
+                        message: "could not create the command's cgroup".into(),
                     }
-                },
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not prebuild the jail"),
-                Err(e) => tracing::debug!(error = %e, "the prebuild task ended early"),
-            }
-        }
-        let (child, cgroup, n) = match started {
-            Some(s) => s,
-            None => {
-                let n = self.rt.next_exec_id();
-                let cgroup = factory.cgroup(n)?;
-                let spec = factory.spec(cgroup.as_deref());
-                let child = spawn_jail(&self.rt, spec, cmd).await.map_err(|message| {
-                    tracing::error!(%message, "jail spawn failed");
-                    SandboxError::Spawn { message }
                 })?;
-                (child, cgroup, n)
-            }
+            Some(Arc::new(CgroupGuard(cg)))
         };
-        // The next jail is built once this command has ended, not while it runs: on
-        // a small host the build would compete with the command for the CPU. An agent's
-        // next call comes later than that; a caller running commands back to back waits
-        // for the build in flight, which is never slower than building anew.
-        // Once the result is handed over, an init with nothing left in its jail is killed
-        // (see `StatusRecord::Idle`): its teardown then no longer delays the result.
+        let spec = plan.spec(
+            cgroup.as_ref().map(|g| g.0.join_plan()).unwrap_or_default(),
+            |c| cgroup.as_ref().is_some_and(|g| g.0.has(c)),
+        );
+        let child = spawn_jail(&self.rt, spec, cmd).await.map_err(|message| {
+            tracing::error!(%message, "jail spawn failed");
+            SandboxError::Spawn { message }
+        })?;
         let (handed_over, result_out) = tokio::sync::oneshot::channel::<()>();
-        let prebuilding = self
-            .rt
-            .prebuilds()
-            .then(|| (Arc::downgrade(&self.warm), factory.clone()));
         let on_end: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || {
             let _ = handed_over.send(());
-            if let Some((slot, factory)) = prebuilding
-                && let Some(slot) = slot.upgrade()
-            {
-                prebuild(&slot, factory);
-            }
         }));
         let init = Arc::new(child.init);
         self.live
@@ -868,6 +835,10 @@ impl LocalSandbox {
     }
 }
 
+fn set_nonblocking(fd: &std::os::fd::OwnedFd) -> std::io::Result<()> {
+    paddock_sys::process::set_nonblocking(fd)
+}
+
 /// Whether any process of group `pgid` is alive (not a zombie).
 fn group_alive(pgid: i32) -> bool {
     let Ok(rd) = std::fs::read_dir("/proc") else {
@@ -939,7 +910,8 @@ impl Sandbox for LocalSandbox {
     async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
         req.validate()?;
         match self.rt.isolation() {
-            Isolation::Isolated => self.exec_isolated(req).await,
+            Isolation::Isolated if self.rt.one_shot => self.exec_one_shot(req).await,
+            Isolation::Isolated => self.exec_in_jail(req).await,
             Isolation::None => self.exec_host(req).await,
         }
     }
@@ -1034,24 +1006,9 @@ impl Sandbox for LocalSandbox {
     }
 }
 
-/// The cpu limit worth a cgroup: none for 0 (no limit) or for at least every online CPU,
-/// which the quota could never hold back.
-fn binding_cpus(cpus: f64, online: Option<u32>) -> Option<f64> {
-    (cpus > 0.0 && online.is_none_or(|n| cpus < f64::from(n))).then_some(cpus)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_limits_only_where_they_can_bind() {
-        assert_eq!(binding_cpus(0.0, Some(4)), None);
-        assert_eq!(binding_cpus(1.5, Some(4)), Some(1.5));
-        assert_eq!(binding_cpus(4.0, Some(4)), None);
-        assert_eq!(binding_cpus(2.0, Some(2)), None);
-        assert_eq!(binding_cpus(2.0, None), Some(2.0));
-    }
 
     #[test]
     fn ids_round_trip() {
@@ -1063,30 +1020,5 @@ mod tests {
         assert_eq!(parse_sandbox_id("local:a"), None);
         assert_eq!(parse_sandbox_id("local:a:b/c"), None);
         assert_eq!(parse_sandbox_id("remote:a:b"), None);
-    }
-
-    #[test]
-    fn chown_tree_only_when_needed() {
-        if paddock_sys::process::euid() != 0 {
-            eprintln!("SKIPPED: chown needs root");
-            return;
-        }
-        use std::os::unix::fs::MetadataExt;
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("ws");
-        std::fs::create_dir_all(d.join("sub")).unwrap();
-        std::fs::write(d.join("sub/f"), "x").unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", d.join("link")).unwrap();
-        chown_tree(&d, 951_123, 951_124).unwrap();
-        assert_eq!(std::fs::metadata(d.join("sub/f")).unwrap().uid(), 951_123);
-        assert_eq!(
-            std::fs::symlink_metadata(d.join("link")).unwrap().uid(),
-            951_123
-        );
-        assert_eq!(
-            std::fs::metadata("/etc/passwd").unwrap().uid(),
-            0,
-            "symlink target untouched"
-        );
     }
 }

@@ -60,7 +60,7 @@ async fn commands_get_the_default_sigpipe() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jail_with_nothing_left_is_torn_down_after_the_result() {
+async fn a_sandbox_with_nothing_running_is_not_busy() {
     if !isolated_supported() {
         return;
     }
@@ -68,10 +68,14 @@ async fn a_jail_with_nothing_left_is_torn_down_after_the_result() {
     let sb = e.sandbox("idle").await;
     let o = run(&sb, "echo done").await;
     assert_eq!(o.stdout, "done\n");
-    // Init waits to be killed until the result is out, then goes (with its namespaces).
+    // The jail stays (its init, a waiting shell), but nothing runs in it.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sb.running().is_empty() {
-        assert!(Instant::now() < deadline, "inits left: {:?}", sb.running());
+        assert!(
+            Instant::now() < deadline,
+            "still running: {:?}",
+            sb.running()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -188,7 +192,8 @@ async fn background_returns_promptly_and_dies_on_reset() {
         start.elapsed()
     );
     assert!(sleepers(&["612303"]));
-    assert_eq!(sb.running().len(), 1);
+    // The jail's init and the background process.
+    assert!(sb.running().len() >= 2, "{:?}", sb.running());
     drop(sb);
     e.provider.reset();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -354,7 +359,7 @@ const SHELL_AGE: &str =
     "echo $(( $(cut -d' ' -f22 /proc/self/stat) - $(cut -d' ' -f22 /proc/$$/stat) ))";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
+async fn the_jail_is_built_ahead_and_lives_as_long_as_the_sandbox() {
     if !isolated_supported() || paddock_sys::process::euid() != 0 {
         eprintln!("SKIPPED: needs root to run the sandbox as a dedicated uid");
         return;
@@ -366,10 +371,13 @@ async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
         ..RuntimeOptions::default()
     });
     let sb = e.sandbox("prebuilt").await;
-    assert_eq!(run(&sb, "true").await.exit.exit_code, Some(0));
-    // After a command, one idle jail waits for the next (its init and its shell); it is
-    // not a running command.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Built when the sandbox was made: its init and a shell waiting for the first command,
+    // neither of them a running command.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_of_uid(uid).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         processes_of_uid(uid).len(),
         2,
@@ -381,7 +389,7 @@ async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
     let ages: Vec<i64> = o.stdout.lines().map(|l| l.parse().unwrap()).collect();
     assert!(
         ages[0] >= 30 && ages[1] >= 30,
-        "init and shell were {ages:?} ticks old: the jail was not prebuilt"
+        "init and shell were {ages:?} ticks old: the jail was not built ahead"
     );
     // The environment, cwd and exit code are still the command's own.
     let mut r = ExecRequest::new("echo $FOO; pwd; exit 7");
@@ -390,27 +398,30 @@ async fn the_next_jail_is_prebuilt_and_killed_with_the_sandbox() {
     let o = sb.exec(r).await.unwrap();
     assert_eq!(o.stdout, "per-exec\n/mnt/user-data/outputs\n");
     assert_eq!(o.exit.exit_code, Some(7));
-    // A command larger than a pipe buffer reaches a prebuilt jail whole.
+    // A command larger than a pipe buffer reaches the waiting shell whole; the jail's init
+    // is the one built at the start.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let filler = "x".repeat(100 * 1024);
     let o = run(&sb, &format!(": {filler}; {INIT_AGE}")).await;
     let age: i64 = o.stdout.trim().parse().unwrap();
     assert!(
-        age >= 20,
-        "init was {age} ticks old: the jail was not prebuilt"
+        age >= 60,
+        "init was {age} ticks old: not the sandbox's first"
     );
-    // Reset kills the prebuilt jail too.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reset kills the jail and everything in it.
     sb.kill_all();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
+    // The next command builds a fresh one.
+    let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
+    assert!(age < 30, "init was {age} ticks old after a reset");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_prebuilding_every_jail_is_built_on_demand() {
+async fn without_prebuilding_the_jail_is_built_by_the_first_command() {
     if !isolated_supported() {
         return;
     }
@@ -419,44 +430,84 @@ async fn without_prebuilding_every_jail_is_built_on_demand() {
         ..RuntimeOptions::default()
     });
     let sb = e.sandbox("cold").await;
-    run(&sb, "true").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(sb.init_pid().is_none(), "no jail before the first command");
     let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
     assert!(age < 30, "init was {age} ticks old");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
+    assert!(age >= 40, "init was {age} ticks old: the jail did not last");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unused_prebuilt_jail_is_dropped_after_its_idle_time() {
-    if !isolated_supported() || paddock_sys::process::euid() != 0 {
-        eprintln!("SKIPPED: needs root to run the sandbox as a dedicated uid");
+async fn tmp_and_dev_shm_last_as_long_as_the_sandbox() {
+    if !isolated_supported() {
         return;
     }
-    let uid = 951_778;
-    let e = env_with(RuntimeOptions {
-        sandbox_uid: uid,
-        sandbox_gid: uid,
-        prebuilt_jail_idle_secs: 1,
-        ..RuntimeOptions::default()
-    });
-    let sb = e.sandbox("idle").await;
-    run(&sb, "true").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(processes_of_uid(uid).len(), 2, "init and its waiting shell");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !processes_of_uid(uid).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = env();
+    let sb = e.sandbox("tmp").await;
+    let o = run(
+        &sb,
+        "echo kept > /tmp/warm_state.txt; echo shm > /dev/shm/s; echo ok",
+    )
+    .await;
+    assert_eq!(o.stdout, "ok\n", "{o:?}");
+    let o = run(&sb, "cat /tmp/warm_state.txt /dev/shm/s").await;
+    assert_eq!(o.stdout, "kept\nshm\n", "{o:?}");
+    // Another sandbox has its own.
+    let other = e.sandbox("tmp-other").await;
+    let o = run(&other, "cat /tmp/warm_state.txt 2>&1; echo rc=$?").await;
+    assert!(o.stdout.contains("rc=1"), "{o:?}");
+    // A reset gives a fresh /tmp.
+    sb.kill_all();
+    let o = run(&sb, "ls /tmp | wc -l").await;
+    assert_eq!(o.stdout.trim(), "0", "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_pip_are_there_where_the_root_has_python3() {
+    if !isolated_supported() {
+        return;
     }
-    assert_eq!(processes_of_uid(uid), Vec::<i32>::new());
-    // The next exec builds its jail on demand and works as ever.
-    let age: i64 = run(&sb, INIT_AGE).await.stdout.trim().parse().unwrap();
-    assert!(age < 30, "init was {age} ticks old");
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: this host has no /usr/bin/python3");
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("py").await;
+    let o = run(
+        &sb,
+        "python -c 'print(sum(range(100000)))'; command -v python",
+    )
+    .await;
+    assert_eq!(o.exit.exit_code, Some(0), "{o:?}");
+    let mut lines = o.stdout.lines();
+    assert_eq!(lines.next(), Some("4999950000"));
+    let found = lines.next().unwrap_or_default();
+    assert!(
+        found == "/.paddock/bin/python" || !found.starts_with("/.paddock"),
+        "{found}"
+    );
+    let o = run(
+        &sb,
+        "command -v pip >/dev/null && echo has-pip || echo no-pip",
+    )
+    .await;
+    let has_module = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import pip"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_module {
+        assert_eq!(o.stdout, "has-pip\n", "{o:?}");
+    }
 }
 
 /// What a command sees of the shell running it; the last line says whether the shell
 /// preload is mapped into it (it is only in a prebuilt shell).
 const SHELL_PROBE: &str = "echo \"$0|$#|$-|$BASH_EXECUTION_STRING|$PWD|$SHLVL|$PPID\"; \
     x=é; echo \"${#x} characters in $LANG\"; \
-    tr '\\0' '\\n' < /proc/$$/cmdline | grep -c .; env | sort; sh -c 'echo $PPID'; \
+    tr '\\0' '\\n' < /proc/$$/cmdline | grep -c .; env | sort; \
+    sh -c 'test $PPID = '$$' && echo the shell is its parent'; \
     grep -c shell-preload /proc/$$/maps || true";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -507,6 +507,9 @@ const _: () = {
 pub const SHELL_PRELOAD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zygote.so"));
 /// Where the runtime puts [`SHELL_PRELOAD`] in the jail.
 pub const SHELL_PRELOAD_PATH: &str = "/.paddock/shell-preload.so";
+/// The descriptor a waiting shell reads its command from, and the one it reports a failed
+/// step on (a [`StatusRecord`]).
+pub const WAITING_SHELL_FDS: (i32, i32) = (ZYGOTE_CMD_FD, ZYGOTE_STATUS_FD);
 
 const TAG_EXIT: u32 = 1;
 const TAG_SETUP: u32 = 2;
@@ -667,6 +670,7 @@ enum COp {
     File {
         path: CString,
         data: &'static [u8],
+        mode: u32,
     },
 }
 
@@ -803,7 +807,8 @@ fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
             MountOp::Devpts { dst } => COp::Devpts {
                 dst: cpath(dst, "mount path")?,
             },
-            MountOp::File { path, data } => COp::File {
+            MountOp::File { path, data, mode } => COp::File {
+                mode: *mode,
                 path: cpath(path, "mount path")?,
                 data,
             },
@@ -915,27 +920,38 @@ struct WaitingShell {
     _strings: Vec<CString>,
 }
 
+/// A waiting shell's argv and environment as strings: `[name, "-c", placeholder]`, and
+/// `LD_PRELOAD`, the program for commands that do not fit, the locale to load, and padding.
+/// The preload writes the command and its environment over these, so their sizes are the
+/// room it has (see `zygote/zygote.rs`).
+pub fn waiting_shell_command(program: &str, locale: Option<&str>) -> (Vec<String>, Vec<String>) {
+    let name = program.rsplit('/').next().unwrap_or(program);
+    let mut placeholder = String::from_utf8_lossy(ZYGOTE_PLACEHOLDER).into_owned();
+    while placeholder.len() < ZYGOTE_ARG_BYTES - 1 {
+        placeholder.push(' ');
+    }
+    let key = |k: &[u8]| String::from_utf8_lossy(k).into_owned();
+    let mut env: Vec<String> = vec![
+        format!("LD_PRELOAD={SHELL_PRELOAD_PATH}"),
+        format!("{}{program}", key(ZYGOTE_ENV_KEY)),
+        format!("{}{}", key(ZYGOTE_LOCALE_KEY), locale.unwrap_or_default()),
+    ];
+    while env.len() < ZYGOTE_ENV_SLOTS - 1 {
+        env.push("_=".into());
+    }
+    let used: usize = env.iter().map(|e| e.len() + 1).sum();
+    let pad = ZYGOTE_ENV_BYTES.saturating_sub(used + 1).max("_PAD=".len());
+    let mut last = String::from("_PAD=");
+    while last.len() < pad {
+        last.push('.');
+    }
+    env.push(last);
+    (vec![name.into(), "-c".into(), placeholder], env)
+}
+
 impl WaitingShell {
     fn new(program: &str, locale: Option<&str>) -> Result<Self, SpawnError> {
-        let name = program.rsplit('/').next().unwrap_or(program);
-        let mut placeholder = ZYGOTE_PLACEHOLDER.to_vec();
-        placeholder.resize(ZYGOTE_ARG_BYTES - 1, b' ');
-        let mut env: Vec<Vec<u8>> = vec![
-            format!("LD_PRELOAD={SHELL_PRELOAD_PATH}").into_bytes(),
-            [ZYGOTE_ENV_KEY, program.as_bytes()].concat(),
-            [ZYGOTE_LOCALE_KEY, locale.unwrap_or_default().as_bytes()].concat(),
-        ];
-        while env.len() < ZYGOTE_ENV_SLOTS - 1 {
-            env.push(b"_=".to_vec());
-        }
-        let used: usize = env.iter().map(|e| e.len() + 1).sum();
-        let pad = ZYGOTE_ENV_BYTES
-            .saturating_sub(used + 1)
-            .max(b"_PAD=".len());
-        let mut last = b"_PAD=".to_vec();
-        last.resize(pad, b'.');
-        env.push(last);
-        let argv = [name.as_bytes().to_vec(), b"-c".to_vec(), placeholder];
+        let (argv, env) = waiting_shell_command(program, locale);
         let mut strings = Vec::with_capacity(argv.len() + env.len());
         for b in argv.into_iter().chain(env) {
             strings.push(CString::new(b).map_err(|_| SpawnError::Nul { what: "program" })?);
@@ -1013,16 +1029,7 @@ fn above_stdio(fd: OwnedFd, step: &'static str) -> Result<OwnedFd, SpawnError> {
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: fcntl on a valid descriptor.
-    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above.
-    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::process::set_nonblocking(fd)
 }
 
 /// Spawns the jail and starts `cmd` in it: [`build`] then [`PendingJail::start`].
@@ -1884,11 +1891,11 @@ unsafe fn child_main(p: &mut Prepared, fds: &ChildFds, fprog: &libc::sock_fprog)
                         p.devpts_data.as_ptr().cast(),
                     );
                 }
-                COp::File { path, data } => {
+                COp::File { path, data, mode } => {
                     let fd = libc::open(
                         path.as_ptr(),
                         libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
-                        0o444,
+                        *mode,
                     );
                     check!(Step::WriteFile, fd);
                     let mut off = 0usize;

@@ -19,6 +19,7 @@ pub mod probe;
 pub mod process;
 pub mod sandbox_jail;
 pub mod seccomp;
+pub mod tree;
 pub mod uidmap;
 
 pub use jail::{JailChild, JailSpec, NetMode, StatusRecord};

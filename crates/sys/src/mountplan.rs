@@ -302,12 +302,14 @@ pub enum MountOp {
         /// Where.
         dst: PathBuf,
     },
-    /// Create a file with these contents (mode 0444) in the root tmpfs.
+    /// Create a file with these contents in the root tmpfs.
     File {
         /// Where.
         path: PathBuf,
         /// Its bytes.
         data: &'static [u8],
+        /// Its mode.
+        mode: u32,
     },
 }
 
@@ -365,6 +367,8 @@ pub struct MountInputs {
     /// Files Paddock itself puts in the jail (the shell preload), read-only like the
     /// whole root; each under a top-level directory of its own.
     pub files: Vec<JailFile>,
+    /// Symbolic links Paddock puts in the jail (command shims), placed as `files` are.
+    pub links: Vec<JailLink>,
 }
 
 /// A file written into the jail's root (which then becomes read-only).
@@ -374,6 +378,18 @@ pub struct JailFile {
     pub path: String,
     /// Contents.
     pub data: &'static [u8],
+    /// Its mode (`0o444` for data, `0o555` for a program).
+    pub mode: u32,
+}
+
+/// A symbolic link made in the jail's root, under a top directory of its own like a
+/// [`JailFile`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailLink {
+    /// Jail path of the link.
+    pub path: String,
+    /// What it points at.
+    pub target: String,
 }
 
 /// A host file shown at `/etc/{name}` in the jail, read-only.
@@ -621,22 +637,26 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
         }
         bound.push(&b.jail);
     }
-    for f in &inp.files {
-        let top = f
-            .path
+    let placed = inp
+        .files
+        .iter()
+        .map(|f| (f.path.as_str(), Some(f)))
+        .chain(inp.links.iter().map(|l| (l.path.as_str(), None)));
+    for (i, (path, file)) in placed.enumerate() {
+        let top = path
             .get(1..)
             .and_then(|r| r.split_once('/'))
             .map(|(t, _)| t);
-        let Some(top) = top.filter(|_| valid_jail_path(&f.path)) else {
-            return Err(PlanError::BadJailPath(f.path.clone()));
+        let Some(top) = top.filter(|_| valid_jail_path(path)) else {
+            return Err(PlanError::BadJailPath(path.to_owned()));
         };
         let top = format!("/{top}");
         let under_top = format!("{top}/");
         if taken.contains(&top) || bound.iter().any(|b| *b == top || b.starts_with(&under_top)) {
-            return Err(PlanError::Reserved(f.path.clone()));
+            return Err(PlanError::Reserved(path.to_owned()));
         }
         let mut acc = String::new();
-        let parent = &f.path[..f.path.rfind('/').unwrap_or(0)];
+        let parent = &path[..path.rfind('/').unwrap_or(0)];
         for seg in parent[1..].split('/') {
             acc.push('/');
             acc.push_str(seg);
@@ -646,10 +666,20 @@ pub fn plan_mounts(inp: &MountInputs) -> Result<MountPlan, PlanError> {
                 });
             }
         }
-        ops.push(MountOp::File {
-            path: under(s, &f.path),
-            data: f.data,
-        });
+        match file {
+            Some(f) => ops.push(MountOp::File {
+                path: under(s, &f.path),
+                data: f.data,
+                mode: f.mode,
+            }),
+            None => {
+                let l = &inp.links[i - inp.files.len()];
+                ops.push(MountOp::Symlink {
+                    target: l.target.clone(),
+                    path: under(s, &l.path),
+                });
+            }
+        }
     }
     // Last: the root itself becomes read-only, so nothing can be created at `/`.
     ops.push(MountOp::Remount {
@@ -710,6 +740,7 @@ mod tests {
             staging: "/tmp".into(),
             etc_files: vec![],
             files: vec![],
+            links: vec![],
         }
     }
 
@@ -719,6 +750,7 @@ mod tests {
         inp.files = vec![JailFile {
             path: "/.paddock/lib/preload.so".into(),
             data: b"\x7fELF",
+            mode: 0o444,
         }];
         let plan = plan_mounts(&inp).unwrap();
         let at = |want: &MountOp| plan.ops.iter().position(|o| o == want).unwrap();
@@ -731,6 +763,7 @@ mod tests {
         let file = at(&MountOp::File {
             path: "/tmp/.paddock/lib/preload.so".into(),
             data: b"\x7fELF",
+            mode: 0o444,
         });
         let root_ro = at(&MountOp::Remount {
             dst: "/tmp".into(),
@@ -773,6 +806,7 @@ mod tests {
             inp.files = vec![JailFile {
                 path: path.into(),
                 data: b"",
+                mode: 0o444,
             }];
             assert_eq!(plan_mounts(&inp).unwrap_err(), want, "{path}");
         }
@@ -781,6 +815,7 @@ mod tests {
         inp.files = vec![JailFile {
             path: "/mnt/x.so".into(),
             data: b"",
+            mode: 0o444,
         }];
         assert!(plan_mounts(&inp).is_ok());
     }

@@ -76,10 +76,12 @@ fn spec_with(ws: &std::path::Path, net: NetMode, waiting: bool) -> JailSpec {
         tmp_size_bytes: 1 << 20,
         staging: "/tmp".into(),
         etc_files: vec![],
+        links: vec![],
         files: if waiting {
             vec![JailFile {
                 path: SHELL_PRELOAD_PATH.into(),
                 data: SHELL_PRELOAD,
+                mode: 0o444,
             }]
         } else {
             vec![]

@@ -37,6 +37,7 @@ fn spec(binds: Vec<DataBind>) -> JailSpec {
         staging: "/tmp".into(),
         etc_files: vec![],
         files: vec![],
+        links: vec![],
     })
     .unwrap();
     let abi = paddock_sys::landlock::kernel_abi();
