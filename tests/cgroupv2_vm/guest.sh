@@ -344,7 +344,7 @@ else
     fail shared-cgroup-fallback "exit $RC, stdout '$out' (want 'ran $want_v $PIDS'), $S procs after: [$sprocs], cgroups created: [$slayout], stderr: $(oneline "$R/shared.err")"
 fi
 
-# --- paddock serve: a long-lived runtime keeps a subtree paddock-<pid>-<n> with exec cgroups x<m> ---
+# --- paddock serve: a subtree paddock-<pid>-<n>, a cgroup sb-<k> per sandbox with slots x<m> ---
 # HTTP through python3 (no curl needed): http METHOD URL [JSON] -> the response body.
 http() {
     python3 - "$@" <<'PY'
@@ -375,23 +375,29 @@ sv_detail=""
 if [[ -n $up ]]; then
     url=$(http POST "http://127.0.0.1:$port/api/sandboxes" '{"sandbox_id": "a1b2c3d4e5f60718", "thread_id": "t1", "user_id": "alice"}' |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["sandbox_url"])' 2>/dev/null)
-    r1=$(http POST "$url/v1/shell/exec" '{"command": "echo served"}')
+    r1=$(http POST "$url/v1/shell/exec" '{"command": "echo served; echo kept > /tmp/state; cat /proc/self/cgroup"}')
     r2=$(http POST "$url/v1/shell/exec" '{"command": "head -c 200M /dev/zero | tail"}')
-    # What is below the server's cgroup now (its next jail is prebuilt into its exec cgroup).
+    r3=$(http POST "$url/v1/shell/exec" '{"command": "cat /tmp/state"}')
+    # What is below the server's cgroup now: the sandbox's cgroup sb-<n> (its limits), and
+    # below it a slot x<m> per command (no limits of their own).
     sub=""
     for d in "$V"/paddock-"$ps_"-[0-9]*; do [[ -d $d ]] && sub=$d; done
-    xs=""
-    for d in "$sub"/x*; do
-        [[ -d $d ]] && xs+="$(basename "$d")[memory.max=$(cat "$d/memory.max") pids.max=$(cat "$d/pids.max") cpu.max='$(cat "$d/cpu.max")' procs=$(tr '\n' ' ' <"$d/cgroup.procs" | sed 's/ $//')] "
+    sbs=""
+    for d in "$sub"/sb-*; do
+        [[ -d $d ]] || continue
+        sbs+="$(basename "$d")[memory.max=$(cat "$d/memory.max") pids.max=$(cat "$d/pids.max") cpu.max='$(cat "$d/cpu.max")' procs=$(tr '\n' ' ' <"$d/cgroup.procs" | sed 's/ $//') slots=$(cd "$d" && ls -d x* 2>/dev/null | tr '\n' ' ')] "
     done
     sv_layout=$(cgls "$V")
     ssc=$(cat "$sub/cgroup.subtree_control" 2>/dev/null)
     grep -q '"exit_code":0' <<<"$r1" && grep -q served <<<"$r1" || sv_why+=" exec 1: $r1;"
+    # A command sees only its slot of the sandbox's cgroup, never Paddock's cgroup names.
+    grep -q '0::/x[0-9]' <<<"$r1" && ! grep -q paddock <<<"$r1" || sv_why+=" the command's /proc/self/cgroup: $r1;"
     grep -q '"exit_code":137' <<<"$r2" || sv_why+=" the memory hog did not exit 137: ${r2:0:300};"
+    grep -q kept <<<"$r3" || sv_why+=" /tmp did not last between commands: ${r3:0:300};"
     [[ -d $V/paddock-$ps_-supervisor && -n $sub ]] || sv_why+=" no supervisor leaf and paddock-$ps_-<n> subtree;"
     [[ $ssc == *cpu* && $ssc == *memory* && $ssc == *pids* ]] || sv_why+=" subtree_control of the subtree: '$ssc';"
-    [[ $xs == *"memory.max=$MEM pids.max=$PIDS cpu.max='$CPU_MAX'"* ]] || sv_why+=" no exec cgroup with the limits;"
-    sv_detail="cgroups below /t-serve: $sv_layout| exec cgroups: $xs| subtree_control of $(basename "$sub"): $ssc"
+    [[ $sbs == *"memory.max=$MEM pids.max=$PIDS cpu.max='$CPU_MAX'"*slots=x* ]] || sv_why+=" no sandbox cgroup with the limits and slots;"
+    sv_detail="cgroups below /t-serve: $sv_layout| sandbox cgroups: $sbs| subtree_control of $(basename "$sub"): $ssc"
     http DELETE "http://127.0.0.1:$port/api/sandboxes/a1b2c3d4e5f60718" >/dev/null
 else
     sv_why+=" paddock serve did not come up: $(oneline "$R/serve.err");"

@@ -85,6 +85,36 @@ pub struct PaddockConfig {
     /// The Kubernetes backend (used when `backend: kubernetes`); DeerFlow's provisioner
     /// environment variables override it (see docs/kubernetes.md).
     pub kubernetes: paddock_kube::KubeConfig,
+    /// DeerFlow's gateway: the state root it shares with the sandboxes (local backend).
+    pub deerflow: DeerflowConfig,
+}
+
+/// `deerflow:` — where DeerFlow's gateway keeps its state on this host (docs/deerflow.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeerflowConfig {
+    /// DeerFlow's state root (`DEER_FLOW_HOST_BASE_DIR`): users' data lives there
+    /// (`users/{u}/threads/{t}/user-data`), and the mounts the gateway sends with each
+    /// create must come from it.
+    pub host_base_dir: Option<PathBuf>,
+    /// DeerFlow's legacy threads directory (`THREADS_HOST_PATH`): when `host_base_dir` is
+    /// unset or empty and its last segment is `threads`, its parent is the state root (as
+    /// DeerFlow's provisioner derives it).
+    pub threads_host_path: Option<PathBuf>,
+}
+
+impl DeerflowConfig {
+    /// The state root, as DeerFlow's provisioner resolves it; `None`: not configured.
+    pub fn state_root(&self) -> Option<PathBuf> {
+        match &self.host_base_dir {
+            Some(b) if !b.as_os_str().is_empty() => Some(b.clone()),
+            _ => self
+                .threads_host_path
+                .as_ref()
+                .filter(|t| t.file_name().is_some_and(|n| n == "threads"))
+                .and_then(|t| t.parent().map(|p| p.to_path_buf())),
+        }
+    }
 }
 
 /// `mounts:` — operator-configured custom mounts (SPEC section 3).
@@ -177,6 +207,7 @@ impl Default for PaddockConfig {
             agent: AgentSection::default(),
             tools: paddock_tools::ToolsConfig::default(),
             kubernetes: paddock_kube::KubeConfig::default(),
+            deerflow: DeerflowConfig::default(),
         }
     }
 }

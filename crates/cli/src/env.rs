@@ -77,6 +77,16 @@ pub const OVERRIDES: &[EnvVar] = &[
         kind: EnvKind::Str,
     },
     EnvVar {
+        name: "DEER_FLOW_HOST_BASE_DIR",
+        key: "deerflow.host_base_dir",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
+        name: "THREADS_HOST_PATH",
+        key: "deerflow.threads_host_path",
+        kind: EnvKind::Str,
+    },
+    EnvVar {
         name: "PADDOCK_ISOLATION",
         key: "sandbox.isolation",
         kind: EnvKind::Str,

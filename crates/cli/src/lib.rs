@@ -268,6 +268,22 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
     }
     init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
     let base_mounts = custom_mounts(&cfg)?;
+    let gateway_root = match cfg.deerflow.state_root() {
+        None => None,
+        Some(root) => match std::fs::canonicalize(&root) {
+            Ok(c) if c.is_dir() => Some(c),
+            _ => {
+                eprintln!(
+                    "error: deerflow.host_base_dir (DEER_FLOW_HOST_BASE_DIR) {} is not a directory",
+                    root.display()
+                );
+                eprintln!(
+                    "\nhint: point it at the directory DeerFlow's gateway keeps its state in (its DEER_FLOW_HOME as this host sees it)"
+                );
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+        },
+    };
     let rt = tokio_rt()?;
     let backend = match cfg.backend {
         config::BackendKind::Local => paddock_server::serve::BackendChoice::Local {
@@ -282,6 +298,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
                     ..paddock_agent::AgentConfig::default()
                 },
                 tools: cfg.tools.clone(),
+                gateway_root,
             }),
         },
         config::BackendKind::Kubernetes => {

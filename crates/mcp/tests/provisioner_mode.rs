@@ -44,6 +44,7 @@ async fn start_serve(data_dir: &Path) -> SocketAddr {
                 base_mounts: Vec::new(),
                 agent: Default::default(),
                 tools: Default::default(),
+                gateway_root: None,
             }),
         },
     };

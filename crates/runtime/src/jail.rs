@@ -139,7 +139,7 @@ impl RunningJail {
         let cgroup = if base.cgroups.bases.is_empty() {
             None
         } else {
-            let cg = base
+            let mut cg = base
                 .cgroups
                 .create_sandbox(name, &plan.limits())
                 .map_err(|e| {
@@ -154,10 +154,11 @@ impl RunningJail {
             }
             Some(cg)
         };
-        let spec = match &cgroup {
+        let mut spec = match &cgroup {
             Some(cg) => plan.spec(cg.join_plan(), |c| cg.has(c)),
             None => plan.spec(Default::default(), |_| false),
         };
+        spec.seccomp = base.seccomp_init.clone();
         let built = crate::runtime::build_sandbox_jail(spec).await;
         let b = match built {
             Ok(b) => b,

@@ -60,6 +60,11 @@ impl LocalProvider {
         Ok(Self::over(Runtime::new(data_dir, opts)?, custom))
     }
 
+    /// A provider over an existing runtime (one a server shares with other parts).
+    pub fn over_runtime(rt: Arc<Runtime>, custom: Vec<Mount>) -> Self {
+        Self::over(rt, custom)
+    }
+
     /// A provider for a process that runs one command and exits (`paddock exec`); see
     /// [`Runtime::one_shot`].
     pub fn one_shot(

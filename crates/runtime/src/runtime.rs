@@ -53,6 +53,9 @@ pub enum RuntimeError {
 pub(crate) struct JailBase {
     pub facts: HostFacts,
     pub seccomp: Arc<paddock_sys::seccomp::BpfProgram>,
+    /// The filter of a sandbox's init (allows `clone3`, which init's children refuse
+    /// themselves; see `paddock_sys::seccomp::build_init_program`).
+    pub seccomp_init: Arc<paddock_sys::seccomp::BpfProgram>,
     pub landlock_abi: i32,
     pub cgroups: CgroupSet,
     pub cap_last_cap: u32,
@@ -245,7 +248,16 @@ impl Runtime {
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
-        Self::build(data_dir.into(), opts, false)
+        Self::build(DataLayout::new(data_dir.into()), opts, false)
+    }
+
+    /// [`Runtime::new`] over a layout (users' data in a gateway's state root, see
+    /// [`DataLayout::with_gateway_root`]).
+    pub fn with_layout(
+        layout: DataLayout,
+        opts: RuntimeOptions,
+    ) -> Result<Arc<Self>, RuntimeError> {
+        Self::build(layout, opts, false)
     }
 
     /// The runtime of a process that runs one command and exits (`paddock exec`), and so
@@ -259,16 +271,15 @@ impl Runtime {
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
-        Self::build(data_dir.into(), opts, true)
+        Self::build(DataLayout::new(data_dir.into()), opts, true)
     }
 
     fn build(
-        data_dir: PathBuf,
+        layout: DataLayout,
         opts: RuntimeOptions,
         one_shot: bool,
     ) -> Result<Arc<Self>, RuntimeError> {
         opts.validate()?;
-        let layout = DataLayout::new(data_dir);
         let jail = match opts.isolation {
             Isolation::None => {
                 tracing::warn!(
@@ -352,6 +363,13 @@ impl Runtime {
             detail: e.to_string(),
             hint: "this CPU architecture is not supported by the filter compiler; use isolation: none",
         })?;
+        let seccomp_init = paddock_sys::seccomp::build_init_program().map_err(|e| {
+            RuntimeError::Unsupported {
+                feature: "seccomp filters",
+                detail: e.to_string(),
+                hint: "this CPU architecture is not supported by the filter compiler; use isolation: none",
+            }
+        })?;
         let mut landlock_abi = paddock_sys::landlock::kernel_abi();
         if landlock_abi < 1 {
             tracing::warn!(
@@ -415,6 +433,7 @@ impl Runtime {
         Ok(JailBase {
             facts,
             seccomp: Arc::new(seccomp),
+            seccomp_init: Arc::new(seccomp_init),
             landlock_abi,
             cgroups,
             cap_last_cap: paddock_sys::jail::cap_last_cap(),

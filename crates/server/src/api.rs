@@ -114,7 +114,17 @@ async fn log_requests(State(state): State<AppState>, req: Request, next: Next) -
     if !shown.starts_with("/s/") {
         state.metrics.observe_status(status);
     }
-    tracing::info!(%method, path = %shown, status, ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match resp.extensions().get::<crate::error::ErrorReason>() {
+        // Every refusal is logged with why (the detail and field the client got).
+        Some(r) if status >= 500 => {
+            tracing::error!(%method, path = %shown, status, ms, reason = %r.detail, field = r.field.as_deref().unwrap_or(""), "request")
+        }
+        Some(r) => {
+            tracing::info!(%method, path = %shown, status, ms, reason = %r.detail, field = r.field.as_deref().unwrap_or(""), "request")
+        }
+        None => tracing::info!(%method, path = %shown, status, ms, "request"),
+    }
     resp
 }
 

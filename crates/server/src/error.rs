@@ -78,6 +78,16 @@ impl From<BackendError> for ApiError {
     }
 }
 
+/// Why a request failed, as the request log line shows it (the response carries it in its
+/// extensions from [`ApiError`] to the logging middleware).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReason {
+    /// The detail sent to the client.
+    pub detail: String,
+    /// The field it names, if any.
+    pub field: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = match &self.field {
@@ -85,6 +95,10 @@ impl IntoResponse for ApiError {
             None => json!({ "detail": self.detail }),
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
+        resp.extensions_mut().insert(ErrorReason {
+            detail: self.detail.clone(),
+            field: self.field.clone(),
+        });
         if let Some(v) = self
             .retry_after
             .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())

@@ -43,6 +43,9 @@ pub struct LocalConfig {
     pub agent: AgentConfig,
     /// The tool layer behind `/v1/tools/{name}`.
     pub tools: ToolsConfig,
+    /// DeerFlow's state root (`DEER_FLOW_HOST_BASE_DIR`, canonical): users' data lives
+    /// there, and the gateway's extra mounts must come from it.
+    pub gateway_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,20 +175,40 @@ impl LocalBackend {
         Ok(())
     }
 
-    fn mounts_for(&self, extra: &[MountSpec]) -> Result<Vec<Mount>, BackendError> {
-        let validated = validate_custom_mounts(extra, &self.cfg.mount_policy).map_err(|e| {
-            BackendError::Invalid {
-                field: format!("extra_mounts[{}]", e.index),
-                message: e.to_string(),
-            }
-        })?;
+    /// The mounts of a sandbox: the operator's, then the request's. A request mount at one of
+    /// DeerFlow's gateway paths is validated as DeerFlow's provisioner does (under the
+    /// gateway's state root) and replaces the built-in mount at its path; any other is a
+    /// custom mount under `allowed_host_roots`.
+    fn mounts_for(&self, user: &UserId, extra: &[MountSpec]) -> Result<Vec<Mount>, BackendError> {
+        let invalid = |e: paddock_core::mount::MountError| BackendError::Invalid {
+            field: format!("extra_mounts[{}]", e.index),
+            message: e.to_string(),
+        };
+        type Indexed<'a> = Vec<(usize, &'a MountSpec)>;
+        let (gateway, custom): (Indexed<'_>, Indexed<'_>) =
+            extra.iter().enumerate().partition(|(_, m)| {
+                paddock_core::mount::gateway_container_path(&m.container_path).is_some()
+            });
+        let gateway = paddock_core::mount::validate_gateway_mounts(
+            &gateway,
+            user,
+            self.cfg.gateway_root.as_deref(),
+        )
+        .map_err(invalid)?;
+        let custom_specs: Vec<MountSpec> = custom.iter().map(|(_, m)| (*m).clone()).collect();
+        let validated =
+            validate_custom_mounts(&custom_specs, &self.cfg.mount_policy).map_err(|mut e| {
+                // Name the mount by its index in the request.
+                e.index = custom.get(e.index).map_or(e.index, |(i, _)| *i);
+                invalid(e)
+            })?;
         let mut all = self.cfg.base_mounts.clone();
-        for (i, m) in validated.into_iter().enumerate() {
+        for (k, m) in validated.into_iter().chain(gateway).enumerate() {
             if all.iter().any(|b| b.container == m.container) {
                 return Err(BackendError::Invalid {
-                    field: format!("extra_mounts[{i}]"),
+                    field: format!("extra_mounts[{k}]"),
                     message: format!(
-                        "mount {i} ({}): container_path is used by a configured mount",
+                        "mount {k} ({}): container_path is used by a configured mount",
                         m.container
                     ),
                 });
@@ -197,7 +220,7 @@ impl LocalBackend {
 
     /// Prepares the sandbox and serves its agent routes under its secret.
     async fn start(&self, state: Persisted) -> Result<(), BackendError> {
-        let mounts = self.mounts_for(&state.extra_mounts)?;
+        let mounts = self.mounts_for(&state.user_id, &state.extra_mounts)?;
         let rt = self.rt.clone();
         let (u, t) = (state.user_id.clone(), state.thread_id.clone());
         let sandbox =
@@ -211,6 +234,8 @@ impl LocalBackend {
                     other => internal("could not prepare the sandbox", other),
                 })?;
         let sandbox = Arc::new(sandbox);
+        // The jail is built now, so the first command finds it ready.
+        sandbox.start_jail();
         let dyn_sb: Arc<dyn Sandbox> = sandbox.clone();
         let agent = AgentConfig {
             token: None,
@@ -299,9 +324,12 @@ impl Backend for LocalBackend {
         serde_json::json!({
             "backend": "local",
             "isolation": self.rt.isolation().as_str(),
+            // DeerFlow's keys: no lark-cli init or broker image is configured here, so the
+            // gateway keeps mounting the lark-cli runtime and credentials itself.
             "lark_cli_init_image": false,
             "lark_cli_broker_image": false,
             "extra_mounts": !self.cfg.mount_policy.allowed_host_roots.is_empty(),
+            "gateway_mounts": self.cfg.gateway_root.is_some(),
         })
     }
 

@@ -179,9 +179,10 @@ pub async fn serve(
                 .public_url
                 .clone()
                 .unwrap_or_else(|| format!("http://{addr}"));
-            let data_dir = opts.data_dir.clone();
+            let layout = paddock_core::DataLayout::new(opts.data_dir.clone())
+                .with_gateway_root(local.gateway_root.clone());
             let rt = tokio::task::spawn_blocking(move || {
-                paddock_runtime::Runtime::new(data_dir, runtime)
+                paddock_runtime::Runtime::with_layout(layout, runtime)
             })
             .await
             .map_err(|e| ServeError::Runtime(e.to_string()))?

@@ -162,7 +162,47 @@ static mut ENVP: [*const c_char; INIT_MAX_ENV + 1] = [core::ptr::null(); INIT_MA
 /// Running shells: (pid, exec id); pid 0 marks a free slot.
 static mut LIVE: [(c_int, u32); INIT_MAX_LIVE] = [(0, 0); INIT_MAX_LIVE];
 
-/// The child: into its cgroups, landlock, stdio, session, cwd, `execve`.
+/// One classic BPF instruction (`struct sock_filter`).
+#[repr(C)]
+struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+#[repr(C)]
+struct Fprog {
+    len: u16,
+    filter: *const Insn,
+}
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+const NR_CLONE3: u32 = 435;
+const ENOSYS_U: u32 = 38;
+
+/// The filter every child adds before it runs anything: `clone3` gets `ENOSYS` (its flags
+/// live in memory seccomp cannot read; libc then falls back to `clone`, which the jail's
+/// filter inspects). Init's own filter allows `clone3`, which init needs to create commands
+/// in their cgroups; filters stack, so a command can never undo this one.
+static NO_CLONE3: [Insn; 6] = [
+    // A = arch; a foreign arch is refused outright.
+    Insn { code: 0x20, jt: 0, jf: 0, k: 4 },
+    Insn { code: 0x15, jt: 1, jf: 0, k: AUDIT_ARCH },
+    Insn { code: 0x06, jt: 0, jf: 0, k: 0x8000_0000 },
+    // A = nr; clone3 -> ERRNO(ENOSYS), else allow.
+    Insn { code: 0x20, jt: 0, jf: 0, k: 0 },
+    Insn { code: 0x15, jt: 0, jf: 1, k: NR_CLONE3 },
+    Insn { code: 0x06, jt: 0, jf: 0, k: 0x0005_0000 | ENOSYS_U },
+];
+static ALLOW: Insn = Insn { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 };
+const PR_SET_SECCOMP: c_int = 22;
+const SECCOMP_MODE_FILTER: usize = 2;
+
+/// The child: its own filter, into its cgroups, landlock, stdio, session, cwd, `execve`.
 extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Spawn` on init's stack; init is suspended (CLONE_VFORK) until
     // this child execs or exits. Only raw libc calls follow, ending in execve or _exit.
@@ -179,6 +219,18 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             }
             _exit(127)
         };
+        let mut prog = [const { Insn { code: 0, jt: 0, jf: 0, k: 0 } }; 7];
+        for (i, insn) in NO_CLONE3.iter().enumerate() {
+            prog[i] = Insn { ..*insn };
+        }
+        prog[6] = Insn { ..ALLOW };
+        let fprog = Fprog {
+            len: 7,
+            filter: prog.as_ptr(),
+        };
+        if prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &fprog as *const Fprog as usize) < 0 {
+            fail(s, INIT_S_SECCOMP);
+        }
         for i in 0..s.ncgroups {
             if write(s.cgroups[i], b"0".as_ptr().cast(), 1) != 1 {
                 fail(s, INIT_S_CGROUP);

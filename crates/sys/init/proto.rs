@@ -71,3 +71,4 @@ pub const INIT_S_STDIO: u32 = 5;
 pub const INIT_S_CWD: u32 = 6;
 pub const INIT_S_EXEC: u32 = 7;
 pub const INIT_S_BUSY: u32 = 8;
+pub const INIT_S_SECCOMP: u32 = 9;

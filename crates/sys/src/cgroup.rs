@@ -870,6 +870,8 @@ pub struct SandboxCgroup {
     cg: ExecCgroup,
     /// Where slots go: the v2 directory, or one v1 hierarchy (pids, else memory, else cpu).
     slots_in: Option<(u8, PathBuf)>,
+    /// Who the v2 `cgroup.procs` files are delegated to (see [`Self::delegate_to`]).
+    delegate: Option<(u32, u32)>,
 }
 
 /// The name of slot `k`.
@@ -950,7 +952,11 @@ impl CgroupSet {
             ..ExecCgroup::default()
         };
         cg.oom_base = cg.oom_kills_total();
-        Ok(SandboxCgroup { cg, slots_in })
+        Ok(SandboxCgroup {
+            cg,
+            slots_in,
+            delegate: None,
+        })
     }
 }
 
@@ -974,13 +980,15 @@ impl SandboxCgroup {
     }
 
     /// Lets `uid`/`gid` (the sandbox's init) create processes in the slots: on v2 a clone
-    /// into a cgroup needs write access to the `cgroup.procs` of the common ancestor, here
-    /// the sandbox's own cgroup. Nothing above it is delegated, and the sandbox has no
+    /// into a cgroup needs write access to the `cgroup.procs` of the destination and of the
+    /// common ancestor, here the sandbox's own cgroup (each slot's is handed over as the slot
+    /// is made). Nothing above the sandbox's cgroup is delegated, and the sandbox has no
     /// cgroupfs mounted, so this gives its commands nothing to reach.
-    pub fn delegate_to(&self, uid: u32, gid: u32) -> Result<(), CgroupError> {
+    pub fn delegate_to(&mut self, uid: u32, gid: u32) -> Result<(), CgroupError> {
         if let Some((2, dir)) = &self.slots_in {
             let f = dir.join("cgroup.procs");
             crate::process::lchown(&f, uid, gid).map_err(io_err("delegate", &f))?;
+            self.delegate = Some((uid, gid));
         }
         Ok(())
     }
@@ -1005,6 +1013,10 @@ impl SandboxCgroup {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("create", &dir)(e)),
+        }
+        if let (2, Some((uid, gid))) = (*version, self.delegate) {
+            let f = dir.join("cgroup.procs");
+            crate::process::lchown(&f, uid, gid).map_err(io_err("delegate", &f))?;
         }
         Ok(ExecSlot {
             version: *version,

@@ -227,6 +227,8 @@ pub enum StartStep {
     Exec,
     /// Too many commands running at once in this sandbox.
     Busy,
+    /// Adding the child's own seccomp filter.
+    Seccomp,
     /// A step this Paddock does not know.
     Unknown(u32),
 }
@@ -242,6 +244,7 @@ impl StartStep {
             INIT_S_CWD => Self::Cwd,
             INIT_S_EXEC => Self::Exec,
             INIT_S_BUSY => Self::Busy,
+            INIT_S_SECCOMP => Self::Seccomp,
             n => Self::Unknown(n),
         }
     }
@@ -258,6 +261,7 @@ impl std::fmt::Display for StartStep {
             Self::Cwd => f.write_str("change to the working directory"),
             Self::Exec => f.write_str("execute the shell"),
             Self::Busy => f.write_str("start a command (too many running in this sandbox)"),
+            Self::Seccomp => f.write_str("install the command's seccomp filter"),
             Self::Unknown(n) => write!(f, "step {n}"),
         }
     }

@@ -616,8 +616,25 @@ fn tree(keys: &[(u32, &Verdict)], out: &mut Vec<Slot>) -> Result<(), SeccompErro
 /// ones it may allow without running it again, and a chain of every entry made that the
 /// costliest step of starting a jail.
 pub fn build_program() -> Result<BpfProgram, SeccompError> {
+    compile(&denied())
+}
+
+/// The filter of a sandbox's init: the table without its `clone3` entry. Init creates
+/// commands in their cgroup slots with `clone3(CLONE_INTO_CGROUP)`, and every child of init
+/// adds a filter of its own refusing `clone3` (`init/init.rs`) before it runs anything, so
+/// the commands get exactly [`build_program`]'s verdicts: filters stack, and the sandbox can
+/// never remove one.
+pub fn build_init_program() -> Result<BpfProgram, SeccompError> {
+    let table: Vec<Denied> = denied()
+        .into_iter()
+        .filter(|d| d.name != "clone3")
+        .collect();
+    compile(&table)
+}
+
+fn compile(table: &[Denied]) -> Result<BpfProgram, SeccompError> {
     let arch = audit_arch()?;
-    let verdicts = verdicts(&denied())?;
+    let verdicts = verdicts(table)?;
     let mut program: BpfProgram = vec![
         stmt(BPF_LD_W_ABS, DATA_ARCH),
         jump(BPF_JMP_JEQ_K, arch, 1, 0),
@@ -828,6 +845,24 @@ mod tests {
             }
         }
         assert!(denied_seen > table.len());
+    }
+
+    #[test]
+    fn inits_program_differs_only_in_allowing_clone3() {
+        let table = denied();
+        let (full, init) = (build_program().unwrap(), build_init_program().unwrap());
+        let arch = audit_arch().unwrap();
+        for a in interesting_args(&table) {
+            for nr in 0..1024u32 {
+                let (f, i) = (run(&full, nr, arch, a), run(&init, nr, arch, a));
+                if nr == libc::SYS_clone3 as u32 {
+                    assert_eq!(i, SECCOMP_RET_ALLOW);
+                    assert_eq!(f, SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+                } else {
+                    assert_eq!(f, i, "nr {nr}");
+                }
+            }
+        }
     }
 
     #[test]
