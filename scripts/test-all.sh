@@ -30,6 +30,8 @@ echo "--> agent-sandbox SDK + schemathesis against paddock agent"
 bash tests/compat/run.sh "$bin" agent
 echo "--> DeerFlow provisioner flow + AIO SDK against paddock serve"
 bash tests/compat_serve/run.sh "$bin"
+echo "--> DeerFlow's own provider classes and sandbox benchmark against paddock serve"
+bash tests/compat_deerflow/run.sh "$bin"
 echo "--> official MCP Python SDK against paddock mcp"
 bash tests/compat_mcp/run.sh "$bin"
 echo "--> generated and shipped Kubernetes manifests against the official schemas"
