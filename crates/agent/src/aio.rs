@@ -76,6 +76,13 @@ fn min_timeout(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 
 /// `GET /v1/sandbox`: the sandbox context (`SandboxResponse`: fields at the top level).
 pub async fn sandbox_context(State(st): State<AppState>) -> Response {
+    // The readiness probe: answers once commands can run (503 with the reason otherwise).
+    if let Err(e) = st.sandbox.ready().await {
+        let not_ready = paddock_core::SandboxError::Unavailable {
+            message: format!("the sandbox is not ready: {e}"),
+        };
+        return crate::error::AioError::from(not_ready).into_response();
+    }
     let info = st.sandbox.info();
     let body = json!({
         "success": true,

@@ -24,6 +24,20 @@ use tokio::sync::OnceCell;
 /// Variables bash manages itself; never carried between calls.
 const VOLATILE: &[&str] = &["PWD", "OLDPWD", "SHLVL", "_"];
 
+/// A bash function printing the exported variables as `env -0` does (`NAME=value\0`...),
+/// with builtins only: `${!X*}` lists the variables of each initial letter, `${!n@a}` their
+/// attributes. A fork and `execve` of `env` per call cost more than the rest of a session's
+/// bookkeeping together.
+const ENV_DUMP: &str = concat!(
+    "__pd_env() { local __pd_n; for __pd_n in ",
+    "${!A*} ${!B*} ${!C*} ${!D*} ${!E*} ${!F*} ${!G*} ${!H*} ${!I*} ${!J*} ${!K*} ${!L*} ${!M*} ",
+    "${!N*} ${!O*} ${!P*} ${!Q*} ${!R*} ${!S*} ${!T*} ${!U*} ${!V*} ${!W*} ${!X*} ${!Y*} ${!Z*} ",
+    "${!a*} ${!b*} ${!c*} ${!d*} ${!e*} ${!f*} ${!g*} ${!h*} ${!i*} ${!j*} ${!k*} ${!l*} ${!m*} ",
+    "${!n*} ${!o*} ${!p*} ${!q*} ${!r*} ${!s*} ${!t*} ${!u*} ${!v*} ${!w*} ${!x*} ${!y*} ${!z*} ",
+    "${!_*}; do case ${!__pd_n@a} in *[aA]*) ;; *x*) printf '%s=%s\\0' \"$__pd_n\" \"${!__pd_n}\" ;; esac; ",
+    "done; }\n"
+);
+
 /// Wall-clock limit of the one `env -0` that reads the sandbox's base environment.
 const BASE_ENV_TIMEOUT_SECS: f64 = 30.0;
 
@@ -215,8 +229,9 @@ impl Sessions {
         let cwd = run.cwd.clone().or_else(|| state.cwd.clone());
         let mut script = String::new();
         script.push_str(&format!("__pd_m={token}\n"));
+        script.push_str(ENV_DUMP);
         script.push_str(
-            "trap 'printf \"%sS%s\\n\" \"$__pd_m\" \"$?\"; pwd; env -0; printf \"%sE\" \"$__pd_m\"' EXIT\n",
+            "trap 'printf \"%sS%s\\n\" \"$__pd_m\" \"$?\"; pwd; __pd_env; printf \"%sE\" \"$__pd_m\"' EXIT\n",
         );
         if run.merge_stderr {
             script.push_str("exec 2>&1\n");

@@ -707,6 +707,14 @@ pub trait Sandbox: Send + Sync {
     /// Facts about this sandbox.
     fn info(&self) -> SandboxInfo;
 
+    /// Waits until the sandbox can run a command at once (a local sandbox's jail is built),
+    /// or says why it cannot. Readiness probes (`GET /v1/sandbox`) call it, so a client that
+    /// waits for readiness, as DeerFlow's provider does, finds its first command as fast as
+    /// any later one.
+    async fn ready(&self) -> Result<(), SandboxError> {
+        Ok(())
+    }
+
     /// Runs a command, streaming its output; the stream ends with [`ExecEvent::Exit`].
     async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, SandboxError>;
 

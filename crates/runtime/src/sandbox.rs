@@ -907,6 +907,13 @@ impl Sandbox for LocalSandbox {
         }
     }
 
+    async fn ready(&self) -> Result<(), SandboxError> {
+        if self.plan.is_some() && !self.rt.one_shot {
+            self.jail().await?;
+        }
+        Ok(())
+    }
+
     async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, SandboxError> {
         req.validate()?;
         match self.rt.isolation() {
