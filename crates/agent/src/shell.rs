@@ -201,6 +201,9 @@ impl Sessions {
     ) -> Result<&BTreeMap<String, String>, SandboxError> {
         self.base_env
             .get_or_try_init(|| async {
+                if let Some(env) = sandbox.base_env() {
+                    return Ok(env);
+                }
                 let mut req = ExecRequest::new("env -0");
                 req.timeout_secs = Some(BASE_ENV_TIMEOUT_SECS);
                 let out = sandbox.exec(req).await?;

@@ -715,6 +715,12 @@ pub trait Sandbox: Send + Sync {
         Ok(())
     }
 
+    /// The environment every command starts with when its request adds nothing, if the
+    /// backend knows it without running a command (a remote one does not).
+    fn base_env(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        None
+    }
+
     /// Runs a command, streaming its output; the stream ends with [`ExecEvent::Exit`].
     async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream, SandboxError>;
 

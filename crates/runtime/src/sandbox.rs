@@ -333,10 +333,22 @@ impl LocalSandbox {
                         JAIL_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let n = SANDBOX_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let plan = plan.clone();
+                    // The first command's shell is started with the jail, so a sandbox that
+                    // is ready (see `Sandbox::ready`) runs its first command as fast as any.
+                    let shell = self
+                        .rt
+                        .prebuilds_shell()
+                        .then(|| crate::env::likely_locale(&self.rt.options().environment));
                     let build = async move {
-                        RunningJail::build(&plan, &format!("sb-{n}"))
-                            .await
-                            .map(Arc::new)
+                        let j = RunningJail::build(&plan, &format!("sb-{n}")).await?;
+                        if let Some(locale) = shell
+                            && let Err(e) = j
+                                .prepare_waiting_shell(plan.base.shell, locale.as_deref())
+                                .await
+                        {
+                            tracing::debug!(error = %e, "could not start a shell ahead of the first command");
+                        }
+                        Ok(Arc::new(j))
                     }
                     .boxed()
                     .shared();
@@ -354,16 +366,6 @@ impl LocalSandbox {
         match built {
             Ok(j) if current => {
                 *st = JailState::Up(j.clone());
-                drop(st);
-                if self.rt.prebuilds_shell() {
-                    let (jail, shell) = (j.clone(), plan.base.shell);
-                    let locale = crate::env::likely_locale(&self.rt.options().environment);
-                    tokio::spawn(async move {
-                        if let Err(e) = jail.prepare_waiting_shell(shell, locale.as_deref()).await {
-                            tracing::debug!(error = %e, "could not start a shell ahead of the first command");
-                        }
-                    });
-                }
                 Ok(j)
             }
             Ok(j) => match &*st {
@@ -905,6 +907,16 @@ impl Sandbox for LocalSandbox {
             isolation: self.rt.isolation().as_str().into(),
             mounts,
         }
+    }
+
+    fn base_env(&self) -> Option<std::collections::BTreeMap<String, String>> {
+        let o = self.rt.options();
+        Some(match self.rt.isolation() {
+            Isolation::Isolated => crate::env::isolated_env(&o.environment, &Default::default()),
+            Isolation::None => {
+                crate::env::host_env(std::env::vars(), &o.environment, &Default::default())
+            }
+        })
     }
 
     async fn ready(&self) -> Result<(), SandboxError> {

@@ -209,6 +209,13 @@ pub async fn serve(
     tracing::info!(%addr, recovered, backend = backend.name(), "paddock serve ready");
     ready(addr, generated.as_deref());
     let reaper = tokio::spawn(lifecycle.clone().reaper());
+    // Exec streams are many small writes (chunks, then the exit record); with Nagle's
+    // algorithm each later write waits for the peer's delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await;
