@@ -1,8 +1,8 @@
 //! Launch cost of one command, side by side in one run: `paddock exec -- true` (the built
 //! CLI's `paddock` front, and the same through `paddock-full`), `bwrap --unshare-all --die-with-parent` with equivalent binds, a plain fork/exec of
-//! `true`, and in-process `LocalSandbox::exec("true")` four ways (a prebuilt jail with a
-//! pause between execs, the same with `prebuild_shell: false`, back to back, and
-//! `prebuild_jail: false`).
+//! `true`, and in-process `LocalSandbox::exec("true")` four ways (in the sandbox's jail with
+//! a pause between execs, the same with `prebuild_shell: false`, back to back, and the first
+//! command of a new sandbox, which builds its jail).
 //!
 //! The rows are *interleaved*: each round runs a little of every row, so all rows see the
 //! same machine at the same moments. A shared machine's speed drifts by 2x within minutes;
@@ -130,6 +130,7 @@ fn main() {
     let warm = acquire(&provider, "bench");
     let busy = acquire(&provider, "bench-b2b");
     let cold = acquire(&cold_provider, "bench-cold");
+    let mut cold_n = 0usize;
     let shell_later = acquire(&shell_later_provider, "bench-shell-later");
 
     let paddock = workspace_root().join("target/release/paddock");
@@ -161,14 +162,17 @@ fn main() {
     let mut r_full = Row::new("paddock-full exec -- true (the binary with every subcommand)");
     let mut r_bwrap = Row::new("bwrap --unshare-all --die-with-parent bash -c true");
     let mut r_fork = Row::new("fork/exec /bin/true");
-    let mut r_warm =
-        Row::new("LocalSandbox::exec(\"true\") in-process, prebuilt jail (10 ms between execs)");
+    let mut r_warm = Row::new(
+        "LocalSandbox::exec(\"true\") in-process, the sandbox's jail (10 ms between execs)",
+    );
     let mut r_shell_later = Row::new(
-        "LocalSandbox::exec(\"true\") in-process, prebuilt jail, prebuild_shell: false (10 ms between execs)",
+        "LocalSandbox::exec(\"true\") in-process, the sandbox's jail, prebuild_shell: false (10 ms between execs)",
     );
     let mut r_b2b =
-        Row::new("LocalSandbox::exec(\"true\") in-process, prebuilt jail, back to back");
-    let mut r_cold = Row::new("LocalSandbox::exec(\"true\") in-process, prebuild_jail: false");
+        Row::new("LocalSandbox::exec(\"true\") in-process, the sandbox's jail, back to back");
+    let mut r_cold = Row::new(
+        "LocalSandbox::exec(\"true\") in-process, first command of a new sandbox (builds its jail; prebuild_jail: false)",
+    );
     if !have_paddock {
         r_cli.note = Some(format!(
             "skipped: {} not built (cargo build --release -p paddock-cli)",
@@ -251,9 +255,17 @@ fn main() {
             for _ in 0..PER_ROUND {
                 r_b2b.samples.push(exec_true(&busy, Duration::ZERO).await);
             }
-            for _ in 0..PER_ROUND {
-                r_cold.samples.push(exec_true(&cold, Duration::ZERO).await);
-            }
+            // One new sandbox per round: its first command builds its jail.
+            cold_n += 1;
+            let fresh = cold_provider
+                .acquire(
+                    &UserId::default(),
+                    &ThreadId::new(format!("bench-cold-{cold_n}")).unwrap(),
+                )
+                .await
+                .unwrap();
+            r_cold.samples.push(exec_true(&fresh, Duration::ZERO).await);
+            fresh.kill_all();
         });
     }
 

@@ -599,14 +599,7 @@ impl CgroupSet {
     pub fn remove(&self) {
         if self.flat_prefix.is_none() {
             for (_, base) in self.bases.values() {
-                if let Ok(rd) = std::fs::read_dir(base) {
-                    for e in rd.flatten() {
-                        if e.file_type().is_ok_and(|t| t.is_dir()) {
-                            let _ = std::fs::remove_dir(e.path());
-                        }
-                    }
-                }
-                let _ = std::fs::remove_dir(base);
+                remove_tree(base, 2);
             }
         }
         let mut dirs: Vec<&PathBuf> = self.v2_enabled.iter().map(|(d, _)| d).collect();
@@ -621,6 +614,23 @@ impl CgroupSet {
             undelegate_v2(own, &cs, std::process::id());
         }
     }
+}
+
+/// Removes the cgroup directory `dir` and the directories below it, deepest first, at most
+/// `depth` levels down (a runtime's subtree: sandboxes, then their slots). A cgroup's control
+/// files go with its `rmdir`; one that still holds a process stays. Returns whether `dir` is
+/// gone. Entries are told apart by `d_type`, so nothing is `stat`ed.
+pub fn remove_tree(dir: &Path, depth: usize) -> bool {
+    if depth > 0
+        && let Ok(rd) = std::fs::read_dir(dir)
+    {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path(), depth - 1);
+            }
+        }
+    }
+    std::fs::remove_dir(dir).is_ok()
 }
 
 /// Removes `paddock-{pid}[-{n}]` subtrees left behind by Paddock processes that are gone
@@ -646,14 +656,7 @@ pub fn sweep_stale(layout: &Layout, is_alive: impl Fn(u32) -> bool) -> usize {
             if is_alive(owner) {
                 continue;
             }
-            if let Ok(children) = std::fs::read_dir(e.path()) {
-                for c in children.flatten() {
-                    if c.path().is_dir() {
-                        let _ = std::fs::remove_dir(c.path());
-                    }
-                }
-            }
-            if std::fs::remove_dir(e.path()).is_ok() {
+            if remove_tree(&e.path(), 3) {
                 removed += 1;
             }
         }
@@ -1790,6 +1793,8 @@ mod tests {
         let root = tmp.path().join("pids");
         for d in [
             "paddock-111-0/x1",
+            "paddock-111-0/sb-4/x0",
+            "paddock-111-0/sb-4/x7",
             "paddock-222/x2",
             "paddock-333-1",
             "other",
