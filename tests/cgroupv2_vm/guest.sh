@@ -412,6 +412,48 @@ else
     fail serve-subtree "$sv_why $sv_detail stderr: $(oneline "$R/serve.err")"
 fi
 
+# --- SIGKILL of paddock serve: no jail process outlives it -----------------------------------
+K=$CG/t-serve-kill
+kcfg=/tmp/kill.yaml
+printf 'sandbox:\n  sandbox_uid: 953777\n  sandbox_gid: 953777\n' >"$kcfg"
+kport=18003
+start_alone t-serve-kill serve-kill serve --config "$kcfg" --data-dir /tmp/paddock-serve-kill --listen 127.0.0.1:$kport --api-key k
+pkk=$P
+for _ in $(seq 150); do grep -q listening "$R/serve-kill.out" 2>/dev/null && break; sleep 0.2; done
+kurl=$(http POST "http://127.0.0.1:$kport/api/sandboxes" '{"sandbox_id": "k1", "thread_id": "k1"}' |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["sandbox_url"])' 2>/dev/null)
+http POST "$kurl/v1/shell/exec" '{"command": "sleep 600 >/dev/null 2>&1 & setsid sleep 601 >/dev/null 2>&1 & echo up"}' >"$R/serve-kill.exec"
+before=$(ps -o pid= -u 953777 | wc -l)
+kill -KILL "$pkk"
+wait_p 30
+left=""
+for _ in $(seq 50); do
+    left=$(ps -o pid=,args= -u 953777 | tr '\n' ';')
+    [[ -z $left ]] && break
+    sleep 0.1
+done
+if [[ $before -ge 3 && -z $left ]]; then
+    pass serve-kill-no-orphans "$before processes of the sandbox uid before SIGKILL of paddock serve (init, background sleeps), none after"
+else
+    fail serve-kill-no-orphans "before SIGKILL: $before processes of uid 953777 (exec: $(oneline "$R/serve-kill.exec")); after: [$left]"
+fi
+
+# --- the SIGKILL-at-many-points test of the Rust suite, on cgroup v2 ----------------------------
+if [[ -n ${NO_ORPHANS_TEST:-} && -x $NO_ORPHANS_TEST ]]; then
+    mkdir "$CG/t-orphans"
+    bash -c 'echo $$ >"$0/cgroup.procs" || exit 97; cd /tmp && exec "$@"' "$CG/t-orphans" \
+        "$NO_ORPHANS_TEST" --test-threads 1 >"$R/orphans.out" 2>&1 </dev/null &
+    P=$!
+    wait_p 300
+    if [[ $RC == 0 ]] && grep -q 'test result: ok. 2 passed' "$R/orphans.out"; then
+        pass no-orphans-v2 "$(grep 'test result' "$R/orphans.out")"
+    else
+        fail no-orphans-v2 "exit $RC: $(tail -c 600 "$R/orphans.out" | tr '\n' ' ')"
+    fi
+else
+    fail no-orphans-v2 "no no_orphans test binary beside $PADDOCK (run cargo test first)"
+fi
+
 # --- a cgroup Paddock delegated is given back: another Paddock can run there, and sweeps ---------
 # After a clean exit Paddock disables the controllers it enabled, so the cgroup takes
 # processes again; the next Paddock started there removes the first one's empty leaf.

@@ -224,7 +224,10 @@ case $paddock in
     ;;
 *) guest_paddock=$paddock ;;
 esac
-printf 'PADDOCK=%q\nCGV2_DEBUG=%q\n' "$guest_paddock" "${CGV2_DEBUG:-0}" >"$share/env"
+# The Rust test that SIGKILLs paddock serve at many points (crates/cli/tests/no_orphans.rs),
+# built by `cargo test` beside the binary: run in the guest too, so it holds on cgroup v2.
+orphans_test=$(ls -t "$(dirname "$paddock")"/deps/no_orphans-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+printf 'PADDOCK=%q\nCGV2_DEBUG=%q\nNO_ORPHANS_TEST=%q\n' "$guest_paddock" "${CGV2_DEBUG:-0}" "$orphans_test" >"$share/env"
 
 # --- boot ------------------------------------------------------------------------------------
 log "booting $(cat "$kdir/version") under qemu (TCG, 2 vCPUs, 2 GiB), timeout ${qemu_timeout}s; paddock: $paddock"
@@ -258,8 +261,8 @@ end=$(date +%s)
 # --- verdict ---------------------------------------------------------------------------------
 results=$share/results.txt
 expected=(pure-cgroup2 memory-oom pids-limit exec-cgroup-live exec-cgroup-removed no-rlimit-fallback
-    cpu-throttled sigterm-cleanup timeout-cleanup shared-cgroup-fallback serve-subtree cgroup-reusable
-    doctor-v2)
+    cpu-throttled sigterm-cleanup timeout-cleanup shared-cgroup-fallback serve-subtree serve-kill-no-orphans
+    no-orphans-v2 cgroup-reusable doctor-v2)
 fail=0
 echo
 echo "=== cgroup v2 VM results (guest kernel $(cat "$kdir/version"), qemu exit $qemu_rc) ==="

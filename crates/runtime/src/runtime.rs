@@ -81,9 +81,15 @@ fn sweep_stale(layout: &paddock_sys::cgroup::Layout) {
     let swept = paddock_sys::cgroup::sweep_stale(layout, |pid| {
         paddock_sys::process::pid_exists(pid as i32)
     });
-    if swept > 0 {
+    if swept.processes > 0 {
+        tracing::warn!(
+            processes = swept.processes,
+            "killed jail processes left by Paddock processes that are gone"
+        );
+    }
+    if swept.subtrees > 0 {
         tracing::info!(
-            swept,
+            subtrees = swept.subtrees,
             "removed cgroup subtrees of Paddock processes that are gone"
         );
     }

@@ -633,12 +633,66 @@ pub fn remove_tree(dir: &Path, depth: usize) -> bool {
     std::fs::remove_dir(dir).is_ok()
 }
 
-/// Removes `paddock-{pid}[-{n}]` subtrees left behind by Paddock processes that are gone
-/// (a crash, or a test binary that exited with execs still running). Their jails died with
-/// them (init has a parent-death signal), so the directories are empty and can be removed.
-/// Returns how many subtrees were removed.
-pub fn sweep_stale(layout: &Layout, is_alive: impl Fn(u32) -> bool) -> usize {
-    let mut removed = 0;
+/// What [`sweep_stale`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Subtrees removed.
+    pub subtrees: usize,
+    /// Processes killed in them (jails a Paddock that died left behind).
+    pub processes: usize,
+}
+
+/// Kills every process in `dir` and the cgroups below it (at most `depth` levels down), until
+/// none is left or a second has passed; returns how many it signalled.
+fn kill_tree(dir: &Path, depth: usize) -> usize {
+    let mut dirs = vec![(dir.to_path_buf(), depth)];
+    let mut all = Vec::new();
+    while let Some((d, left)) = dirs.pop() {
+        all.push(d.clone());
+        if left > 0
+            && let Ok(rd) = std::fs::read_dir(&d)
+        {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push((e.path(), left - 1));
+                }
+            }
+        }
+    }
+    let mut killed = 0usize;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let mut seen = 0usize;
+        for d in &all {
+            let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) else {
+                continue;
+            };
+            for p in parse_procs(&t) {
+                if let Ok(pid) = i32::try_from(p)
+                    && pid > 1
+                    && pid != std::process::id() as i32
+                {
+                    seen += 1;
+                    // SAFETY: kill(2) of a process listed in a cgroup of a dead Paddock.
+                    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                        killed += 1;
+                    }
+                }
+            }
+        }
+        if seen == 0 || std::time::Instant::now() > deadline {
+            return killed;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Removes `paddock-{pid}[-{n}]` subtrees left behind by Paddock processes that are gone (a
+/// crash, or a test binary that exited with sandboxes still running), killing first any
+/// process still in them: a jail dies with the Paddock that built it (parent-death signal,
+/// its init's control socket), so one found here outlived a window the kernel left open.
+pub fn sweep_stale(layout: &Layout, is_alive: impl Fn(u32) -> bool) -> Swept {
+    let mut swept = Swept::default();
     let mut seen: Vec<&Path> = Vec::new();
     for loc in layout.controllers.values() {
         if seen.contains(&loc.dir.as_path()) {
@@ -656,12 +710,13 @@ pub fn sweep_stale(layout: &Layout, is_alive: impl Fn(u32) -> bool) -> usize {
             if is_alive(owner) {
                 continue;
             }
+            swept.processes += kill_tree(&e.path(), 3);
             if remove_tree(&e.path(), 3) {
-                removed += 1;
+                swept.subtrees += 1;
             }
         }
     }
-    removed
+    swept
 }
 
 /// The pid in a subtree name `paddock-{pid}` or `paddock-{pid}-{n}`.
@@ -1809,7 +1864,7 @@ mod tests {
                 dir: root.clone(),
             },
         );
-        assert_eq!(sweep_stale(&layout, |pid| pid == 333), 2);
+        assert_eq!(sweep_stale(&layout, |pid| pid == 333).subtrees, 2);
         assert!(!root.join("paddock-111-0").exists());
         assert!(!root.join("paddock-222").exists());
         assert!(root.join("paddock-333-1").exists(), "the owner is alive");
