@@ -277,10 +277,28 @@ async fn bad_requests_table() {
         if !ctype.is_empty() {
             b = b.header("content-type", *ctype);
         }
-        let (s, v, _) = call(&app, b.body(Body::from(body.clone())).unwrap()).await;
+        let resp = app
+            .clone()
+            .oneshot(b.body(Body::from(body.clone())).unwrap())
+            .await
+            .unwrap();
+        // The refusal carries its reason to the request log (the detail and field the
+        // client gets), so every 4xx is logged with why.
+        let reason = resp
+            .extensions()
+            .get::<paddock_server::error::ErrorReason>()
+            .cloned()
+            .unwrap_or_else(|| panic!("{label}: no reason for the log"));
+        let s = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(s.as_u16(), *status, "{label}: {v}");
         assert_eq!(v["field"], *field, "{label}: {v}");
         assert!(v["detail"].is_string(), "{label}: {v}");
+        assert_eq!(reason.detail, v["detail"].as_str().unwrap(), "{label}");
+        assert_eq!(reason.field.as_deref(), Some(*field), "{label}");
     }
     // Bad ids in the path.
     for raw in ["..", "%2e%2e", "A", "a_b", "a%2Fb", "x%00", &"a".repeat(60)] {
