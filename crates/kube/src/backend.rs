@@ -588,9 +588,17 @@ impl Backend for KubeBackend {
             "backend": "kubernetes",
             "namespace": self.cfg.cfg.namespace,
             "service_type": self.cfg.cfg.service_type.as_str(),
+            // DeerFlow's keys: Paddock has no lark-cli init or broker image, so
+            // `provision_lark_cli_runtime`/`_broker` change nothing and the gateway keeps
+            // sending the lark-cli runtime and credential mounts itself.
             "lark_cli_init_image": false,
             "lark_cli_broker_image": false,
             "extra_mounts": !self.cfg.allowed_extra_mount_paths.is_empty(),
+            "gateway_mounts": self
+                .cfg
+                .allowed_extra_mount_paths
+                .iter()
+                .any(|p| paddock_core::mount::GATEWAY_MOUNT_PATHS.contains(&p.as_str())),
         })
     }
 

@@ -138,7 +138,8 @@ pub struct KubeConfig {
     /// default `/.deer-flow`); user data lives at `{base}/users/{u}/threads/{t}/user-data`
     /// and extra mounts must lie under it.
     pub host_base_dir: String,
-    /// Skills directory on the nodes (`SKILLS_HOST_PATH`, default `{base}/skills`).
+    /// Global skills directory on the nodes, mounted at `/mnt/skills` (`SKILLS_HOST_PATH`,
+    /// default `{base}/skills_view`: the gateway's global projection, holding `public/`).
     pub skills_host_path: Option<String>,
     /// DeerFlow's legacy threads directory (`THREADS_HOST_PATH`); only used to derive the
     /// host base when `host_base_dir` is empty and its last segment is `threads`.
@@ -156,8 +157,9 @@ pub struct KubeConfig {
     pub run_as_user: i64,
     /// GID the sandbox runs as.
     pub run_as_group: i64,
-    /// Container paths extra mounts may target (DeerFlow's allowlist minus the reserved
-    /// `/mnt/skills/*`).
+    /// Container paths extra mounts may target (default: DeerFlow's
+    /// `ALLOWED_EXTRA_MOUNT_PATHS`, all seven; list fewer to refuse some). `/mnt/user-data`
+    /// and everything under it can never be allowed.
     pub allowed_extra_mount_paths: Vec<String>,
     /// Most extra mounts per sandbox (DeerFlow: 10).
     pub max_extra_mounts: usize,
@@ -167,15 +169,43 @@ pub struct KubeConfig {
     pub ready_timeout_secs: u64,
 }
 
-/// The container paths DeerFlow's gateway may forward as extra mounts, minus those under
-/// `/mnt/skills` (reserved, as the provisioner review settled).
-pub const DEFAULT_EXTRA_MOUNT_PATHS: &[&str] = &[
-    "/mnt/acp-workspace",
-    "/mnt/integrations/lark-cli/config",
-    "/mnt/integrations/lark-cli/config/locks",
-    "/mnt/integrations/lark-cli/data",
-    "/mnt/integrations/lark-cli/runtime",
+/// The container paths DeerFlow's gateway forwards as extra mounts with every create,
+/// exactly the set its own provisioner accepts (`ALLOWED_EXTRA_MOUNT_PATHS`): a gateway
+/// mount at a path Paddock also mounts (`/mnt/acp-workspace`, `/mnt/skills/custom`)
+/// replaces Paddock's (see [`crate::objects`]).
+pub const DEFAULT_EXTRA_MOUNT_PATHS: &[&str] = paddock_core::mount::GATEWAY_MOUNT_PATHS;
+
+/// Container paths no extra mount may take or nest under: the thread's user data (never
+/// overridable), the agent's data-dir layout and its config directory.
+pub const NEVER_ALLOWED: &[&str] = &[
+    paddock_core::mount::USER_DATA,
+    crate::objects::AGENT_DATA_DIR,
+    crate::objects::AGENT_CONFIG_DIR,
 ];
+
+/// Why `path` (normalised, absolute) may not be an extra mount's container path, or
+/// `None` when it may. The same rules `paddock agent` applies to the custom mounts it is
+/// told about, so an allowed path never makes a Pod whose agent refuses to start.
+pub fn refused_container_path(path: &str) -> Option<String> {
+    if path == "/" || path == "/mnt" {
+        return Some(format!("{path} is too broad"));
+    }
+    if let Some(r) = NEVER_ALLOWED
+        .iter()
+        .find(|r| path == **r || path.strip_prefix(**r).is_some_and(|x| x.starts_with('/')))
+    {
+        return Some(format!(
+            "{r} and everything under it belong to Paddock and are never overridable"
+        ));
+    }
+    let top = path.split('/').nth(1).unwrap_or_default();
+    if paddock_core::mount::SYSTEM_DIRS.contains(&format!("/{top}").as_str())
+        || top.starts_with("lib")
+    {
+        return Some(format!("/{top} is a system directory"));
+    }
+    None
+}
 
 impl Default for KubeConfig {
     fn default() -> Self {
@@ -426,7 +456,7 @@ impl KubeConfig {
         let skills_host_path = match &self.skills_host_path {
             Some(p) => normalize_abs(p)
                 .ok_or_else(|| bad(&f("skills_host_path"), "must be an absolute path"))?,
-            None => format!("{host_base}/skills"),
+            None => format!("{host_base}/skills_view"),
         };
         for (k, q) in self
             .resources
@@ -440,13 +470,17 @@ impl KubeConfig {
         }
         let mut allowed = Vec::new();
         for (i, p) in self.allowed_extra_mount_paths.iter().enumerate() {
-            let n = normalize_abs(p).ok_or_else(|| {
-                bad(
-                    &f(&format!("allowed_extra_mount_paths[{i}]")),
-                    "must be an absolute path",
-                )
-            })?;
-            allowed.push(n);
+            let key = f(&format!("allowed_extra_mount_paths[{i}]"));
+            if p.split('/').any(|s| s == "..") {
+                return Err(bad(&key, "may not contain '..'"));
+            }
+            let n = normalize_abs(p).ok_or_else(|| bad(&key, "must be an absolute path"))?;
+            if let Some(why) = refused_container_path(&n) {
+                return Err(bad(&key, why));
+            }
+            if !allowed.contains(&n) {
+                allowed.push(n);
+            }
         }
         for (i, e) in self.network_policy.egress.iter().enumerate() {
             if !e.cidr.contains('/') {
@@ -564,6 +598,60 @@ mod tests {
         assert_eq!(normalize_abs("/a/./b/../c/").as_deref(), Some("/a/c"));
         assert_eq!(normalize_abs("/../..").as_deref(), Some("/"));
         assert_eq!(normalize_abs("rel/x"), None);
+    }
+
+    #[test]
+    fn defaults_follow_deerflows_provisioner() {
+        let r = KubeConfig {
+            host_base_dir: "/df".into(),
+            ..KubeConfig::default()
+        }
+        .validate()
+        .expect("valid");
+        assert_eq!(r.skills_host_path, "/df/skills_view");
+        assert_eq!(
+            r.allowed_extra_mount_paths,
+            paddock_core::mount::GATEWAY_MOUNT_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect::<Vec<_>>()
+        );
+        let mut c = KubeConfig::default();
+        c.apply_env(&env(&[("SKILLS_HOST_PATH", "/srv/skills/")]))
+            .expect("valid");
+        assert_eq!(c.validate().expect("valid").skills_host_path, "/srv/skills");
+    }
+
+    #[test]
+    fn allowed_extra_mount_paths_never_reach_user_data_or_the_agent() {
+        for (p, why) in [
+            ("/mnt/user-data", "never overridable"),
+            ("/mnt/user-data/outputs/", "never overridable"),
+            ("/var/lib/paddock/skills", "never overridable"),
+            ("/etc/paddock", "never overridable"),
+            ("/etc/ssl", "system directory"),
+            ("/lib64/x", "system directory"),
+            ("/", "too broad"),
+            ("/mnt/", "too broad"),
+            ("/mnt/x/../user-data", "'..'"),
+            ("relative", "absolute"),
+        ] {
+            let c = KubeConfig {
+                allowed_extra_mount_paths: vec!["/mnt/acp-workspace".into(), p.into()],
+                ..KubeConfig::default()
+            };
+            let e = c.validate().expect_err(p);
+            assert_eq!(e.field, "kubernetes.allowed_extra_mount_paths[1]", "{p}");
+            assert!(e.message.contains(why), "{p}: {e}");
+        }
+        let c = KubeConfig {
+            allowed_extra_mount_paths: vec!["/mnt/skills/custom/".into(), "/opt/data".into()],
+            ..KubeConfig::default()
+        };
+        assert_eq!(
+            c.validate().expect("valid").allowed_extra_mount_paths,
+            ["/mnt/skills/custom", "/opt/data"]
+        );
     }
 
     #[test]

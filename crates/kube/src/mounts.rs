@@ -1,21 +1,25 @@
-//! Validation of the extra mounts a create request carries, as the provisioner review
-//! settled them: at most `max_extra_mounts`; the host path absolute, lexically
-//! normalised and strictly under the host base (and, under `{base}/users/`, only inside
-//! the requesting user's own directory); the container path normalised, never
-//! `/mnt/user-data`, `/mnt/skills` or anything under them, in the allowlist, and not
-//! used twice.
+//! Validation of the extra mounts a create request carries, as DeerFlow's provisioner
+//! accepts them and stricter where it is lax: at most `max_extra_mounts`; the host path
+//! absolute, lexically normalised and strictly under the host base (and, under
+//! `{base}/users/`, only inside the requesting user's own directory); the container path
+//! normalised, never `/mnt/user-data` or anything under it, in the allowlist (by default
+//! DeerFlow's seven `ALLOWED_EXTRA_MOUNT_PATHS`), and not used twice.
 //!
 //! Invariant: an [`ExtraMount`] names a host directory under the host base and a
-//! container path no built-in mount uses, so the Pod built from it cannot expose another
-//! part of the node or shadow user data or skills.
+//! container path other than the thread's user data, so the Pod built from it cannot
+//! expose another part of the node or shadow user data. A gateway mount at a path
+//! Paddock mounts itself (`/mnt/acp-workspace`, `/mnt/skills/custom`) replaces Paddock's
+//! mount there ([`crate::objects`]); nested paths (`config` and `config/locks`) are two
+//! mounts.
 
 use paddock_core::{MountSpec, UserId};
 use paddock_server::BackendError;
 
 use crate::config::{Resolved, normalize_abs};
 
-/// Container paths Paddock owns (with everything under them).
-pub const RESERVED: &[&str] = &["/mnt/user-data", "/mnt/skills"];
+/// Container paths Paddock owns (with everything under them): the thread's user data is
+/// never overridable, whatever the allowlist says.
+pub const RESERVED: &[&str] = &[paddock_core::mount::USER_DATA];
 
 /// One validated extra mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,7 +94,7 @@ pub fn validate_extra_mounts(
             return Err(invalid(
                 i,
                 format!(
-                    "container_path {container} is reserved ({r} and everything under it belongs to Paddock)"
+                    "container_path {container} is reserved ({r} and everything under it belongs to Paddock and is never overridable)"
                 ),
             ));
         }
@@ -121,7 +125,7 @@ pub fn validate_extra_mounts(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::KubeConfig;
 
@@ -210,22 +214,130 @@ mod tests {
     }
 
     #[test]
-    fn reserved_and_unlisted_container_paths_are_refused() {
+    fn user_data_is_reserved_and_unlisted_paths_are_refused() {
         for c in [
             "/mnt/user-data",
+            "/mnt/user-data/",
             "/mnt/user-data/workspace",
-            "/mnt/skills",
-            "/mnt/skills/custom",
-            "/mnt/skills/x/",
+            "/mnt/user-data/outputs/x",
         ] {
             assert!(err(&[spec("/df/a", c)]).1.contains("reserved"), "{c}");
         }
-        assert!(err(&[spec("/df/a", "/etc")]).1.contains("not allowed"));
+        for c in [
+            "/etc",
+            "/mnt/skills",
+            "/mnt/skills/legacy",
+            "/mnt/skills/public",
+            "/mnt/integrations/lark-cli",
+            "/mnt/acp-workspace/sub",
+        ] {
+            let (f, m) = err(&[spec("/df/a", c)]);
+            assert_eq!(f, "extra_mounts[0]");
+            assert!(m.contains("not allowed"), "{c}: {m}");
+        }
         assert!(
             err(&[spec("/df/a", "/mnt/acp-workspace/../user-data")])
                 .1
                 .contains("..")
         );
+        assert!(
+            err(&[spec("/df/a", "mnt/acp-workspace")])
+                .1
+                .contains("absolute")
+        );
+    }
+
+    /// The seven mounts DeerFlow's gateway sends with every create, with its host paths.
+    pub(crate) fn deerflow_payload(base: &str, user: &str, thread: &str) -> Vec<MountSpec> {
+        let u = format!("{base}/users/{user}");
+        let lark = format!("{u}/integrations/lark-cli");
+        [
+            (
+                format!("{u}/threads/{thread}/acp-workspace"),
+                "/mnt/acp-workspace",
+                true,
+            ),
+            (
+                format!("{u}/skills_view/custom"),
+                "/mnt/skills/custom",
+                true,
+            ),
+            (
+                format!("{u}/skills_view/integrations"),
+                "/mnt/skills/integrations",
+                true,
+            ),
+            (
+                format!("{lark}/config"),
+                "/mnt/integrations/lark-cli/config",
+                true,
+            ),
+            (
+                format!("{lark}/config/locks"),
+                "/mnt/integrations/lark-cli/config/locks",
+                false,
+            ),
+            (
+                format!("{lark}/data"),
+                "/mnt/integrations/lark-cli/data",
+                false,
+            ),
+            (
+                format!("{base}/integrations/lark-cli/sandbox-cli"),
+                "/mnt/integrations/lark-cli/runtime",
+                true,
+            ),
+        ]
+        .into_iter()
+        .map(|(h, c, ro)| MountSpec {
+            host_path: h,
+            container_path: c.into(),
+            read_only: ro,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn deerflows_seven_gateway_mounts_are_accepted_as_sent() {
+        let specs = deerflow_payload("/df", "user-7", "thread-42");
+        let m = validate_extra_mounts(&specs, &user(), &cfg()).expect("DeerFlow's payload");
+        assert_eq!(m.len(), 7);
+        for (got, sent) in m.iter().zip(&specs) {
+            assert_eq!(got.host_path, sent.host_path);
+            assert_eq!(got.container_path, sent.container_path);
+            assert_eq!(got.read_only, sent.read_only);
+        }
+        assert_eq!(m[1].rel_to_base, "users/user-7/skills_view/custom");
+        assert_eq!(m[6].rel_to_base, "integrations/lark-cli/sandbox-cli");
+        // Another user's payload names user-7's directories: refused.
+        let other = UserId::new("user-8").expect("valid");
+        match validate_extra_mounts(&specs, &other, &cfg()) {
+            Err(BackendError::Invalid { field, message }) => {
+                assert_eq!(field, "extra_mounts[0]");
+                assert!(message.contains("another user"), "{message}");
+            }
+            r => panic!("expected Invalid, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn an_operator_allowlist_narrows_the_gateway_paths() {
+        let narrow = KubeConfig {
+            host_base_dir: "/df".into(),
+            allowed_extra_mount_paths: vec!["/mnt/acp-workspace".into()],
+            ..KubeConfig::default()
+        }
+        .validate()
+        .expect("valid");
+        let specs = deerflow_payload("/df", "user-7", "thread-42");
+        validate_extra_mounts(&specs[..1], &user(), &narrow).expect("acp is allowed");
+        match validate_extra_mounts(&specs, &user(), &narrow) {
+            Err(BackendError::Invalid { field, message }) => {
+                assert_eq!(field, "extra_mounts[1]");
+                assert!(message.contains("not allowed"), "{message}");
+            }
+            r => panic!("expected Invalid, got {r:?}"),
+        }
     }
 
     #[test]

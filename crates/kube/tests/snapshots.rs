@@ -1,5 +1,6 @@
 //! Snapshots (YAML) of the objects the backend sends, one per configuration mode, so any
-//! change to what reaches the API server is reviewed by eye.
+//! change to what reaches the API server is reviewed by eye (and `tests/kube_validate`
+//! validates each against the official schemas).
 
 use paddock_core::{MountSpec, SandboxId, ThreadId, UserId};
 use paddock_kube::config::{KubeConfig, Resolved, ServiceType};
@@ -83,6 +84,70 @@ fn extra_mounts_host_path_and_pvc() {
     insta::assert_snapshot!("extra_mounts_pvc", all(&pvc, "user-7", &extra));
 }
 
+/// The seven mounts DeerFlow's gateway sends with every create (its
+/// `ALLOWED_EXTRA_MOUNT_PATHS`), with the host paths it uses under its state root.
+fn deerflow_payload(user: &str) -> Vec<MountSpec> {
+    let u = format!("/.deer-flow/users/{user}");
+    let lark = format!("{u}/integrations/lark-cli");
+    [
+        (
+            format!("{u}/threads/thread-42/acp-workspace"),
+            "/mnt/acp-workspace",
+            true,
+        ),
+        (
+            format!("{u}/skills_view/custom"),
+            "/mnt/skills/custom",
+            true,
+        ),
+        (
+            format!("{u}/skills_view/integrations"),
+            "/mnt/skills/integrations",
+            true,
+        ),
+        (
+            format!("{lark}/config"),
+            "/mnt/integrations/lark-cli/config",
+            true,
+        ),
+        (
+            format!("{lark}/config/locks"),
+            "/mnt/integrations/lark-cli/config/locks",
+            false,
+        ),
+        (
+            format!("{lark}/data"),
+            "/mnt/integrations/lark-cli/data",
+            false,
+        ),
+        (
+            "/.deer-flow/integrations/lark-cli/sandbox-cli".to_owned(),
+            "/mnt/integrations/lark-cli/runtime",
+            true,
+        ),
+    ]
+    .into_iter()
+    .map(|(h, c, ro)| MountSpec {
+        host_path: h,
+        container_path: c.into(),
+        read_only: ro,
+    })
+    .collect()
+}
+
+#[test]
+fn deerflow_gateway_mounts_host_path_and_pvc() {
+    let extra = deerflow_payload("user-7");
+    let host = resolved(KubeConfig::default());
+    insta::assert_snapshot!("deerflow_gateway_host_path", all(&host, "user-7", &extra));
+    let pvc = resolved(KubeConfig {
+        skills_pvc_name: Some("skills-pvc".into()),
+        userdata_pvc_name: Some("deerflow-data".into()),
+        ..KubeConfig::default()
+    });
+    insta::assert_snapshot!("deerflow_gateway_pvc", all(&pvc, "user-7", &extra));
+}
+
 #[test]
 fn cluster_ip_with_custom_resources_and_policy() {
     let mut c = KubeConfig {
@@ -112,23 +177,14 @@ fn cluster_ip_with_custom_resources_and_policy() {
 }
 
 #[test]
-fn mount_paths_are_distinct_in_every_mode() {
+fn mount_paths_are_distinct_and_ordered_in_every_mode() {
     for pvc in [false, true] {
         let cfg = resolved(KubeConfig {
             userdata_pvc_name: pvc.then(|| "d".to_owned()),
             ..KubeConfig::default()
         });
         let (id, u, t) = ids("user-7");
-        let extra = validate_extra_mounts(
-            &[MountSpec {
-                host_path: "/.deer-flow/x".into(),
-                container_path: "/mnt/acp-workspace".into(),
-                read_only: false,
-            }],
-            &u,
-            &cfg,
-        )
-        .expect("valid");
+        let extra = validate_extra_mounts(&deerflow_payload("user-7"), &u, &cfg).expect("valid");
         let pod = objects::pod(
             &cfg,
             &SandboxSpec {
@@ -146,6 +202,16 @@ fn mount_paths_are_distinct_in_every_mode() {
         paths.sort_unstable();
         paths.dedup();
         assert_eq!(paths.len(), n, "duplicate mountPath (pvc={pvc})");
+        // A nested mount (config/locks in config) comes after the mount it nests in.
+        for (i, m) in mounts.iter().enumerate() {
+            assert!(
+                mounts[i + 1..]
+                    .iter()
+                    .all(|later| !m.mount_path.starts_with(&format!("{}/", later.mount_path))),
+                "{} before its parent (pvc={pvc})",
+                m.mount_path
+            );
+        }
         let vols: Vec<String> = spec
             .volumes
             .expect("vols")
