@@ -323,6 +323,8 @@ async fn run_pods_pvc_mode_lands_under_the_claims_user_scoped_subpath() {
     .await;
     let b = KubeBackend::connect(KubeConfig {
         userdata_pvc_name: Some("deerflow-data".into()),
+        // Skills stay a hostPath (no SKILLS_PVC_NAME), which the kubelet creates.
+        skills_host_path: Some(tmp.path().join("skills").to_string_lossy().into_owned()),
         ..config(&sim, "/unused-in-pvc-mode")
     })
     .await
@@ -423,11 +425,12 @@ async fn a_dropped_simulator_ends_its_agents() {
         .await
         .expect("connect");
     let r = b
-        .create(&spec("dropped-1", "user-d", "thread-d"))
+        .create(&spec("dropped-1", "user-d", "thread-dropped-sim-1"))
         .await
         .expect("create");
     exec(&r.sandbox_url, "true").await;
-    let needle = host_base.to_string_lossy().into_owned();
+    // The agent runs with `--thread thread-dropped-sim-1` (its data dir is the kubelet's).
+    let needle = "thread-dropped-sim-1".to_owned();
     let agents = pids_mentioning(&needle);
     assert_eq!(agents.len(), 1, "one agent for the pod: {agents:?}");
     // Dropped without shutdown (as a test's guard is): the agent goes with it.

@@ -45,6 +45,14 @@ impl paddock_conformance::Backend for KubeSimBackend {
             api_server: Some(sim.url()),
             node_host: "127.0.0.1".into(),
             host_base_dir: prep.data_dir().to_string_lossy().into_owned(),
+            // The suite seeds its skill into the data dir's `skills/` (SKILLS_HOST_PATH;
+            // the default is the gateway's projection `skills_view/`).
+            skills_host_path: Some(
+                prep.data_dir()
+                    .join("skills")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
             request_timeout_secs: 5,
             ready_timeout_secs: 30,
             ..KubeConfig::default()

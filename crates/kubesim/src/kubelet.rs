@@ -2,19 +2,32 @@
 //! container runs as a real `paddock agent` process and each NodePort is served on
 //! 127.0.0.1 by a TCP proxy to the agents of the Pods its selector matches.
 //!
-//! Volume mapping: the agent keeps its data under `--data-dir D` as
-//! `D/users/{u}/threads/{t}/user-data`; the simulator finds the volume mounted at that
-//! path in the Pod, maps it to a host directory (hostPath `path`, or
-//! `{pv_root}/{claimName}/{subPath}` for a PVC) and passes the directory above
-//! `users/{u}/threads/{t}/user-data` as the agent's `--data-dir`, so the agent reads and
-//! writes exactly where the Pod's volume points.
+//! Volumes: as a kubelet does, the simulator creates every `DirectoryOrCreate` hostPath
+//! and every PVC subPath (`{pv_root}/{claimName}/{subPath}`) and refuses to start a Pod
+//! whose `Directory` hostPath is missing. A container path maps to a host directory
+//! through the mount with the longest mountPath above it.
+//!
+//! The agent's data dir: the agent keeps its layout under `--data-dir D`; the simulator
+//! gives it a private directory `R` instead (one per Pod, removed with it) and mirrors
+//! each volume mounted under `D` there with a symbolic link: `R/users/{u}/threads/{t}`
+//! links to the directory holding the volume mounted at `D/users/{u}/threads/{t}/user-data`
+//! (so the thread's `user-data` and `acp-workspace` are that directory's, as on a node), and
+//! every other mount under `D` (`skills`, `users/{u}/skills/custom`, ...) links to its
+//! volume's directory. A mount nested in an already linked one (`D/skills/legacy` inside
+//! `D/skills`) is only seen when its directory is the matching subdirectory of the
+//! parent's; otherwise it is skipped with a warning (no bind mounts here).
+//!
+//! The agent's config: `--config P` under a downwardAPI volume is materialised from the
+//! Pod's annotation, with each `mounts.custom[].host_path` and `mounts.allowed_host_roots`
+//! entry (container paths) mapped to its host directory.
 //!
 //! Invariant: an agent process lives exactly as long as its Pod object: deleting the Pod
-//! kills it (and waits for it), and so does the simulator's shutdown.
+//! kills it (and waits for it), and so does the simulator's shutdown; its private
+//! directory goes with it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +48,15 @@ struct Proc {
     child: Option<Child>,
     addr: Option<SocketAddr>,
     task: Option<JoinHandle<()>>,
+    /// The Pod's private directory (the agent's data dir and config).
+    dir: PathBuf,
+}
+
+/// The private directory of one Pod's agent.
+fn pod_dir(ns: &str, name: &str, uid: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join(format!("paddock-kubesim-{}", std::process::id()))
+        .join(format!("{ns}.{name}.{uid}"))
 }
 
 /// Running agents and NodePort proxies.
@@ -100,6 +122,7 @@ pub fn pod_created(sim: Arc<Sim>, ns: &str, pod: &Value) {
         return;
     }
     let k = key(&ns, &name);
+    let dir = pod_dir(&ns, &name, &uid);
     let pod = pod.clone();
     let sim2 = sim.clone();
     let task = tokio::spawn(async move {
@@ -117,6 +140,7 @@ pub fn pod_created(sim: Arc<Sim>, ns: &str, pod: &Value) {
                 child: None,
                 addr: None,
                 task: Some(task),
+                dir,
             },
         );
     }
@@ -129,12 +153,19 @@ fn arg_after(args: &[String], flag: &str) -> Option<String> {
         .cloned()
 }
 
-fn volume_host_dir(sim: &Sim, pod: &Value, mount: &Value) -> Option<PathBuf> {
+/// The Pod's volume named by `mount` (a `volumeMounts` entry).
+fn volume_of<'a>(pod: &'a Value, mount: &Value) -> Option<&'a Value> {
     let vname = mount["name"].as_str()?;
-    let vol = pod["spec"]["volumes"]
+    pod["spec"]["volumes"]
         .as_array()?
         .iter()
-        .find(|v| v["name"].as_str() == Some(vname))?;
+        .find(|v| v["name"].as_str() == Some(vname))
+}
+
+/// The host directory behind `mount`: hostPath `path`, or `{pv_root}/{claimName}`, plus
+/// the subPath; `None` for other volume kinds.
+fn volume_host_dir(sim: &Sim, pod: &Value, mount: &Value) -> Option<PathBuf> {
+    let vol = volume_of(pod, mount)?;
     let sub = mount["subPath"].as_str().unwrap_or("");
     let base = if let Some(p) = vol["hostPath"]["path"].as_str() {
         PathBuf::from(p)
@@ -143,6 +174,199 @@ fn volume_host_dir(sim: &Sim, pod: &Value, mount: &Value) -> Option<PathBuf> {
         sim.opts.pv_root.join(claim)
     };
     Some(if sub.is_empty() { base } else { base.join(sub) })
+}
+
+/// `rest` when `path` is `prefix` or under it (`""` for `prefix` itself).
+fn below<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let prefix = prefix.trim_end_matches('/');
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("")
+    } else {
+        rest.strip_prefix('/')
+    }
+}
+
+/// The container's mounts, as `(mountPath, entry)`.
+fn mounts_of(c: &Value) -> Vec<(String, &Value)> {
+    c["volumeMounts"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| Some((m["mountPath"].as_str()?.to_owned(), m)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The mount with the longest mountPath at or above `path`, and the rest of the path.
+fn mount_above<'a, 'p>(c: &'a Value, path: &'p str) -> Option<(&'a Value, &'p str)> {
+    mounts_of(c)
+        .into_iter()
+        .filter_map(|(mp, m)| Some((mp.len(), m, below(path, &mp)?)))
+        .max_by_key(|(len, _, _)| *len)
+        .map(|(_, m, rest)| (m, rest))
+}
+
+/// The host directory a container path lands in.
+fn host_of(sim: &Sim, pod: &Value, c: &Value, path: &str) -> Option<PathBuf> {
+    let (m, rest) = mount_above(c, path)?;
+    let dir = volume_host_dir(sim, pod, m)?;
+    Some(if rest.is_empty() { dir } else { dir.join(rest) })
+}
+
+/// Makes the host side of every mount as a kubelet does: `DirectoryOrCreate` hostPaths
+/// and PVC subPaths are created, a missing `Directory` hostPath refuses the Pod.
+fn prepare_volumes(sim: &Sim, pod: &Value, c: &Value) -> Result<(), String> {
+    for (path, m) in mounts_of(c) {
+        let Some(vol) = volume_of(pod, m) else {
+            continue;
+        };
+        let Some(host) = volume_host_dir(sim, pod, m) else {
+            continue;
+        };
+        let kind = vol["hostPath"]["type"].as_str().unwrap_or("");
+        if vol["hostPath"].is_object() && kind == "Directory" {
+            let base = vol["hostPath"]["path"].as_str().unwrap_or_default();
+            if !Path::new(base).is_dir() {
+                return Err(format!(
+                    "MountVolume.SetUp failed for {path}: hostPath type check failed: {base} is not a directory"
+                ));
+            }
+        } else if !vol["hostPath"].is_object() || kind == "DirectoryOrCreate" {
+            std::fs::create_dir_all(&host)
+                .map_err(|e| format!("could not create {}: {e}", host.display()))?;
+        }
+        if m["subPath"].as_str().is_some_and(|s| !s.is_empty()) {
+            std::fs::create_dir_all(&host)
+                .map_err(|e| format!("could not create {}: {e}", host.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Builds the agent's private data dir `root` for `--data-dir D` (see the module docs).
+fn agent_data_dir(
+    sim: &Sim,
+    pod: &Value,
+    c: &Value,
+    data_dir: &str,
+    user: &str,
+    thread: &str,
+    root: &Path,
+) -> Result<PathBuf, String> {
+    let thread_rel = format!("users/{user}/threads/{thread}");
+    let user_data_rel = format!("{thread_rel}/user-data");
+    let mut under: Vec<(String, PathBuf)> = mounts_of(c)
+        .into_iter()
+        .filter_map(|(mp, m)| {
+            let rel = below(&mp, data_dir)?;
+            (!rel.is_empty()).then_some(())?;
+            Some((rel.to_owned(), volume_host_dir(sim, pod, m)?))
+        })
+        .collect();
+    let want = format!("{}/{user_data_rel}", data_dir.trim_end_matches('/'));
+    let user_data = under
+        .iter()
+        .find(|(rel, _)| *rel == user_data_rel)
+        .map(|(_, h)| h.clone())
+        .ok_or_else(|| {
+            format!("no hostPath or PVC volume is mounted at the agent's user-data path {want}")
+        })?;
+    let thread_host = match (user_data.file_name(), user_data.parent()) {
+        (Some(n), Some(p)) if n == "user-data" => p.to_path_buf(),
+        _ => {
+            return Err(format!(
+                "the user-data volume ({}) is not a directory named user-data",
+                user_data.display()
+            ));
+        }
+    };
+    let data = root.join("data");
+    let link = |rel: &str, target: &Path| -> Result<(), String> {
+        let at = data.join(rel);
+        if let Some(parent) = at.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("could not create {}: {e}", parent.display()))?;
+        }
+        std::os::unix::fs::symlink(target, &at)
+            .map_err(|e| format!("could not link {}: {e}", at.display()))
+    };
+    std::fs::create_dir_all(&data)
+        .map_err(|e| format!("could not create {}: {e}", data.display()))?;
+    link(&thread_rel, &thread_host)?;
+    let mut links: Vec<(String, PathBuf)> = vec![(thread_rel, thread_host)];
+    under.sort_by_key(|(rel, _)| rel.matches('/').count());
+    for (rel, host) in under {
+        if rel == user_data_rel {
+            continue;
+        }
+        let inside = links
+            .iter()
+            .find_map(|(l, target)| Some((below(&rel, l)?, target)));
+        if let Some((rest, target)) = inside {
+            if target.join(rest) != host {
+                tracing::warn!(
+                    mount = %rel,
+                    volume = %host.display(),
+                    "the simulator cannot show a volume nested in another one under the agent's data dir; skipped"
+                );
+            }
+            continue;
+        }
+        link(&rel, &host)?;
+        links.push((rel, host));
+    }
+    Ok(data)
+}
+
+/// Materialises the agent's `--config P` (a downwardAPI file of a Pod annotation) into
+/// `root`, its container paths mapped to host directories.
+fn agent_config(
+    sim: &Sim,
+    pod: &Value,
+    c: &Value,
+    path: &str,
+    root: &Path,
+) -> Result<PathBuf, String> {
+    let (m, rest) =
+        mount_above(c, path).ok_or_else(|| format!("the agent's config {path} is on no volume"))?;
+    let vol = volume_of(pod, m).ok_or_else(|| format!("no volume for {path}"))?;
+    let field = vol["downwardAPI"]["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["path"].as_str() == Some(rest)))
+        .and_then(|i| i["fieldRef"]["fieldPath"].as_str())
+        .ok_or_else(|| {
+            format!("the simulator reads agent configs only from downwardAPI files ({path})")
+        })?;
+    let key = field
+        .strip_prefix("metadata.annotations['")
+        .and_then(|k| k.strip_suffix("']"))
+        .ok_or_else(|| format!("unsupported downwardAPI field {field}"))?;
+    let text = pod["metadata"]["annotations"][key]
+        .as_str()
+        .ok_or_else(|| format!("the Pod has no annotation {key}"))?;
+    let mut conf: Value = serde_json::from_str(text)
+        .map_err(|e| format!("the simulator reads agent configs as JSON: {e}"))?;
+    let map = |v: &mut Value| -> Result<(), String> {
+        let p = v.as_str().unwrap_or_default().to_owned();
+        let host = host_of(sim, pod, c, &p)
+            .ok_or_else(|| format!("the agent's config names {p:?}, which is on no volume"))?;
+        *v = Value::String(host.to_string_lossy().into_owned());
+        Ok(())
+    };
+    if let Some(roots) = conf["mounts"]["allowed_host_roots"].as_array_mut() {
+        roots.iter_mut().try_for_each(map)?;
+    }
+    if let Some(custom) = conf["mounts"]["custom"].as_array_mut() {
+        for m in custom {
+            map(&mut m["host_path"])?;
+        }
+    }
+    let file = root.join("agent-config.json");
+    std::fs::write(&file, conf.to_string())
+        .map_err(|e| format!("could not write {}: {e}", file.display()))?;
+    Ok(file)
 }
 
 async fn secret_value(sim: &Sim, ns: &str, r: &Value) -> Result<String, String> {
@@ -197,29 +421,26 @@ async fn run_pod(
     let data_dir = arg_after(&args, "--data-dir").unwrap_or_else(|| "/var/lib/paddock".into());
     let user = arg_after(&args, "--user").unwrap_or_else(|| "default".into());
     let thread = arg_after(&args, "--thread").unwrap_or_else(|| "default".into());
-    let rel = format!("users/{user}/threads/{thread}/user-data");
-    let want = format!("{}/{rel}", data_dir.trim_end_matches('/'));
-    let mount = c["volumeMounts"]
-        .as_array()
-        .and_then(|ms| {
-            ms.iter()
-                .find(|m| m["mountPath"].as_str() == Some(want.as_str()))
-        })
-        .ok_or_else(|| format!("no volume is mounted at the agent's user-data path {want}"))?;
-    let host = volume_host_dir(sim, pod, mount)
-        .ok_or("the user-data volume cannot be mapped to a host directory")?;
-    let host_s = host.to_string_lossy().into_owned();
-    let host_data_dir = host_s
-        .strip_suffix(&format!("/{rel}"))
-        .ok_or_else(|| format!("the user-data volume ({host_s}) does not end in {rel}"))?
-        .to_owned();
-    std::fs::create_dir_all(&host).map_err(|e| format!("could not create {host_s}: {e}"))?;
-    // Rewrite the two host-specific arguments; everything else runs as the Pod says.
+    prepare_volumes(sim, pod, c)?;
+    let root = pod_dir(ns, name, uid);
+    let host_data_dir = agent_data_dir(sim, pod, c, &data_dir, &user, &thread, &root)?;
+    let config = match arg_after(&args, "--config") {
+        Some(p) => Some(agent_config(sim, pod, c, &p, &root)?),
+        None => None,
+    };
+    // Rewrite the host-specific arguments; everything else runs as the Pod says.
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "--listen" if i + 1 < args.len() => args[i + 1] = "127.0.0.1:0".into(),
-            "--data-dir" if i + 1 < args.len() => args[i + 1] = host_data_dir.clone(),
+            "--data-dir" if i + 1 < args.len() => {
+                args[i + 1] = host_data_dir.to_string_lossy().into_owned();
+            }
+            "--config" if i + 1 < args.len() => {
+                if let Some(f) = &config {
+                    args[i + 1] = f.to_string_lossy().into_owned();
+                }
+            }
             _ => {}
         }
         i += 1;
@@ -399,42 +620,59 @@ impl Kubelet {
             if let Some(mut c) = p.child.take() {
                 let _ = c.kill().await;
             }
+            remove_pod_dir(&p.dir);
         }
     }
 
-    /// Every agent's process, its Pod forgotten and its startup task stopped.
-    fn take_all(&self) -> Vec<Child> {
+    /// Every agent's process and private directory, its Pod forgotten and its startup task
+    /// stopped.
+    fn take_all(&self) -> Vec<(Option<Child>, PathBuf)> {
         let all: Vec<Proc> = self
             .procs
             .lock()
             .map(|mut p| p.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
-        let mut children = Vec::new();
+        let mut out = Vec::new();
         for mut p in all {
             if let Some(t) = p.task.take() {
                 t.abort();
             }
-            children.extend(p.child.take());
+            out.push((p.child.take(), p.dir));
         }
-        children
+        out
     }
 
     /// Kills every agent without waiting (for a simulator dropped without `shutdown`); the
     /// processes get SIGKILL now and are reaped by tokio in the background.
     pub(crate) fn kill_all_now(&self) {
-        for mut c in self.take_all() {
-            let _ = c.start_kill();
+        for (c, dir) in self.take_all() {
+            if let Some(mut c) = c {
+                let _ = c.start_kill();
+            }
+            remove_pod_dir(&dir);
         }
     }
 
     pub(crate) async fn kill_all(&self) {
-        for mut c in self.take_all() {
-            let _ = c.kill().await;
+        for (c, dir) in self.take_all() {
+            if let Some(mut c) = c {
+                let _ = c.kill().await;
+            }
+            remove_pod_dir(&dir);
         }
         if let Ok(mut p) = self.proxies.lock() {
             for (_, t) in p.drain() {
                 t.abort();
             }
         }
+    }
+}
+
+/// Removes a Pod's private directory (its links, never what they point to).
+fn remove_pod_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove a pod's directory");
     }
 }
