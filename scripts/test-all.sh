@@ -39,10 +39,11 @@ bash tests/kube_validate/run.sh "$bin"
 echo "--> cgroup v2: the real binary in a qemu guest whose only hierarchy is cgroup2"
 bash tests/cgroupv2_vm/run.sh "$bin"
 echo "==> no process of the test run is left behind"
-# Sandbox processes run as uids 951000-959999 in the tests; the test binaries and the
+# Sandbox processes run as uids 951000-1016535 in the tests (the default sandbox.uid_range,
+# and the tests' own fixed uids in it); the test binaries and the
 # programs they start carry "paddock" in their command line. Give stragglers a moment.
 leftovers() {
-    ps -eo pid=,uid=,args= | awk -v self=$$ '$1 != self && (($2 >= 951000 && $2 < 960000) || $0 ~ /target\/(debug|release)\/(paddock|deps\/)|paddock-init|paddock-kubesim|paddock-conformance-agent/)' |
+    ps -eo pid=,uid=,args= | awk -v self=$$ '$1 != self && (($2 >= 951000 && $2 < 1016536) || $0 ~ /target\/(debug|release)\/(paddock|deps\/)|paddock-init|paddock-kubesim|paddock-conformance-agent/)' |
         grep -v -e ' awk ' -e 'ps -eo' || true
 }
 for _ in $(seq 50); do

@@ -415,7 +415,7 @@ fi
 # --- SIGKILL of paddock serve: no jail process outlives it -----------------------------------
 K=$CG/t-serve-kill
 kcfg=/tmp/kill.yaml
-printf 'sandbox:\n  sandbox_uid: 953777\n  sandbox_gid: 953777\n' >"$kcfg"
+printf 'sandbox:\n  uid_range: null\n  sandbox_uid: 953777\n  sandbox_gid: 953777\n' >"$kcfg"
 kport=18003
 start_alone t-serve-kill serve-kill serve --config "$kcfg" --data-dir /tmp/paddock-serve-kill --listen 127.0.0.1:$kport --api-key k
 pkk=$P

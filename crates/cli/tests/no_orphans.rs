@@ -110,7 +110,7 @@ fn serve(data: &Path, uid: u32) -> Run {
     let cfg = data.with_extension("yaml");
     std::fs::write(
         &cfg,
-        format!("sandbox:\n  sandbox_uid: {uid}\n  sandbox_gid: {uid}\nlog:\n  level: warn\n"),
+        format!("sandbox:\n  uid_range: null\n  sandbox_uid: {uid}\n  sandbox_gid: {uid}\nlog:\n  level: warn\n"),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))

@@ -14,6 +14,7 @@ pub mod cli;
 mod drive;
 pub mod env;
 mod etc;
+pub mod ids;
 mod jail;
 pub mod options;
 mod plan;

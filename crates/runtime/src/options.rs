@@ -112,7 +112,8 @@ impl TotalLimits {
     }
 }
 
-/// A range of host uids/gids; each sandbox gets a stable one from `hash(user, thread)`.
+/// A range of host uids/gids: each live sandbox gets one no other live sandbox has (the
+/// hash of `(user, thread)` picks the first candidate, so a thread usually keeps its id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UidRange {
@@ -120,6 +121,15 @@ pub struct UidRange {
     pub start: u32,
     /// Number of ids.
     pub count: u32,
+}
+
+impl UidRange {
+    /// The default: 65,536 ids from 951000 (above the ids distributions hand to users and
+    /// system services; the first is the shared `sandbox_uid`'s default).
+    pub const DEFAULT: UidRange = UidRange {
+        start: paddock_sys::uidmap::DEFAULT_SANDBOX_ID,
+        count: 65_536,
+    };
 }
 
 /// Options of the local runtime.
@@ -138,13 +148,15 @@ pub struct RuntimeOptions {
     pub exec_timeout_secs: f64,
     /// Cap on each of stdout and stderr, bytes (10 MiB); a request may only lower it.
     pub output_cap_bytes: u64,
-    /// Host uid sandboxes run as when Paddock is root (951000). Ignored when Paddock is not
-    /// root: then sandboxes run as Paddock's own uid, the only one it can map.
+    /// Host uid sandboxes run as when Paddock is root and `uid_range` is `None` (951000).
+    /// Ignored when Paddock is not root: then sandboxes run as Paddock's own uid, the only
+    /// one it can map.
     pub sandbox_uid: u32,
     /// Host gid sandboxes run as when Paddock is root (951000).
     pub sandbox_gid: u32,
-    /// When set (and Paddock is root), each sandbox gets its own uid = gid from this range,
-    /// chosen by a stable hash of (user, thread).
+    /// When set (and Paddock is root; the default is [`UidRange::DEFAULT`]), each live
+    /// sandbox gets its own uid = gid from this range; `None` (`uid_range: null`) runs every
+    /// sandbox as `sandbox_uid`/`sandbox_gid`, sharing their per-user kernel counters.
     pub uid_range: Option<UidRange>,
     /// Extra environment for every command (secret-looking names are dropped, see
     /// `paddock_core::envpolicy`); request variables are layered on top.
@@ -174,7 +186,7 @@ impl Default for RuntimeOptions {
             output_cap_bytes: paddock_core::sandbox::DEFAULT_OUTPUT_CAP_BYTES,
             sandbox_uid: paddock_sys::uidmap::DEFAULT_SANDBOX_ID,
             sandbox_gid: paddock_sys::uidmap::DEFAULT_SANDBOX_ID,
-            uid_range: None,
+            uid_range: Some(UidRange::DEFAULT),
             environment: BTreeMap::new(),
             max_cached_sandboxes: 256,
             total_limits: TotalLimits::default(),
@@ -226,6 +238,19 @@ impl RuntimeOptions {
         }
         if self.sandbox_gid == 0 {
             return err("sandbox_gid", "must not be 0 (host root)".into());
+        }
+        let shared = paddock_sys::uidmap::DEFAULT_SANDBOX_ID;
+        if self.uid_range.is_some() && (self.sandbox_uid != shared || self.sandbox_gid != shared) {
+            return err(
+                if self.sandbox_uid != shared {
+                    "sandbox_uid"
+                } else {
+                    "sandbox_gid"
+                },
+                "applies only with `uid_range: null` (every sandbox sharing one uid); set that, \
+                 or remove sandbox_uid/sandbox_gid to give each sandbox its own uid from uid_range"
+                    .into(),
+            );
         }
         if let Some(r) = self.uid_range
             && (r.start == 0 || r.count == 0 || r.start.checked_add(r.count).is_none())
@@ -318,5 +343,27 @@ mod tests {
             ..RuntimeOptions::default()
         };
         assert_eq!(o.validate().unwrap_err().key, "uid_range");
+        // A shared uid set beside the per-sandbox range would be silently unused: refused.
+        let o = RuntimeOptions {
+            sandbox_uid: 960_000,
+            ..RuntimeOptions::default()
+        };
+        let e = o.validate().unwrap_err();
+        assert_eq!(e.key, "sandbox_uid");
+        assert!(e.message.contains("uid_range: null"), "{e}");
+        let o = RuntimeOptions {
+            sandbox_uid: 960_000,
+            sandbox_gid: 960_000,
+            uid_range: None,
+            ..RuntimeOptions::default()
+        };
+        assert!(o.validate().is_ok());
+        assert_eq!(
+            RuntimeOptions::default().uid_range,
+            Some(UidRange::DEFAULT),
+            "each sandbox gets its own uid by default"
+        );
+        let o: RuntimeOptions = serde_json::from_str(r#"{"uid_range":null}"#).unwrap();
+        assert_eq!(o.uid_range, None, "null chooses the shared uid");
     }
 }

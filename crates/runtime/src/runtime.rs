@@ -103,6 +103,9 @@ pub struct Runtime {
     pub(crate) jail: Option<Arc<JailBase>>,
     /// One command per process (see [`Runtime::one_shot`]).
     pub(crate) one_shot: bool,
+    /// Per-sandbox host ids (a root Paddock with `uid_range`): no two live sandboxes share
+    /// a uid, so none can spend another's per-user kernel counters.
+    pub(crate) ids: Option<crate::ids::IdAllocator>,
 }
 
 /// The warnings for controllers without a usable cgroup: one per distinct cause, naming the
@@ -296,11 +299,18 @@ impl Runtime {
             }
             Isolation::Isolated => Some(Arc::new(Self::jail_base(&opts, layout.root(), one_shot)?)),
         };
+        let ids = match (&jail, opts.uid_range) {
+            (Some(_), Some(r)) if paddock_sys::process::euid() == 0 => {
+                Some(crate::ids::IdAllocator::new(r.start, r.count))
+            }
+            _ => None,
+        };
         Ok(Arc::new(Self {
             opts,
             layout,
             jail,
             one_shot,
+            ids,
         }))
     }
 

@@ -368,6 +368,7 @@ async fn the_jail_is_built_ahead_and_lives_as_long_as_the_sandbox() {
     let e = env_with(RuntimeOptions {
         sandbox_uid: uid,
         sandbox_gid: uid,
+        uid_range: None,
         ..RuntimeOptions::default()
     });
     let sb = e.sandbox("prebuilt").await;
