@@ -26,6 +26,89 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 pub const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 /// Read buffer per stream.
 const CHUNK: usize = 64 * 1024;
+/// Read buffer of a drain of background output (nobody listens; keep it small).
+const DRAIN_CHUNK: usize = 4 * 1024;
+/// Background output one sandbox's drains may read, bytes per second, all together.
+pub const DRAIN_SANDBOX_RATE: f64 = 256.0 * 1024.0;
+/// Background output all drains of this process may read, bytes per second.
+pub const DRAIN_GLOBAL_RATE: f64 = 8.0 * 1024.0 * 1024.0;
+/// Commands of one sandbox whose background output is drained at once; past this the
+/// pipes of a further one are closed (its background writers then get `EPIPE`).
+pub const MAX_DRAINS_PER_SANDBOX: usize = 64;
+
+/// A token bucket: `take(n)` says how long to wait so the rate holds on average.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Self {
+        Self {
+            rate,
+            // One second of burst.
+            tokens: rate,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, n: usize) -> Duration {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.tokens -= n as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
+static GLOBAL_DRAIN: std::sync::LazyLock<std::sync::Mutex<Bucket>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new(Bucket::new(DRAIN_GLOBAL_RATE)));
+
+/// What the draining of one sandbox's background output may cost the server: its drains
+/// read at most [`DRAIN_SANDBOX_RATE`] together (and all sandboxes' at most
+/// [`DRAIN_GLOBAL_RATE`]), at most [`MAX_DRAINS_PER_SANDBOX`] at once, each with a small
+/// buffer. A writer beyond the rate blocks on its full pipe, as it would writing to a slow
+/// terminal; it is never killed for it.
+#[derive(Debug)]
+pub struct DrainBudget {
+    bucket: std::sync::Mutex<Bucket>,
+    active: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for DrainBudget {
+    fn default() -> Self {
+        Self::with_rate(DRAIN_SANDBOX_RATE)
+    }
+}
+
+impl DrainBudget {
+    fn with_rate(rate: f64) -> Self {
+        Self {
+            bucket: std::sync::Mutex::new(Bucket::new(rate)),
+            active: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn wait_for(&self, n: usize) -> Duration {
+        let mine = self
+            .bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(n);
+        let all = GLOBAL_DRAIN
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(n);
+        mine.max(all)
+    }
+}
 
 /// How the shell ended, as seen by the mode's watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +135,8 @@ pub struct Control {
     pub map_output: Option<Box<dyn Fn(Bytes) -> Bytes + Send + Sync>>,
     /// Runs once the exit record is handed to the consumer (or the stream ended early).
     pub on_end: Option<Box<dyn FnOnce() + Send>>,
+    /// The sandbox's budget for draining background output once the shell has exited.
+    pub drain: std::sync::Arc<DrainBudget>,
 }
 
 struct Capped {
@@ -99,6 +184,7 @@ async fn run<O, E>(
         oom_check,
         map_output,
         on_end,
+        drain,
     } = ctl;
     // Runs `on_end` however this function returns.
     struct OnEnd(Option<Box<dyn FnOnce() + Send>>);
@@ -183,17 +269,51 @@ async fn run<O, E>(
         }
     }
     if out_open || err_open {
-        // Background processes still hold the pipes: keep draining (and discarding) so they
-        // never block or die of SIGPIPE; the task ends when the last writer is gone.
-        tokio::spawn(async move {
-            let (mut sink_o, mut sink_e) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-            while out_open || err_open {
-                tokio::select! {
-                    r = stdout.read(&mut sink_o), if out_open => if matches!(r, Ok(0) | Err(_)) { out_open = false },
-                    r = stderr.read(&mut sink_e), if err_open => if matches!(r, Ok(0) | Err(_)) { err_open = false },
+        // Background processes still hold the pipes. Nobody listens any more, so the
+        // output is read and discarded (the writers never block for good nor die of
+        // SIGPIPE) at a bounded rate with a small buffer; past the sandbox's number of
+        // drains the pipes are closed instead.
+        drop((out_buf, err_buf));
+        let n = drain
+            .active
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n >= MAX_DRAINS_PER_SANDBOX {
+            drain
+                .active
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(
+                "a sandbox has {MAX_DRAINS_PER_SANDBOX} commands whose background output is drained; closing this one's pipes"
+            );
+        } else {
+            tokio::spawn(async move {
+                struct Active(std::sync::Arc<DrainBudget>);
+                impl Drop for Active {
+                    fn drop(&mut self) {
+                        self.0
+                            .active
+                            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
-            }
-        });
+                let active = Active(drain);
+                let (mut sink_o, mut sink_e) = ([0u8; DRAIN_CHUNK], [0u8; DRAIN_CHUNK]);
+                while out_open || err_open {
+                    let n = tokio::select! {
+                        r = stdout.read(&mut sink_o), if out_open => match r {
+                            Ok(0) | Err(_) => { out_open = false; 0 }
+                            Ok(n) => n,
+                        },
+                        r = stderr.read(&mut sink_e), if err_open => match r {
+                            Ok(0) | Err(_) => { err_open = false; 0 }
+                            Ok(n) => n,
+                        },
+                    };
+                    let wait = active.0.wait_for(n);
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            });
+        }
     }
     let end = end.unwrap_or(ShellEnd::Vanished);
     let (exit_code, signal) = match end {
@@ -247,6 +367,19 @@ async fn send(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bucket_allows_a_second_of_burst_then_its_rate() {
+        let mut b = Bucket::new(1000.0);
+        assert_eq!(b.take(600), Duration::ZERO);
+        assert_eq!(b.take(400), Duration::ZERO);
+        // The next 500 bytes are owed: about half a second at 1000 bytes/s.
+        let wait = b.take(500);
+        assert!(
+            wait > Duration::from_millis(450) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+    }
 
     #[test]
     fn cap_accounting() {

@@ -21,7 +21,6 @@
 //! sandbox's jail and everything in it.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,6 +106,11 @@ pub struct LocalSandbox {
     /// Of those, the ones whose cgroup is to be removed once their init is gone (a reusable
     /// slot of the pool is not; see `paddock_sys::cgroup::CgroupSet::flat`).
     removing: Arc<std::sync::atomic::AtomicUsize>,
+    /// What draining its commands' background output may cost the server.
+    drains: Arc<crate::drive::DrainBudget>,
+    /// The sandbox's own host id while it lives (declared last: returned after the fields
+    /// above are dropped, and `Drop` has killed the jail).
+    _id_lease: Option<crate::ids::IdLease>,
 }
 
 impl std::fmt::Debug for LocalSandbox {
@@ -139,19 +143,31 @@ impl LocalSandbox {
             }
         })?;
         let o = rt.options();
-        let range = o.uid_range.map(|r| paddock_sys::uidmap::IdRange {
-            start: r.start,
-            count: r.count,
-        });
-        let ids = paddock_sys::uidmap::choose_ids(
-            paddock_sys::process::euid(),
-            paddock_sys::process::egid(),
-            (o.sandbox_uid, o.sandbox_gid),
-            range,
-            user.as_str(),
-            thread.as_str(),
-        )
-        .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?;
+        let lease = match &rt.ids {
+            Some(a) => Some(a.lease(user.as_str(), thread.as_str()).map_err(|e| {
+                tracing::error!(error = %e, "no host id for a new sandbox");
+                SandboxError::Unavailable {
+                    message: "no free sandbox uid: too many live sandboxes for sandbox.uid_range"
+                        .into(),
+                }
+            })?),
+            None => None,
+        };
+        let ids = match &lease {
+            Some(l) => (l.id(), l.id()),
+            None => paddock_sys::uidmap::choose_ids(
+                paddock_sys::process::euid(),
+                paddock_sys::process::egid(),
+                (o.sandbox_uid, o.sandbox_gid),
+                o.uid_range.map(|r| paddock_sys::uidmap::IdRange {
+                    start: r.start,
+                    count: r.count,
+                }),
+                user.as_str(),
+                thread.as_str(),
+            )
+            .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?,
+        };
         let mut owner = None;
         let plan = match &rt.jail {
             None => None,
@@ -199,6 +215,8 @@ impl LocalSandbox {
             live: Arc::new(Mutex::new(HashMap::new())),
             reaping: Arc::default(),
             removing: Arc::default(),
+            drains: Arc::default(),
+            _id_lease: lease,
         })
     }
 
@@ -597,6 +615,7 @@ impl LocalSandbox {
             oom_check: Box::new(move || oom_jail.oom_kills() > oom_before),
             map_output: None,
             on_end: Some(on_end),
+            drain: self.drains.clone(),
         };
         Ok(drive(out, err, ctl, timeout, cap))
     }
@@ -731,6 +750,7 @@ impl LocalSandbox {
             oom_check: Box::new(move || oom_cg.as_ref().is_some_and(|g| g.0.oom_kills() > 0)),
             map_output: None,
             on_end,
+            drain: self.drains.clone(),
         };
         Ok(drive(out, err, ctl, timeout, cap))
     }
@@ -821,6 +841,7 @@ impl LocalSandbox {
                 Err(_) => b,
             })),
             on_end: None,
+            drain: self.drains.clone(),
         };
         Ok(drive(out, err, ctl, timeout, cap))
     }
@@ -870,30 +891,24 @@ impl Drop for LocalSandbox {
     }
 }
 
-/// Feeds an async byte stream to a blocking reader (`FsOps::write_from_reader`).
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Result<Bytes, SandboxError>>,
-    cur: Bytes,
-    failed: Arc<Mutex<Option<SandboxError>>>,
-}
+/// An upload's received bytes are written once this many are in (or the body ended): the
+/// most one upload holds in memory, and the size of each piece of blocking file IO.
+const UPLOAD_FLUSH_BYTES: usize = 256 * 1024;
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => {
-                    *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    return Err(std::io::Error::other("upload stream failed"));
-                }
-            }
+/// Writes `chunks` on the blocking pool and hands the upload back (dropped there, which
+/// undoes it, when a write fails).
+async fn write_chunks(
+    mut up: paddock_fsops::Upload,
+    chunks: Vec<Bytes>,
+) -> Result<paddock_fsops::Upload, SandboxError> {
+    tokio::task::spawn_blocking(move || {
+        for c in &chunks {
+            up.write(c)?;
         }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
-    }
+        Ok(up)
+    })
+    .await
+    .map_err(|e| internal(format!("file task failed: {e}")))?
 }
 
 #[async_trait]
@@ -981,26 +996,38 @@ impl Sandbox for LocalSandbox {
         req: WriteBytes,
         mut body: ByteStream,
     ) -> Result<WriteOutcome, SandboxError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let failed = Arc::new(Mutex::new(None));
-        let mut reader = ChannelReader {
-            rx,
-            cur: Bytes::new(),
-            failed: failed.clone(),
-        };
-        let task = self.blocking(move |fs| fs.write_from_reader(&req, &mut reader));
-        let feed = async move {
-            while let Some(item) = body.next().await {
-                if tx.send(item).await.is_err() {
-                    break;
+        // The body is received here, asynchronously: a client that trickles its upload
+        // holds a task, never a blocking-pool thread. File IO happens on the pool in pieces
+        // of at most UPLOAD_FLUSH_BYTES once those bytes are in.
+        let mut up = self.blocking(move |fs| fs.begin_write(&req)).await?;
+        let mut pending: Vec<Bytes> = Vec::new();
+        let mut held = 0usize;
+        loop {
+            let next = body.next().await;
+            let end = match next {
+                Some(Ok(b)) => {
+                    held += b.len();
+                    pending.push(b);
+                    false
                 }
+                Some(Err(e)) => {
+                    // Abandoning the upload removes its temp file: do that IO on the pool.
+                    drop(tokio::task::spawn_blocking(move || drop(up)));
+                    return Err(e);
+                }
+                None => true,
+            };
+            if held >= UPLOAD_FLUSH_BYTES || (end && held > 0) {
+                up = write_chunks(up, std::mem::take(&mut pending)).await?;
+                held = 0;
             }
-        };
-        let (res, ()) = tokio::join!(task, feed);
-        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
+            if end {
+                break;
+            }
         }
-        res
+        tokio::task::spawn_blocking(move || up.finish())
+            .await
+            .map_err(|e| internal(format!("file task failed: {e}")))?
     }
 
     async fn stat(&self, path: &str) -> Result<Entry, SandboxError> {
