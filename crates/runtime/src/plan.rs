@@ -69,7 +69,15 @@ impl JailPlan {
                 if p.host.join(rel) == m.host {
                     continue;
                 }
-                paddock_sys::tree::mkdirs_beneath(&p.host, rel).map_err(|e| {
+                // A thread's data directory is canonical: a symlink in its path was
+                // planted, so it is opened refusing one; other roots are the operator's.
+                let made = if p.is_user_data() {
+                    paddock_sys::tree::open_dir_no_symlinks(&p.host)
+                        .and_then(|root| paddock_sys::tree::mkdirs_at(&root, rel))
+                } else {
+                    paddock_sys::tree::mkdirs_beneath(&p.host, rel)
+                };
+                made.map_err(|e| {
                     tracing::error!(error = %e, mount = %m.container, "could not create a mount point");
                     internal(format!("could not create the mount point of {}", m.container))
                 })?;

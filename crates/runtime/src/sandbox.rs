@@ -174,19 +174,21 @@ impl LocalSandbox {
             Some(base) => {
                 if base.privileged {
                     owner = Some(ids);
-                    // Paddock's own thread directories become the sandbox user's; a
-                    // gateway's (another program's tree) are shown to it through idmapped
-                    // mounts instead, never chowned.
+                    // Paddock's own thread directories become the sandbox user's, private
+                    // to it (0700 roots, no group or other bits below, so no other user of
+                    // the host can read a tenant's files); a gateway's (another program's
+                    // tree) are shown to it through idmapped mounts instead, never chowned
+                    // and their modes left as the gateway made them.
                     for m in table.mounts() {
                         if m.is_user_data() && !rt.layout().is_gateways(&m.host) {
-                            let failed = paddock_sys::tree::chown_tree(&m.host, ids.0, ids.1)
-                                .map_err(|e| {
-                                    tracing::error!(error = %e, mount = %m.container, "chown of thread data failed");
-                                    internal(format!(
-                                        "could not give {} to the sandbox user",
-                                        m.container
-                                    ))
-                                })?;
+                            let handed = paddock_sys::tree::chown_tree(&m.host, ids.0, ids.1, true);
+                            let failed = handed.map_err(|e| {
+                                tracing::error!(error = %e, mount = %m.container, "chown of thread data failed");
+                                internal(format!(
+                                    "could not give {} to the sandbox user",
+                                    m.container
+                                ))
+                            })?;
                             if failed > 0 {
                                 tracing::warn!(mount = %m.container, failed, "some entries of the thread's data could not be given to the sandbox user (changed while being walked)");
                             }
