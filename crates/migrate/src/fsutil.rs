@@ -3,12 +3,19 @@
 //! copy / verify / delete used only with `--allow-copy`.
 //!
 //! Invariant: nothing here follows a symbolic link — links are renamed, copied and
-//! deleted as links — and nothing replaces an existing path.
+//! deleted as links — and nothing replaces an existing path. Below the entry a copy,
+//! verification or removal starts from, every entry is reached through descriptors
+//! (`paddock_sys::tree`), so a tree a tenant changes while it is migrated cannot steer
+//! them outside it.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use paddock_sys::tree::{self, EntryKind};
 
 use rustix::fs::{Access, AtFlags, CWD, RenameFlags, StatxFlags};
 
@@ -82,93 +89,99 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Copies `from` (file, symlink or directory tree) to the new path `to`, keeping modes
-/// and copying symlinks as links.
+/// (and owners, when run as root) and copying symlinks as links. The two parents are the
+/// migration's own directories; everything below `from` is read through descriptors that
+/// never follow a link ([`tree::copy_tree_at`]), so a tree changed while it is copied (a
+/// directory swapped for a link to elsewhere on the host) makes the copy fail instead of
+/// copying from outside it.
 pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(from)?;
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        std::os::unix::fs::symlink(fs::read_link(from)?, to)
-    } else if ft.is_dir() {
-        fs::create_dir(to)?;
-        for entry in fs::read_dir(from)? {
-            let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-        }
-        fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o7777))
-    } else if ft.is_file() {
-        fs::copy(from, to).map(|_| ())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!(
-                "{} is a special file (fifo, socket or device); it cannot be copied",
-                from.display()
-            ),
-        ))
-    }
+    tree::copy_tree_beneath(from, to)
 }
 
 /// Checks that `copy` is the same tree as `orig`: same entries, kinds, sizes, symlink
-/// targets and file contents. Returns a description of the first difference.
+/// targets and file contents. Returns a description of the first difference. Both trees
+/// are read through descriptors, never following a link.
 pub fn verify_copy(orig: &Path, copy: &Path) -> io::Result<Result<(), String>> {
-    let a = fs::symlink_metadata(orig)?;
-    let b = match fs::symlink_metadata(copy) {
-        Ok(b) => b,
-        Err(_) => return Ok(Err(format!("{} is missing", copy.display()))),
+    let (op, on) = tree::split_path(orig)?;
+    let (cp, cn) = tree::split_path(copy)?;
+    let (od, cd) = (tree::open_root(op)?, tree::open_root(cp)?);
+    verify_at(&od, on, &cd, cn, copy, 0)
+}
+
+fn verify_at(
+    od: &OwnedFd,
+    on: &OsStr,
+    cd: &OwnedFd,
+    cn: &OsStr,
+    shown: &Path,
+    depth: usize,
+) -> io::Result<Result<(), String>> {
+    let a = tree::stat_at(od, on)?;
+    let Ok(b) = tree::stat_at(cd, cn) else {
+        return Ok(Err(format!("{} is missing", shown.display())));
     };
-    let (fa, fb) = (a.file_type(), b.file_type());
-    if fa.is_symlink() || fb.is_symlink() {
-        if !(fa.is_symlink() && fb.is_symlink()) || fs::read_link(orig)? != fs::read_link(copy)? {
-            return Ok(Err(format!("symlink {} differs", copy.display())));
+    if a.kind == EntryKind::Symlink || b.kind == EntryKind::Symlink {
+        if a.kind != b.kind || tree::read_link_at(od, on)? != tree::read_link_at(cd, cn)? {
+            return Ok(Err(format!("symlink {} differs", shown.display())));
         }
         return Ok(Ok(()));
     }
-    if fa.is_dir() {
-        if !fb.is_dir() {
-            return Ok(Err(format!("{} is not a directory", copy.display())));
+    if a.kind == EntryKind::Dir {
+        if b.kind != EntryKind::Dir {
+            return Ok(Err(format!("{} is not a directory", shown.display())));
         }
-        let mut names_a: Vec<_> = fs::read_dir(orig)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
-        let mut names_b: Vec<_> = fs::read_dir(copy)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<io::Result<_>>()?;
+        if depth >= tree::MAX_DEPTH {
+            return Err(io::Error::other(format!(
+                "{} is more than {} levels deep",
+                shown.display(),
+                tree::MAX_DEPTH
+            )));
+        }
+        let (osub, csub) = (tree::open_dir_at(od, on)?, tree::open_dir_at(cd, cn)?);
+        let mut names_a = tree::dir_names(&osub)?;
+        let mut names_b = tree::dir_names(&csub)?;
         names_a.sort();
         names_b.sort();
         if names_a != names_b {
-            return Ok(Err(format!("{} has different entries", copy.display())));
+            return Ok(Err(format!("{} has different entries", shown.display())));
         }
         for n in names_a {
-            if let Err(d) = verify_copy(&orig.join(&n), &copy.join(&n))? {
+            if let Err(d) = verify_at(&osub, &n, &csub, &n, &shown.join(&n), depth + 1)? {
                 return Ok(Err(d));
             }
         }
         return Ok(Ok(()));
     }
-    if a.len() != b.len() {
+    if a.size != b.size {
         return Ok(Err(format!(
             "{} has {} bytes, the source {}",
-            copy.display(),
-            b.len(),
-            a.len()
+            shown.display(),
+            b.size,
+            a.size
         )));
     }
-    if hash_file(orig)? != hash_file(copy)? {
-        return Ok(Err(format!("{} has different contents", copy.display())));
+    if hash_reader(tree::open_file_at(od, on)?)? != hash_reader(tree::open_file_at(cd, cn)?)? {
+        return Ok(Err(format!("{} has different contents", shown.display())));
     }
     Ok(Ok(()))
 }
 
-/// A 128-bit FNV-1a digest of a file's contents, streamed. Used to compare a copy with
-/// its source (both local, so a non-cryptographic digest is enough).
+/// A 128-bit FNV-1a digest of the regular file `path` (its last component opened without
+/// following a link). Used to compare a copy with its source (both local, so a
+/// non-cryptographic digest is enough).
 pub fn hash_file(path: &Path) -> io::Result<u128> {
+    let (parent, name) = tree::split_path(path)?;
+    hash_reader(tree::open_file_at(tree::open_root(parent)?, name)?)
+}
+
+/// [`hash_file`] of what `r` yields, streamed.
+pub fn hash_reader(mut r: impl Read) -> io::Result<u128> {
     const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
     const PRIME: u128 = 0x0000000001000000000000000000013B;
-    let mut f = fs::File::open(path)?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut h = OFFSET;
     loop {
-        let n = f.read(&mut buf)?;
+        let n = r.read(&mut buf)?;
         if n == 0 {
             return Ok(h);
         }
@@ -179,14 +192,11 @@ pub fn hash_file(path: &Path) -> io::Result<u128> {
     }
 }
 
-/// Removes `path` (file, symlink or tree) without following symlinks.
+/// Removes `path` (file, symlink or tree) without following symlinks: the parent is the
+/// migration's own directory, everything below is removed through descriptors
+/// ([`tree::remove_tree_at`]).
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.file_type().is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    }
+    tree::remove_tree_beneath(path)
 }
 
 #[cfg(test)]
