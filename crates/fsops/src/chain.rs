@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use rustix::fs::{Dir, Mode, OFlags};
 
-use crate::walker::DIR_PATH_FLAGS;
+use crate::walker::{DIR_PATH_FLAGS, open_host_root};
 
 /// Levels above the root that keep their descriptor. Deeper levels cost a re-open by name
 /// when the walk comes back to them; real trees rarely nest this deep below a listed root.
@@ -35,8 +35,10 @@ pub const CHAIN_MAX_FDS: usize = HELD_FDS + 2;
 enum Anchor {
     /// The fd handed in: never let go, cannot be re-opened.
     Fixed,
-    /// A mount's host root: operator configuration, canonical, opened by path.
-    HostRoot(PathBuf),
+    /// A mount's host root, opened by path: operator configuration, or a thread's data
+    /// directory (then refusing any symlink in the path, see
+    /// [`crate::walker::open_host_root`]).
+    HostRoot(PathBuf, bool),
     /// `name` in the level below.
     Child(CString),
 }
@@ -130,18 +132,16 @@ impl DirChain {
         self.push(Anchor::Fixed, fd);
     }
 
-    /// Pushes a mount's host root, opened by path with `flags` (`O_DIRECTORY` added).
+    /// Pushes a mount's host root, opened by path with `flags` (`O_DIRECTORY` added),
+    /// refusing a symlink anywhere in it when `no_symlinks`.
     pub(crate) fn push_host_root(
         &mut self,
         host: &std::path::Path,
         flags: OFlags,
+        no_symlinks: bool,
     ) -> std::io::Result<()> {
-        let fd = rustix::fs::open(
-            host,
-            flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        self.push(Anchor::HostRoot(host.to_path_buf()), fd);
+        let fd = open_host_root(host, flags, no_symlinks)?;
+        self.push(Anchor::HostRoot(host.to_path_buf(), no_symlinks), fd);
         Ok(())
     }
 
@@ -229,16 +229,10 @@ impl DirChain {
                 break;
             }
             match &lv.anchor {
-                Anchor::HostRoot(host) => {
-                    let fd = rustix::fs::open(
-                        host,
-                        DIR_PATH_FLAGS.difference(OFlags::NOFOLLOW),
-                        Mode::empty(),
-                    )
-                    .map_err(|e| Lost {
-                        level: base,
-                        error: e.into(),
-                    })?;
+                Anchor::HostRoot(host, no_symlinks) => {
+                    let flags = DIR_PATH_FLAGS.difference(OFlags::NOFOLLOW);
+                    let fd = open_host_root(host, flags, *no_symlinks)
+                        .map_err(|error| Lost { level: base, error })?;
                     self.adopt(base, fd)?;
                     break;
                 }
@@ -355,7 +349,8 @@ mod tests {
     fn deep_chains_hold_few_fds_and_come_back_up() {
         let (tmp, _) = chain_of(40);
         let mut c = DirChain::default();
-        c.push_host_root(tmp.path(), OFlags::RDONLY).expect("root");
+        c.push_host_root(tmp.path(), OFlags::RDONLY, false)
+            .expect("root");
         let held = |c: &DirChain| c.levels.iter().filter(|l| l.fd.is_some()).count();
         for i in 0..40 {
             let name = CString::new(format!("d{i}")).expect("name");
@@ -378,7 +373,8 @@ mod tests {
     fn a_level_renamed_away_or_swapped_for_a_symlink_is_lost_not_followed() {
         let (tmp, _) = chain_of(20);
         let mut c = DirChain::default();
-        c.push_host_root(tmp.path(), OFlags::RDONLY).expect("root");
+        c.push_host_root(tmp.path(), OFlags::RDONLY, false)
+            .expect("root");
         for i in 0..20 {
             let name = CString::new(format!("d{i}")).expect("name");
             c.push_child(&name, OFlags::RDONLY).expect("descend");

@@ -390,7 +390,7 @@ impl<'t> Walk<'_, 't> {
                 let opened = match p.mount {
                     Some(m) => self
                         .chain
-                        .push_host_root(&m.host, OFlags::RDONLY)
+                        .push_host_root(&m.host, OFlags::RDONLY, m.is_user_data())
                         .map_err(|error| Lost { level, error }),
                     None => self.chain.push_child(&p.name, OFlags::RDONLY),
                 };

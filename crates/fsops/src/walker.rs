@@ -9,9 +9,11 @@
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use paddock_core::mount::{Mount, Node, Walker};
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
 use crate::chain::DirChain;
 
@@ -50,15 +52,38 @@ fn name_of(name: &str) -> std::io::Result<CString> {
     CString::new(name).map_err(|_| std::io::Error::other("name contains a NUL byte"))
 }
 
-/// Opens a mount's host root as an `O_PATH` directory handle. Host roots come from the
-/// operator's configuration and are canonical, so following symlinks in them is intended.
+/// Opens a mount's host root as an `O_PATH` directory handle (see [`open_host_root`]).
 pub(crate) fn open_mount_root(mount: &Mount) -> std::io::Result<OwnedFd> {
-    let fd = rustix::fs::open(
-        &mount.host,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    Ok(fd)
+    open_host_root(&mount.host, OFlags::PATH, mount.is_user_data())
+}
+
+/// Opens a mount's host root with `flags` (plus `O_DIRECTORY | O_CLOEXEC`). The roots of
+/// a thread's data (`no_symlinks`) are canonical directories whose parent the tenant can
+/// write (`user-data` holds `workspace`, `uploads` and `outputs`): a symlink anywhere in
+/// their path was planted, so it is refused (`ELOOP`), never followed —
+/// `openat2(RESOLVE_NO_SYMLINKS)`, or on a kernel without it a walk opening each component
+/// `O_NOFOLLOW`. Other roots come from the operator's configuration, where following
+/// symlinks is intended.
+pub(crate) fn open_host_root(
+    host: &Path,
+    flags: OFlags,
+    no_symlinks: bool,
+) -> std::io::Result<OwnedFd> {
+    let flags = flags | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !no_symlinks {
+        return Ok(rustix::fs::open(host, flags, Mode::empty())?);
+    }
+    let resolve = ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(rustix::fs::CWD, host, flags, Mode::empty(), resolve) {
+        Err(rustix::io::Errno::NOSYS) => {}
+        r => return Ok(r?),
+    }
+    let start = if host.is_absolute() { "/" } else { "." };
+    let mut cur = rustix::fs::open(start, DIR_PATH_FLAGS, Mode::empty())?;
+    for part in host.iter().filter(|p| p.as_bytes() != b"/") {
+        cur = rustix::fs::openat(&cur, part, DIR_PATH_FLAGS, Mode::empty())?;
+    }
+    Ok(rustix::fs::openat(&cur, ".", flags, Mode::empty())?)
 }
 
 /// Classifies `name` in `dir` without following a symlink.
@@ -88,7 +113,8 @@ impl Walker for FdWalker {
     }
 
     fn push_mount(&mut self, mount: &Mount) -> std::io::Result<()> {
-        self.stack.push_host_root(&mount.host, OFlags::PATH)
+        self.stack
+            .push_host_root(&mount.host, OFlags::PATH, mount.is_user_data())
     }
 
     fn lookup(&mut self, name: &str) -> std::io::Result<Node> {
