@@ -176,11 +176,13 @@ pub struct KubeConfig {
 pub const DEFAULT_EXTRA_MOUNT_PATHS: &[&str] = paddock_core::mount::GATEWAY_MOUNT_PATHS;
 
 /// Container paths no extra mount may take or nest under: the thread's user data (never
-/// overridable), the agent's data-dir layout and its config directory.
+/// overridable), the agent's data-dir layout, its config directory and the mountpoint
+/// helpers.
 pub const NEVER_ALLOWED: &[&str] = &[
     paddock_core::mount::USER_DATA,
     crate::objects::AGENT_DATA_DIR,
     crate::objects::AGENT_CONFIG_DIR,
+    crate::objects::MOUNTPOINTS_DIR,
 ];
 
 /// Why `path` (normalised, absolute) may not be an extra mount's container path, or

@@ -62,6 +62,8 @@ pub const AGENT_CONFIG_FILE: &str = "paddock.yaml";
 pub const AGENT_CONFIG_ANNOTATION: &str = "paddock.dev/agent-config";
 /// The volume of the agent's config file.
 pub const AGENT_CONFIG_VOLUME: &str = "agent-config";
+/// Where the mountpoint helpers are mounted (see [`mountpoint_helpers`]).
+pub const MOUNTPOINTS_DIR: &str = "/run/paddock/mountpoints";
 
 /// Where `paddock agent --data-dir` [`AGENT_DATA_DIR`] keeps the directory its own mount
 /// table maps container path `path` to (user data, the ACP workspace, skills and custom
@@ -382,6 +384,8 @@ fn volumes(cfg: &Resolved, s: &SandboxSpec<'_>) -> Mounts {
         ));
     }
     vols.retain(|v| mounts.iter().any(|m| m.name == v.name));
+    let helpers = mountpoint_helpers(&vols, &mounts);
+    mounts.extend(helpers);
     // Byte order puts a path before every path under it (a prefix sorts first), so a nested
     // mount (`config/locks` in `config`) is made after its parent.
     mounts.sort_by(|a, b| a.mount_path.cmp(&b.mount_path));
@@ -390,6 +394,72 @@ fn volumes(cfg: &Resolved, s: &SandboxSpec<'_>) -> Mounts {
         mounts,
         agent_custom,
     }
+}
+
+/// The directory behind a mount as the node sees it (`hostPath` path or `pvc:{claim}`,
+/// plus the subPath), for the volume kinds Paddock uses.
+fn source_of(vols: &[Volume], m: &VolumeMount) -> Option<String> {
+    let v = vols.iter().find(|v| v.name == m.name)?;
+    let base = match (&v.host_path, &v.persistent_volume_claim) {
+        (Some(h), _) => h.path.clone(),
+        (None, Some(c)) => format!("pvc:{}", c.claim_name),
+        _ => return None,
+    };
+    Some(match &m.sub_path {
+        Some(sub) => format!("{base}/{sub}"),
+        None => base,
+    })
+}
+
+/// Mounts that make the kubelet create the mountpoints nested mounts need inside a
+/// read-only hostPath parent. The container runtime mounts a read-only parent
+/// (`/mnt/skills`, from the gateway's `skills_view`) before its children and then has to
+/// make each child's mountpoint in it, which fails (`mkdir ...: read-only file system`)
+/// when the parent's directory lacks it: DeerFlow's global `skills_view` holds only
+/// `public/`. For each such child this mounts the parent's volume with subPath
+/// `{child's path below the parent}` (read-only) under [`MOUNTPOINTS_DIR`], and the
+/// kubelet creates a missing subPath directory on the node before the container starts.
+/// A child whose own directory is the parent's subdirectory (`config/locks` in `config`)
+/// needs none, and PVC parents are left alone (a read-only claim cannot be written; the
+/// skills PVC must hold the mountpoints).
+fn mountpoint_helpers(vols: &[Volume], mounts: &[VolumeMount]) -> Vec<VolumeMount> {
+    let mut needed: Vec<(String, String)> = Vec::new();
+    for m in mounts {
+        let parent = mounts
+            .iter()
+            .filter(|p| {
+                m.mount_path
+                    .strip_prefix(&p.mount_path)
+                    .is_some_and(|r| r.starts_with('/'))
+            })
+            .max_by_key(|p| p.mount_path.len());
+        let Some(parent) = parent.filter(|p| p.read_only == Some(true)) else {
+            continue;
+        };
+        let is_host_path = vols
+            .iter()
+            .any(|v| v.name == parent.name && v.host_path.is_some());
+        let (Some(ps), Some(ms)) = (source_of(vols, parent), source_of(vols, m)) else {
+            continue;
+        };
+        let rel = &m.mount_path[parent.mount_path.len() + 1..];
+        if !is_host_path || ms == format!("{ps}/{rel}") {
+            continue;
+        }
+        let sub = match &parent.sub_path {
+            Some(s) => format!("{s}/{rel}"),
+            None => rel.to_owned(),
+        };
+        needed.push((parent.name.clone(), sub));
+    }
+    // Numbered in a fixed order, whatever order the mounts came in.
+    needed.sort();
+    needed.dedup();
+    needed
+        .into_iter()
+        .enumerate()
+        .map(|(i, (volume, sub))| mount(&volume, format!("{MOUNTPOINTS_DIR}/{i}"), true, Some(sub)))
+        .collect()
 }
 
 /// The agent's config (JSON, which its YAML loader reads) when it must learn of mounts
@@ -795,6 +865,19 @@ mod tests {
             let x = at(&m, path);
             assert_eq!((x.1.as_str(), x.2), (vol, ro), "{path}");
         }
+        // custom and legacy are mounted in the read-only /mnt/skills: the kubelet makes their
+        // mountpoints in the skills directory (subPath mounts of the skills volume).
+        for (i, sub) in ["custom", "legacy"].iter().enumerate() {
+            let x = at(&m, &format!("/run/paddock/mountpoints/{i}"));
+            assert_eq!(
+                (x.1.as_str(), x.2, x.3.as_deref()),
+                ("skills", true, Some(*sub))
+            );
+        }
+        assert!(
+            !m.iter().any(|x| x.0 == "/run/paddock/mountpoints/2"),
+            "one helper per mountpoint: {m:?}"
+        );
         // Nothing for the agent's config: its layout covers every mount.
         assert!(volume(&p, AGENT_CONFIG_VOLUME).is_none());
         assert!(
@@ -855,6 +938,20 @@ mod tests {
         assert!(
             !at(&m, "/mnt/integrations/lark-cli/config/locks").2,
             "locks writable"
+        );
+        // Mountpoints in the read-only skills directory; none for config/locks, whose own
+        // directory is config's subdirectory.
+        let helpers: Vec<Option<&str>> = m
+            .iter()
+            .filter(|x| x.0.starts_with(MOUNTPOINTS_DIR))
+            .map(|x| {
+                assert_eq!(x.1, "skills", "{x:?}");
+                x.3.as_deref()
+            })
+            .collect();
+        assert_eq!(
+            helpers,
+            [Some("custom"), Some("integrations"), Some("legacy")]
         );
         // Each path once, and every mount after the one it nests in.
         let paths: Vec<&str> = m.iter().map(|x| x.0.as_str()).collect();
@@ -963,6 +1060,14 @@ mod tests {
         // The user-data volume still backs user data, the ACP workspace and legacy skills.
         assert!(volume(&p, "user-data").is_some());
         assert!(volume(&p, "skills-custom").is_none());
+        // The skills hostPath still gets its mountpoints; the claim needs none.
+        assert_eq!(
+            m.iter()
+                .filter(|x| x.0.starts_with(MOUNTPOINTS_DIR))
+                .map(|x| (x.1.as_str(), x.3.as_deref()))
+                .collect::<Vec<_>>(),
+            [("skills", Some("custom")), ("skills", Some("legacy"))]
+        );
         let claim = volume(&p, "extra-0")
             .and_then(|v| v.persistent_volume_claim.as_ref())
             .expect("pvc");
