@@ -675,4 +675,8 @@ fn remove_pod_dir(dir: &Path) {
     {
         tracing::warn!(dir = %dir.display(), error = %e, "could not remove a pod's directory");
     }
+    // The per-process parent goes with its last Pod (fails harmlessly while others live).
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
 }
