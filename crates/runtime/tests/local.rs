@@ -595,3 +595,23 @@ async fn a_prebuilt_shell_runs_commands_as_a_fresh_bash_would() {
     let o = run(&a, "sh -c 'echo $PPID'").await;
     assert_eq!(o.stdout, "1\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_can_signal_the_background_processes_an_earlier_one_left() {
+    if !isolated_supported() {
+        return;
+    }
+    let e = env();
+    let sb = e.sandbox("signals").await;
+    let o = run(&sb, "sleep 4711 >/dev/null 2>&1 & echo $!").await;
+    let pid = o.stdout.trim().to_owned();
+    assert!(pid.parse::<u32>().is_ok(), "{o:?}");
+    // As in a container: the commands of one sandbox share one landlock domain, so the
+    // next command may `kill` it (a domain per command would refuse with EPERM).
+    let o = run(
+        &sb,
+        &format!("kill {pid} && echo killed; sleep 0.2; kill -0 {pid} 2>/dev/null || echo gone"),
+    )
+    .await;
+    assert_eq!(o.stdout, "killed\ngone\n", "{o:?}");
+}

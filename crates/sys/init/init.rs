@@ -143,7 +143,6 @@ struct Spawn {
     nfds: usize,
     cgroups: [c_int; INIT_MAX_CGROUPS],
     ncgroups: usize,
-    landlock: bool,
     /// Set by a child that failed: the step, and its errno (a vfork child writes them
     /// here; a forked one also sends them on `report`).
     failed: u32,
@@ -159,6 +158,8 @@ static mut STACK: Stack = Stack([0; 64 * 1024]);
 
 static mut ARGV: [*const c_char; INIT_MAX_ARGS + 1] = [core::ptr::null(); INIT_MAX_ARGS + 1];
 static mut ENVP: [*const c_char; INIT_MAX_ENV + 1] = [core::ptr::null(); INIT_MAX_ENV + 1];
+/// Whether init has entered its landlock domain.
+static mut RESTRICTED: bool = false;
 /// Running shells: (pid, exec id); pid 0 marks a free slot.
 static mut LIVE: [(c_int, u32); INIT_MAX_LIVE] = [(0, 0); INIT_MAX_LIVE];
 
@@ -202,7 +203,8 @@ static ALLOW: Insn = Insn { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 };
 const PR_SET_SECCOMP: c_int = 22;
 const SECCOMP_MODE_FILTER: usize = 2;
 
-/// The child: its own filter, into its cgroups, landlock, stdio, session, cwd, `execve`.
+/// The child: its own filter, into its cgroups, stdio, session, cwd, `execve` (landlock
+/// is init's, inherited).
 extern "C" fn child(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Spawn` on init's stack; init is suspended (CLONE_VFORK) until
     // this child execs or exits. Only raw libc calls follow, ending in execve or _exit.
@@ -235,9 +237,6 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
             if write(s.cgroups[i], b"0".as_ptr().cast(), 1) != 1 {
                 fail(s, INIT_S_CGROUP);
             }
-        }
-        if s.landlock && syscall(SYS_LANDLOCK_RESTRICT_SELF, INIT_RULESET_FD, 0u32) < 0 {
-            fail(s, INIT_S_LANDLOCK);
         }
         // Park every given descriptor above the ones they go to, then place them: a plain
         // dup2 in order could overwrite one still to be placed.
@@ -503,6 +502,26 @@ unsafe fn message(buf: *mut u8, landlock: bool) {
         record(INIT_REC_FAILED, id, INIT_S_BUSY as i32, EAGAIN);
         return;
     };
+    // Init enters the landlock domain itself, before its first child: every command of the
+    // sandbox is then in one domain, as a container's processes are, so a command can
+    // signal (and `kill`) the background processes an earlier one left, while nothing in
+    // the sandbox can signal anything outside it. (A domain per command would scope each
+    // command's signals to itself.) Not at start: init runs from a memfd that the ruleset
+    // would not let it execute, and a failure here is reported like any spawn's.
+    // SAFETY: init is single-threaded; RESTRICTED is only used here.
+    let restricted = unsafe { &mut *core::ptr::addr_of_mut!(RESTRICTED) };
+    if landlock && !*restricted {
+        // SAFETY: landlock_restrict_self(2) on the ruleset Paddock placed at
+        // INIT_RULESET_FD; `no_new_privs` is set, as it requires.
+        if unsafe { syscall(SYS_LANDLOCK_RESTRICT_SELF, INIT_RULESET_FD, 0u32) } < 0 {
+            close_all(&got[..ngot]);
+            record(INIT_REC_FAILED, id, INIT_S_LANDLOCK as i32, errno());
+            return;
+        }
+        // SAFETY: the ruleset is no longer needed.
+        unsafe { close(INIT_RULESET_FD) };
+        *restricted = true;
+    }
     let clone_into = word(&h, 7) & INIT_RUN_CLONE_INTO != 0 && ncg > 0;
     let mut s = Spawn {
         program,
@@ -513,7 +532,6 @@ unsafe fn message(buf: *mut u8, landlock: bool) {
         nfds,
         cgroups: [-1; INIT_MAX_CGROUPS],
         ncgroups: if clone_into { ncg - 1 } else { ncg },
-        landlock,
         failed: 0,
         errno: 0,
         report: -1,
