@@ -86,7 +86,9 @@ pub(crate) fn open_host_root(
     Ok(rustix::fs::openat(&cur, ".", flags, Mode::empty())?)
 }
 
-/// Classifies `name` in `dir` without following a symlink.
+/// Classifies `name` in `dir` without following a symlink. A link is opened (`O_PATH |
+/// O_NOFOLLOW`) and read through that descriptor, so an entry the tenant swaps between the
+/// stat and the read is classified as what the descriptor holds, never misread.
 pub(crate) fn lookup_at(dir: impl AsFd, name: &str) -> std::io::Result<Node> {
     let dir = dir.as_fd();
     let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -94,17 +96,31 @@ pub(crate) fn lookup_at(dir: impl AsFd, name: &str) -> std::io::Result<Node> {
         Err(rustix::io::Errno::NOENT) => return Ok(Node::Missing),
         Err(e) => return Err(e.into()),
     };
-    Ok(match FileType::from_raw_mode(st.st_mode) {
+    if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+        return Ok(node_of(st.st_mode));
+    }
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(Node::Missing),
+        Err(e) => return Err(e.into()),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Symlink {
+        return Ok(node_of(st.st_mode));
+    }
+    let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+    // A non-UTF-8 target cannot name a virtual path; the walk treats an empty target as
+    // dangling.
+    Ok(Node::Symlink(target.into_string().unwrap_or_default()))
+}
+
+fn node_of(mode: u32) -> Node {
+    match FileType::from_raw_mode(mode) {
         FileType::Directory => Node::Dir,
         FileType::RegularFile => Node::File,
-        FileType::Symlink => {
-            let target = rustix::fs::readlinkat(dir, name, Vec::new())?;
-            // A non-UTF-8 target cannot name a virtual path; the walk treats an empty
-            // target as dangling.
-            Node::Symlink(target.into_string().unwrap_or_default())
-        }
         _ => Node::Other,
-    })
+    }
 }
 
 impl Walker for FdWalker {
