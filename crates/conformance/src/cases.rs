@@ -289,6 +289,7 @@ pub async fn text_line_ranges(env: Env) -> anyhow::Result<()> {
         path: p.clone(),
         start_line: s,
         end_line: e,
+        max_bytes: None,
     };
     let t = env.sb().read_text(r(Some(2), Some(4))).await?;
     ensure!(t.content == "l2\nl3\nl4" && t.total_lines == 5, "{t:?}");
@@ -311,6 +312,7 @@ pub async fn text_bad_range(env: Env) -> anyhow::Result<()> {
                 path: p.clone(),
                 start_line: Some(3),
                 end_line: Some(2),
+                max_bytes: None,
             })
             .await,
         &["invalid_argument"],
@@ -323,6 +325,7 @@ pub async fn text_bad_range(env: Env) -> anyhow::Result<()> {
                 path: p,
                 start_line: Some(0),
                 end_line: None,
+                max_bytes: None,
             })
             .await,
         &["invalid_argument"],
@@ -718,6 +721,7 @@ pub async fn str_replace_variants(env: Env) -> anyhow::Result<()> {
         new: new.into(),
         replace_all: all,
         expect_unique: unique,
+        max_bytes: None,
     };
     write(&env, &p, "a b a b a").await?;
     ensure!(
@@ -774,6 +778,39 @@ pub async fn str_replace_variants(env: Env) -> anyhow::Result<()> {
         env.sb().str_replace(sr("a", "b", false, false)).await,
         &["no_match"],
         "nothing left to replace",
+    )?;
+    // A result over the request's bound is refused before anything is written, and so is
+    // a text read of a file over it.
+    let before = read(&env, &p).await?;
+    let bound = (before.len() + 4) as u64;
+    let e = expect_code(
+        env.sb()
+            .str_replace(StrReplace {
+                max_bytes: Some(bound),
+                ..sr("Y", "YYYY", true, false)
+            })
+            .await,
+        &["too_large"],
+        "result over the bound",
+    )?;
+    ensure!(
+        matches!(&e, SandboxError::ResultTooLarge { size, limit, field, .. }
+            if *size == before.len() as u64 + 6 && *limit == bound && field == "new"),
+        "{e:?}"
+    );
+    ensure!(
+        read(&env, &p).await? == before,
+        "refused replace changed nothing"
+    );
+    expect_code(
+        env.sb()
+            .read_text(ReadText {
+                max_bytes: Some(4),
+                ..ReadText::new(p.clone())
+            })
+            .await,
+        &["too_large"],
+        "read over the bound",
     )?;
     Ok(())
 }

@@ -309,11 +309,14 @@ impl Sandbox for HostSandbox {
                 path: vp.to_string(),
             });
         }
-        if md.len() > DEFAULT_TEXT_CAP_BYTES {
+        let cap = req
+            .max_bytes
+            .map_or(DEFAULT_TEXT_CAP_BYTES, |m| m.min(DEFAULT_TEXT_CAP_BYTES));
+        if md.len() > cap {
             return Err(SandboxError::TooLarge {
                 path: vp.to_string(),
                 size: md.len(),
-                limit: DEFAULT_TEXT_CAP_BYTES,
+                limit: cap,
             });
         }
         let bytes = std::fs::read(&host).map_err(Self::io("read", &vp))?;
@@ -641,7 +644,16 @@ impl Sandbox for HostSandbox {
 
     async fn str_replace(&self, req: StrReplace) -> Result<ReplaceOutcome, SandboxError> {
         let (host, vp, ro) = self.resolve(&req.path, false)?;
-        let text = self.read_text(ReadText::new(vp.as_str())).await?.content;
+        let cap = req
+            .max_bytes
+            .map_or(DEFAULT_TEXT_CAP_BYTES, |m| m.min(DEFAULT_TEXT_CAP_BYTES));
+        let text = self
+            .read_text(ReadText {
+                max_bytes: Some(cap),
+                ..ReadText::new(vp.as_str())
+            })
+            .await?
+            .content;
         if req.old.is_empty() {
             return Ok(ReplaceOutcome { replacements: 0 });
         }
@@ -660,6 +672,16 @@ impl Sandbox for HostSandbox {
             return Err(SandboxError::Ambiguous {
                 path: vp.to_string(),
                 count,
+            });
+        }
+        let n = if req.replace_all { count } else { 1 };
+        let size = (text.len() as u64 - (req.old.len() * n) as u64) + (req.new.len() * n) as u64;
+        if size > cap {
+            return Err(SandboxError::ResultTooLarge {
+                path: vp.to_string(),
+                field: "new".into(),
+                size,
+                limit: cap,
             });
         }
         let (new, n) = if req.replace_all {

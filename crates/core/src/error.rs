@@ -88,6 +88,21 @@ pub enum SandboxError {
         /// The cap.
         limit: u64,
     },
+    /// What an operation would produce exceeds a configured cap (checked before it is
+    /// produced), e.g. a `replace_all` whose result would outgrow the file size limit.
+    #[error(
+        "{field} would make {path} {size} bytes, over the limit of {limit} bytes; nothing was changed"
+    )]
+    ResultTooLarge {
+        /// The virtual path.
+        path: String,
+        /// The request field that makes it too large (`new`).
+        field: String,
+        /// The size the result would have.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
     /// Too many symlinks to resolve.
     #[error("too many levels of symbolic links: {path}")]
     SymlinkLoop {
@@ -167,7 +182,7 @@ impl SandboxError {
             Self::NotADirectory { .. } => "not_a_directory",
             Self::IsADirectory { .. } => "is_a_directory",
             Self::NotText { .. } => "not_text",
-            Self::TooLarge { .. } => "too_large",
+            Self::TooLarge { .. } | Self::ResultTooLarge { .. } => "too_large",
             Self::SymlinkLoop { .. } => "symlink_loop",
             Self::NoMatch { .. } => "no_match",
             Self::Ambiguous { .. } => "ambiguous",
@@ -200,6 +215,7 @@ impl SandboxError {
             | Self::IsADirectory { path }
             | Self::NotText { path }
             | Self::TooLarge { path, .. }
+            | Self::ResultTooLarge { path, .. }
             | Self::SymlinkLoop { path }
             | Self::NoMatch { path }
             | Self::Ambiguous { path, .. }

@@ -264,6 +264,10 @@ pub struct ReadText {
     /// Last line (1-based, inclusive).
     #[serde(default)]
     pub end_line: Option<u64>,
+    /// Refuse files larger than this many bytes (the backend's cap is an upper bound): a
+    /// text read is held in memory whole, so this bounds what one read costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 impl ReadText {
@@ -667,6 +671,11 @@ pub struct StrReplace {
     /// Refuse when `old` occurs more than once.
     #[serde(default)]
     pub expect_unique: bool,
+    /// Refuse when the file, or the text it would become, is larger than this many bytes
+    /// (the backend's cap is an upper bound). The result's size is computed from the match
+    /// count before it is built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
 }
 
 /// What a replace did.
@@ -841,12 +850,14 @@ mod tests {
             path: "/x".into(),
             start_line: Some(3),
             end_line: Some(2),
+            max_bytes: None,
         };
         assert!(r.validate().is_err());
         let r = ReadText {
             path: "/x".into(),
             start_line: Some(0),
             end_line: None,
+            max_bytes: None,
         };
         assert!(r.validate().unwrap_err().to_string().contains("start_line"));
     }

@@ -33,6 +33,7 @@ pub use chain::HELD_FDS;
 pub use ignore::{IGNORE_PATTERNS, is_ignored};
 pub use search::{GREP_MAX_FDS, GREP_MAX_WORKERS, GREP_QUEUED_PER_WORKER};
 pub use tree::{WALK_MAX_ENTRIES, WALK_MAX_FDS, WALK_MAX_NAME_BYTES};
+pub use write::Upload;
 
 /// Default cap on an upload (1 GiB).
 pub const DEFAULT_UPLOAD_CAP_BYTES: u64 = 1024 * 1024 * 1024;
@@ -40,11 +41,12 @@ pub const DEFAULT_UPLOAD_CAP_BYTES: u64 = 1024 * 1024 * 1024;
 /// Limits and behaviour of [`FsOps`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsOptions {
-    /// Largest file `read_text` / `str_replace` loads.
+    /// Largest file `read_text` / `str_replace` loads, and largest text a `str_replace`
+    /// may produce (a request's `max_bytes` may lower it).
     pub text_cap_bytes: u64,
     /// Largest byte range `open_read` hands out.
     pub download_cap_bytes: u64,
-    /// Largest upload `write_from_reader` accepts.
+    /// Largest upload `begin_write` / `write_from_reader` accepts.
     pub upload_cap_bytes: u64,
     /// Chown files and directories this crate creates to `uid:gid`: the sandbox runs as an
     /// unprivileged uid while Paddock may run as root, and must own what it writes.
@@ -121,6 +123,13 @@ impl FsOps {
         write::write_text(self, req)
     }
 
+    /// Starts a write whose bytes the caller hands over in pieces ([`Upload::write`], then
+    /// [`Upload::finish`]): atomic (temp file, fsync, rename) unless appending. Lets an
+    /// async caller receive an upload without a thread waiting on the network.
+    pub fn begin_write(&self, req: &WriteBytes) -> Result<Upload, SandboxError> {
+        write::begin_write(self, req)
+    }
+
     /// Writes bytes from `body`: atomically (temp file, fsync, rename) unless appending.
     pub fn write_from_reader(
         &self,
@@ -150,7 +159,9 @@ impl FsOps {
         search::grep(self, req)
     }
 
-    /// Replaces text in a file, writing it back atomically.
+    /// Replaces text in a file, writing it back atomically. The result's size is computed
+    /// from the match count first and refused over the cap (`ResultTooLarge`), so a
+    /// `replace_all` cannot blow a small file up.
     pub fn str_replace(&self, req: &StrReplace) -> Result<ReplaceOutcome, SandboxError> {
         write::str_replace(self, req)
     }

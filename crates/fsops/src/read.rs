@@ -108,7 +108,9 @@ pub(crate) fn read_text(ops: &FsOps, req: &ReadText) -> Result<TextContent, Sand
     req.validate()?;
     let r = ops.resolve(&req.path, FOLLOW)?;
     let (file, st) = open_regular(&r)?;
-    let bytes = read_capped(&r, &file, &st, ops.options().text_cap_bytes)?;
+    let cap = ops.options().text_cap_bytes;
+    let cap = req.max_bytes.map_or(cap, |m| m.min(cap));
+    let bytes = read_capped(&r, &file, &st, cap)?;
     let text = String::from_utf8(bytes).map_err(|_| SandboxError::NotText { path: r.shown() })?;
     let total_lines = count_lines(&text);
     let content = if req.start_line.is_none() && req.end_line.is_none() {

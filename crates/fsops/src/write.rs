@@ -1,4 +1,5 @@
-//! Writes: `write_text`, `write_from_reader` (uploads) and `str_replace`.
+//! Writes: `write_text`, uploads ([`Upload`], fed chunk by chunk, and `write_from_reader`
+//! over it) and `str_replace`.
 //!
 //! Invariant: every write first passes the read-only check on the mount that owns the
 //! *resolved* path (so a symlink into a nested read-only mount is refused), and only
@@ -84,9 +85,38 @@ pub(crate) fn write_text(ops: &FsOps, req: &WriteText) -> Result<WriteOutcome, S
     })
 }
 
+/// Where a write lands, owned (so it can outlive the resolution that found it): the
+/// directory fd, the final name in it and the path as requested (for errors).
+#[derive(Debug)]
+struct Place {
+    dir: OwnedFd,
+    name: Option<String>,
+    requested: paddock_core::VirtualPath,
+}
+
+impl Place {
+    fn of(r: Resolved<'_>) -> Self {
+        let name = r.name().map(str::to_owned);
+        Self {
+            dir: r.dir,
+            name,
+            requested: r.requested,
+        }
+    }
+
+    fn shown(&self) -> String {
+        self.requested.to_string()
+    }
+
+    fn io_err(&self, op: &str, e: impl Into<std::io::Error>) -> SandboxError {
+        SandboxError::from_io(op, self.requested.as_str(), &e.into())
+    }
+}
+
 /// A temp file beside the target, removed on drop unless committed.
-struct TempFile<'r, 't> {
-    r: &'r Resolved<'t>,
+#[derive(Debug)]
+struct TempFile {
+    place: Place,
     name: String,
     file: std::fs::File,
     committed: bool,
@@ -100,42 +130,43 @@ fn temp_name() -> String {
     format!(".paddock-upload-{:016x}.part", h.finish())
 }
 
-impl<'r, 't> TempFile<'r, 't> {
-    fn create(r: &'r Resolved<'t>) -> Result<Self, SandboxError> {
+impl TempFile {
+    fn create(place: Place) -> Result<Self, SandboxError> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut last = None;
         for _ in 0..16 {
             let name = temp_name();
-            match rustix::fs::openat(&r.dir, &name, flags, Mode::from_raw_mode(NEW_FILE_MODE)) {
+            match rustix::fs::openat(&place.dir, &name, flags, Mode::from_raw_mode(NEW_FILE_MODE)) {
                 Ok(fd) => {
                     return Ok(Self {
-                        r,
+                        place,
                         name,
                         file: std::fs::File::from(fd),
                         committed: false,
                     });
                 }
                 Err(rustix::io::Errno::EXIST) => last = Some(rustix::io::Errno::EXIST),
-                Err(e) => return Err(r.io_err("create", e)),
+                Err(e) => return Err(place.io_err("create", e)),
             }
         }
-        Err(r.io_err("create", last.unwrap_or(rustix::io::Errno::EXIST)))
+        Err(place.io_err("create", last.unwrap_or(rustix::io::Errno::EXIST)))
     }
 
     /// fsync, then rename over the target in the same directory, then fsync the directory.
     fn commit(mut self) -> Result<(), SandboxError> {
-        let r = self.r;
-        let target = r
-            .name()
-            .ok_or_else(|| SandboxError::IsADirectory { path: r.shown() })?;
-        self.file.sync_all().map_err(|e| r.io_err("fsync", e))?;
-        rustix::fs::renameat(&r.dir, &self.name, &r.dir, target)
-            .map_err(|e| r.io_err("rename", e))?;
+        let p = &self.place;
+        let target = p
+            .name
+            .as_deref()
+            .ok_or_else(|| SandboxError::IsADirectory { path: p.shown() })?;
+        self.file.sync_all().map_err(|e| p.io_err("fsync", e))?;
+        rustix::fs::renameat(&p.dir, &self.name, &p.dir, target)
+            .map_err(|e| p.io_err("rename", e))?;
         self.committed = true;
         // Durability of the rename itself; a failure here leaves a correct file behind.
         let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        if let Ok(d) = rustix::fs::openat(&r.dir, ".", dir_flags, Mode::empty())
+        if let Ok(d) = rustix::fs::openat(&p.dir, ".", dir_flags, Mode::empty())
             && let Err(e) = rustix::fs::fsync(&d)
         {
             tracing::debug!(error = %e, "directory fsync failed after rename");
@@ -144,48 +175,134 @@ impl<'r, 't> TempFile<'r, 't> {
     }
 }
 
-impl Drop for TempFile<'_, '_> {
+impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.committed
-            && let Err(e) = rustix::fs::unlinkat(&self.r.dir, &self.name, AtFlags::empty())
+            && let Err(e) = rustix::fs::unlinkat(&self.place.dir, &self.name, AtFlags::empty())
         {
             tracing::warn!(error = %e, "could not remove an abandoned upload temp file");
         }
     }
 }
 
-/// Copies `body` into `out`, refusing more than `cap` bytes. Returns the bytes copied.
-fn copy_capped(
-    r: &Resolved<'_>,
-    body: &mut dyn Read,
-    out: &mut std::fs::File,
+/// Where an upload's bytes go: a temp file renamed over the target on success, or the
+/// target itself when appending (cut back to its old length on failure).
+#[derive(Debug)]
+enum Sink {
+    Atomic(TempFile),
+    Append {
+        place: Place,
+        file: std::fs::File,
+        before: u64,
+    },
+}
+
+/// A write in progress whose bytes arrive in pieces (an upload from the network). The
+/// caller receives the bytes however it likes (asynchronously) and hands them over with
+/// [`Upload::write`], so no thread waits on the network here; each call is bounded
+/// blocking file IO. Dropped without [`Upload::finish`], it leaves the target as it was.
+#[derive(Debug)]
+pub struct Upload {
+    sink: Option<Sink>,
+    vpath: paddock_core::VirtualPath,
+    owner: Option<(u32, u32)>,
+    written: u64,
     cap: u64,
-) -> Result<u64, SandboxError> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total: u64 = 0;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                return Err(SandboxError::Io {
-                    op: "upload".into(),
-                    path: r.shown(),
-                    message: format!("reading the request body failed: {e}"),
-                });
-            }
-        };
-        total += n as u64;
-        if total > cap {
+}
+
+impl Upload {
+    fn place(&self) -> Option<&Place> {
+        match self.sink.as_ref()? {
+            Sink::Atomic(t) => Some(&t.place),
+            Sink::Append { place, .. } => Some(place),
+        }
+    }
+
+    /// Bytes accepted so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends `chunk`, refusing to go past the cap (the upload is then abandoned: what
+    /// was written is discarded when it is dropped).
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), SandboxError> {
+        let total = self.written.saturating_add(chunk.len() as u64);
+        let place = self.place().ok_or_else(|| SandboxError::Internal {
+            message: "write after the upload ended".into(),
+        })?;
+        if total > self.cap {
             return Err(SandboxError::TooLarge {
-                path: r.shown(),
+                path: place.shown(),
                 size: total,
-                limit: cap,
+                limit: self.cap,
             });
         }
-        out.write_all(&buf[..n]).map_err(|e| r.io_err("write", e))?;
+        let res = match self.sink.as_mut() {
+            Some(Sink::Atomic(t)) => t.file.write_all(chunk),
+            Some(Sink::Append { file, .. }) => file.write_all(chunk),
+            None => Ok(()),
+        };
+        if let Err(e) = res {
+            let place = self.place().map(Place::shown).unwrap_or_default();
+            return Err(SandboxError::from_io("write", &place, &e));
+        }
+        self.written = total;
+        Ok(())
     }
+
+    /// Completes the write: the temp file is synced and renamed over the target.
+    pub fn finish(mut self) -> Result<WriteOutcome, SandboxError> {
+        match self.sink.take() {
+            Some(Sink::Atomic(tmp)) => {
+                adopt_metadata(self.owner, &tmp.place, &tmp.file)?;
+                tmp.commit()?;
+            }
+            Some(Sink::Append { .. }) | None => {}
+        }
+        Ok(WriteOutcome {
+            path: self.vpath.to_string(),
+            bytes_written: self.written,
+        })
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        // The temp file removes itself; a refused or abandoned append is undone so the
+        // file is left as it was.
+        if let Some(Sink::Append { file, before, .. }) = self.sink.take()
+            && let Err(e) = file.set_len(before)
+        {
+            tracing::warn!(error = %e, "could not undo a refused append");
+        }
+    }
+}
+
+pub(crate) fn begin_write(ops: &FsOps, req: &WriteBytes) -> Result<Upload, SandboxError> {
+    let cap = req.max_bytes.map_or(ops.options().upload_cap_bytes, |m| {
+        m.min(ops.options().upload_cap_bytes)
+    });
+    let r = ops.resolve(&req.path, CREATE)?;
+    expect_writable_target(&r)?;
+    let vpath = r.vpath().clone();
+    let sink = if req.append {
+        let file = open_in_place(ops, &r, true)?;
+        let before = file.metadata().map_err(|e| r.io_err("stat", e))?.len();
+        Sink::Append {
+            place: Place::of(r),
+            file,
+            before,
+        }
+    } else {
+        Sink::Atomic(TempFile::create(Place::of(r))?)
+    };
+    Ok(Upload {
+        sink: Some(sink),
+        vpath,
+        owner: ops.options().owner,
+        written: 0,
+        cap,
+    })
 }
 
 pub(crate) fn write_from_reader(
@@ -193,45 +310,36 @@ pub(crate) fn write_from_reader(
     req: &WriteBytes,
     body: &mut dyn Read,
 ) -> Result<WriteOutcome, SandboxError> {
-    let cap = req.max_bytes.map_or(ops.options().upload_cap_bytes, |m| {
-        m.min(ops.options().upload_cap_bytes)
-    });
-    let r = ops.resolve(&req.path, CREATE)?;
-    expect_writable_target(&r)?;
-    if req.append {
-        let mut file = open_in_place(ops, &r, true)?;
-        let before = file.metadata().map_err(|e| r.io_err("stat", e))?.len();
-        let written = match copy_capped(&r, body, &mut file, cap) {
+    let mut up = begin_write(ops, req)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => return up.finish(),
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
-                // Undo the partial append so a refused upload leaves the file as it was.
-                if let Err(te) = file.set_len(before) {
-                    tracing::warn!(error = %te, "could not undo a refused append");
-                }
-                return Err(e);
+                return Err(SandboxError::Io {
+                    op: "upload".into(),
+                    path: up.place().map(Place::shown).unwrap_or_default(),
+                    message: format!("reading the request body failed: {e}"),
+                });
             }
         };
-        return Ok(WriteOutcome {
-            path: r.vpath().to_string(),
-            bytes_written: written,
-        });
+        up.write(&buf[..n])?;
     }
-    let mut tmp = TempFile::create(&r)?;
-    let written = copy_capped(&r, body, &mut tmp.file, cap)?;
-    adopt_metadata(ops, &r, &tmp.file)?;
-    tmp.commit()?;
-    Ok(WriteOutcome {
-        path: r.vpath().to_string(),
-        bytes_written: written,
-    })
 }
 
 /// Gives the temp file the mode and owner of the file it replaces, or the configured owner
 /// for a new file.
-fn adopt_metadata(ops: &FsOps, r: &Resolved<'_>, tmp: &std::fs::File) -> Result<(), SandboxError> {
+fn adopt_metadata(
+    owner: Option<(u32, u32)>,
+    r: &Place,
+    tmp: &std::fs::File,
+) -> Result<(), SandboxError> {
     let fd = rustix::fd::AsFd::as_fd(tmp);
     let existing = r
-        .name()
+        .name
+        .as_deref()
         .and_then(|n| rustix::fs::statat(&r.dir, n, AtFlags::SYMLINK_NOFOLLOW).ok())
         .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile);
     match existing {
@@ -259,7 +367,7 @@ fn adopt_metadata(ops: &FsOps, r: &Resolved<'_>, tmp: &std::fs::File) -> Result<
                 .map_err(|e| r.io_err("chmod", e))?;
         }
         None => {
-            if let Some((uid, gid)) = ops.options().owner {
+            if let Some((uid, gid)) = owner {
                 rustix::fs::fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
                     .map_err(|e| r.io_err("chown", e))?;
             }
@@ -268,10 +376,26 @@ fn adopt_metadata(ops: &FsOps, r: &Resolved<'_>, tmp: &std::fs::File) -> Result<
     Ok(())
 }
 
+/// The size `text` would have with `count` occurrences of `old` replaced by `new`
+/// (`None`: it would not fit in a u64).
+fn replaced_len(text_len: usize, old_len: usize, new_len: usize, count: usize) -> Option<u64> {
+    let removed = (old_len as u64).checked_mul(count as u64)?;
+    let added = (new_len as u64).checked_mul(count as u64)?;
+    (text_len as u64).checked_sub(removed)?.checked_add(added)
+}
+
 pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcome, SandboxError> {
+    // The result is held by no one (it is written piece by piece), but it becomes a file
+    // that later reads load: the read cap, the upload cap and the request's own bound all
+    // hold for it as for the file it came from.
+    let o = ops.options();
+    let cap = req
+        .max_bytes
+        .map_or(o.text_cap_bytes, |m| m.min(o.text_cap_bytes))
+        .min(o.upload_cap_bytes);
     let r = ops.resolve(&req.path, FOLLOW)?;
     let (file, st) = open_regular(&r)?;
-    let bytes = read_capped(&r, &file, &st, ops.options().text_cap_bytes)?;
+    let bytes = read_capped(&r, &file, &st, cap)?;
     drop(file);
     let text = String::from_utf8(bytes).map_err(|_| SandboxError::NotText { path: r.shown() })?;
     if req.old.is_empty() {
@@ -288,16 +412,31 @@ pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcom
             count,
         });
     }
-    let (updated, replacements) = if req.replace_all {
-        (text.replace(req.old.as_str(), &req.new), count)
-    } else {
-        (text.replacen(req.old.as_str(), &req.new, 1), 1)
-    };
-    let mut tmp = TempFile::create(&r)?;
-    tmp.file
-        .write_all(updated.as_bytes())
-        .map_err(|e| r.io_err("write", e))?;
-    adopt_metadata(ops, &r, &tmp.file)?;
+    let replacements = if req.replace_all { count } else { 1 };
+    let size = replaced_len(text.len(), req.old.len(), req.new.len(), replacements);
+    if size.is_none_or(|n| n > cap) {
+        return Err(SandboxError::ResultTooLarge {
+            path: r.shown(),
+            field: "new".into(),
+            size: size.unwrap_or(u64::MAX),
+            limit: cap,
+        });
+    }
+    let mut tmp = TempFile::create(Place::of(r))?;
+    {
+        let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut tmp.file);
+        let mut last = 0;
+        for (at, _) in text.match_indices(req.old.as_str()).take(replacements) {
+            out.write_all(&text.as_bytes()[last..at])
+                .and_then(|()| out.write_all(req.new.as_bytes()))
+                .map_err(|e| tmp.place.io_err("write", e))?;
+            last = at + req.old.len();
+        }
+        out.write_all(&text.as_bytes()[last..])
+            .and_then(|()| out.flush())
+            .map_err(|e| tmp.place.io_err("write", e))?;
+    }
+    adopt_metadata(o.owner, &tmp.place, &tmp.file)?;
     tmp.commit()?;
     Ok(ReplaceOutcome { replacements })
 }
@@ -322,7 +461,7 @@ mod tests {
         let ops = t.ops(true);
         let r = ops.resolve("/w/new.bin", CREATE).expect("resolve");
         let name = {
-            let tmp = TempFile::create(&r).expect("temp");
+            let tmp = TempFile::create(Place::of(r)).expect("temp");
             assert!(t.w.join(&tmp.name).exists());
             tmp.name.clone()
         };

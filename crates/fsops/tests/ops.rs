@@ -23,6 +23,7 @@ fn rt(path: &str, start: Option<u64>, end: Option<u64>) -> ReadText {
         path: path.into(),
         start_line: start,
         end_line: end,
+        max_bytes: None,
     }
 }
 
@@ -337,6 +338,7 @@ fn str_replace_semantics() {
             new: new.into(),
             replace_all: all,
             expect_unique: unique,
+            max_bytes: None,
         };
         assert_eq!(
             ops.str_replace(&req("", "x", false, false))

@@ -31,6 +31,9 @@ pub struct Tools {
     config: ToolsConfig,
     /// The `write_file` cap in force, resolved once from the config and the environment.
     write_limit: Option<u64>,
+    /// The largest file a read or an edit loads (and an edit may produce); `None`: the
+    /// sandbox's own cap.
+    read_limit: Option<u64>,
     locks: Arc<FileLocks>,
 }
 
@@ -40,6 +43,7 @@ impl std::fmt::Debug for Tools {
             .field("sandbox", &self.sandbox.info().id)
             .field("config", &self.config)
             .field("write_limit", &self.write_limit)
+            .field("read_limit", &self.read_limit)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +58,7 @@ impl Tools {
             sandbox,
             config,
             write_limit,
+            read_limit: None,
             locks: FileLocks::global(),
         }
     }
@@ -71,8 +76,17 @@ impl Tools {
             sandbox,
             config,
             write_limit,
+            read_limit: None,
             locks,
         }
+    }
+
+    /// Bounds what `read_file` and `str_replace` load into memory (and what an edit may
+    /// produce) to `limit` bytes: the agent's read cap, so a tool call costs no more than
+    /// the HTTP route it stands for.
+    pub fn with_read_limit(mut self, limit: Option<u64>) -> Self {
+        self.read_limit = limit;
+        self
     }
 
     /// The configuration.
@@ -214,6 +228,7 @@ impl Tools {
             path: path.to_owned(),
             start_line: to_u64(start_line),
             end_line: to_u64(end_line),
+            max_bytes: self.read_limit,
         };
         let content = match self.sandbox.read_text(req).await {
             Ok(t) => t.content,
@@ -302,6 +317,7 @@ impl Tools {
             new: new_str.to_owned(),
             replace_all,
             expect_unique: false,
+            max_bytes: self.read_limit,
         };
         match self.sandbox.str_replace(req).await {
             Ok(_) => "OK".to_owned(),
@@ -404,6 +420,13 @@ fn replace_error(path: &str, e: &SandboxError) -> String {
         SandboxError::NotText { .. } => format!(
             "Error: cannot edit '{path}' as text — it appears to be a binary file. \
              str_replace only supports UTF-8 text files."
+        ),
+        SandboxError::ResultTooLarge { size, limit, .. } => format!(
+            "Error: this edit would make {path} {size} bytes, over the limit of {limit} bytes; \
+             the file was not changed. Replace fewer occurrences or a shorter new_str."
+        ),
+        SandboxError::TooLarge { size, limit, .. } => format!(
+            "Error: {path} is {size} bytes, over the limit of {limit} bytes for editing as text"
         ),
         e if render::is_permission_denied(e) => {
             format!("Error: Permission denied accessing file: {path}")
