@@ -51,6 +51,11 @@ pub struct FsOptions {
     /// Chown files and directories this crate creates to `uid:gid`: the sandbox runs as an
     /// unprivileged uid while Paddock may run as root, and must own what it writes.
     pub owner: Option<(u32, u32)>,
+    /// Make what this crate creates in a thread's data (the user-data mounts) private to
+    /// `owner`: new files 0600, new directories 0700 (else 0644 and 0755, before the
+    /// umask), so no other user of the host can read them. Off for data another program
+    /// owns (DeerFlow's gateway), whose modes are its own.
+    pub private_user_data: bool,
     /// Always take the fd walk, never the `openat2` fast path (tests compare both).
     pub force_walk: bool,
     /// Directory entries one list, glob or grep reads before it stops and reports a
@@ -66,6 +71,7 @@ impl Default for FsOptions {
             download_cap_bytes: DEFAULT_DOWNLOAD_CAP_BYTES,
             upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
             owner: None,
+            private_user_data: false,
             force_walk: false,
             walk_max_entries: WALK_MAX_ENTRIES,
         }

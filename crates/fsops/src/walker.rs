@@ -25,20 +25,31 @@ pub(crate) const DIR_PATH_FLAGS: OFlags = OFlags::PATH
 
 /// Mode of directories created for a write (before the umask).
 pub(crate) const NEW_DIR_MODE: u32 = 0o755;
+/// Mode of directories created for a write in a thread's data when it is private
+/// ([`crate::FsOptions::private_user_data`]).
+pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// A stack of directories, the top being the current directory of the walk.
 #[derive(Debug, Default)]
 pub(crate) struct FdWalker {
     stack: DirChain,
     owner: Option<(u32, u32)>,
+    /// Whether private modes apply at all.
+    private_user_data: bool,
+    /// Per level of the stack: whether it lies in a thread's data made private (the mount
+    /// it was entered from is user data).
+    private: Vec<bool>,
 }
 
 impl FdWalker {
-    /// A walker that chowns directories it creates to `owner`.
-    pub(crate) fn new(owner: Option<(u32, u32)>) -> Self {
+    /// A walker that chowns directories it creates to `owner`, private to it in a thread's
+    /// data when `private_user_data`.
+    pub(crate) fn new(owner: Option<(u32, u32)>, private_user_data: bool) -> Self {
         Self {
             stack: DirChain::default(),
             owner,
+            private_user_data,
+            private: Vec::new(),
         }
     }
 
@@ -126,11 +137,15 @@ fn node_of(mode: u32) -> Node {
 impl Walker for FdWalker {
     fn reset(&mut self) {
         self.stack.clear();
+        self.private.clear();
     }
 
     fn push_mount(&mut self, mount: &Mount) -> std::io::Result<()> {
         self.stack
-            .push_host_root(&mount.host, OFlags::PATH, mount.is_user_data())
+            .push_host_root(&mount.host, OFlags::PATH, mount.is_user_data())?;
+        self.private
+            .push(self.private_user_data && mount.is_user_data());
+        Ok(())
     }
 
     fn lookup(&mut self, name: &str) -> std::io::Result<Node> {
@@ -140,17 +155,26 @@ impl Walker for FdWalker {
     fn descend(&mut self, name: &str) -> std::io::Result<()> {
         self.stack
             .push_child(&name_of(name)?, OFlags::PATH)
-            .map_err(|l| l.error)
+            .map_err(|l| l.error)?;
+        let here = self.private.last().copied().unwrap_or(false);
+        self.private.push(here);
+        Ok(())
     }
 
     fn ascend(&mut self) {
         self.stack.pop();
+        self.private.pop();
     }
 
     fn mkdir(&mut self, name: &str) -> std::io::Result<()> {
         let owner = self.owner;
+        let mode = if self.private.last().copied().unwrap_or(false) {
+            PRIVATE_DIR_MODE
+        } else {
+            NEW_DIR_MODE
+        };
         let top = self.stack.top().map_err(|l| l.error)?;
-        match rustix::fs::mkdirat(top, name, Mode::from_raw_mode(NEW_DIR_MODE)) {
+        match rustix::fs::mkdirat(top, name, Mode::from_raw_mode(mode)) {
             Ok(()) => {
                 if let Some((uid, gid)) = owner {
                     // SYMLINK_NOFOLLOW: if the new directory was swapped for a symlink,
@@ -192,7 +216,7 @@ mod tests {
         std::fs::create_dir(tmp.path().join("d")).expect("test setup");
         std::fs::write(tmp.path().join("f"), "x").expect("test setup");
         std::os::unix::fs::symlink("/etc", tmp.path().join("l")).expect("test setup");
-        let mut w = FdWalker::new(None);
+        let mut w = FdWalker::new(None, false);
         w.push_mount(&mount(tmp.path())).expect("test setup");
         assert_eq!(w.lookup("d").expect("test setup"), Node::Dir);
         assert_eq!(w.lookup("f").expect("test setup"), Node::File);

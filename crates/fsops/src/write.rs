@@ -24,6 +24,18 @@ use crate::resolve::{CREATE, FOLLOW, Resolved};
 
 /// Mode of files created by a write (before the umask).
 const NEW_FILE_MODE: u32 = 0o644;
+/// Mode of files created by a write in a thread's data when it is private
+/// ([`crate::FsOptions::private_user_data`]).
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// The mode a new file at `r` gets.
+fn new_file_mode(ops: &FsOps, r: &Resolved<'_>) -> u32 {
+    if ops.options().private_user_data && r.walked.mount.is_user_data() {
+        PRIVATE_FILE_MODE
+    } else {
+        NEW_FILE_MODE
+    }
+}
 
 /// Refuses targets that cannot be written as a regular file.
 fn expect_writable_target(r: &Resolved<'_>) -> Result<(), SandboxError> {
@@ -60,7 +72,7 @@ fn open_in_place(
     let fd = r.open(
         "write",
         OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK | mode,
-        NEW_FILE_MODE,
+        new_file_mode(ops, r),
     )?;
     let st = rustix::fs::fstat(&fd).map_err(|e| r.io_err("stat", e))?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -113,11 +125,17 @@ impl Place {
     }
 }
 
-/// A temp file beside the target, removed on drop unless committed.
+/// A temp file beside the target. Anonymous (`O_TMPFILE`) until it is committed: it is
+/// never an entry of the tenant's directory while bytes arrive, and nothing is left behind
+/// if Paddock dies mid-upload. On a filesystem without `O_TMPFILE` it is a named file
+/// (`O_EXCL`), removed on drop unless committed. Either way it is given its owner before
+/// the first byte is written, so a root-owned file never sits in the tenant's directory
+/// (nor counts against root's disk quota instead of the sandbox's).
 #[derive(Debug)]
 struct TempFile {
     place: Place,
-    name: String,
+    /// Its name in the directory; `None` while anonymous.
+    name: Option<String>,
     file: std::fs::File,
     committed: bool,
 }
@@ -131,17 +149,48 @@ fn temp_name() -> String {
 }
 
 impl TempFile {
-    fn create(place: Place) -> Result<Self, SandboxError> {
+    /// A temp file in `place`'s directory, owned by `owner` (when given) and created with
+    /// `mode` (before the umask).
+    fn create(place: Place, owner: Option<(u32, u32)>, mode: u32) -> Result<Self, SandboxError> {
+        let flags = OFlags::WRONLY | OFlags::TMPFILE | OFlags::CLOEXEC;
+        match rustix::fs::openat(&place.dir, ".", flags, Mode::from_raw_mode(mode)) {
+            Ok(fd) => {
+                chown(&fd, owner).map_err(|e| place.io_err("chown", e))?;
+                return Ok(Self {
+                    place,
+                    name: None,
+                    file: std::fs::File::from(fd),
+                    committed: false,
+                });
+            }
+            // No O_TMPFILE on this filesystem (or kernel): a named temp file.
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
+            ) => {}
+            Err(e) => return Err(place.io_err("create", e)),
+        }
+        Self::create_named(place, owner, mode)
+    }
+
+    fn create_named(
+        place: Place,
+        owner: Option<(u32, u32)>,
+        mode: u32,
+    ) -> Result<Self, SandboxError> {
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let mut last = None;
         for _ in 0..16 {
             let name = temp_name();
-            match rustix::fs::openat(&place.dir, &name, flags, Mode::from_raw_mode(NEW_FILE_MODE)) {
+            match rustix::fs::openat(&place.dir, &name, flags, Mode::from_raw_mode(mode)) {
                 Ok(fd) => {
+                    if let Err(e) = chown(&fd, owner) {
+                        let _ = rustix::fs::unlinkat(&place.dir, name.as_str(), AtFlags::empty());
+                        return Err(place.io_err("chown", e));
+                    }
                     return Ok(Self {
                         place,
-                        name,
+                        name: Some(name),
                         file: std::fs::File::from(fd),
                         committed: false,
                     });
@@ -153,15 +202,59 @@ impl TempFile {
         Err(place.io_err("create", last.unwrap_or(rustix::io::Errno::EXIST)))
     }
 
-    /// fsync, then rename over the target in the same directory, then fsync the directory.
-    fn commit(mut self) -> Result<(), SandboxError> {
+    /// Gives the anonymous file a name in its directory, by descriptor: `linkat` with
+    /// `AT_EMPTY_PATH` (root), or through `/proc/self/fd` without that privilege.
+    fn link_in(&mut self) -> Result<(), SandboxError> {
         let p = &self.place;
-        let target = p
+        let mut last = rustix::io::Errno::EXIST;
+        for _ in 0..16 {
+            let name = temp_name();
+            let linked =
+                match rustix::fs::linkat(&self.file, "", &p.dir, &name, AtFlags::EMPTY_PATH) {
+                    Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => {
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.file);
+                        let proc = format!("/proc/self/fd/{fd}");
+                        rustix::fs::linkat(
+                            rustix::fs::CWD,
+                            proc.as_str(),
+                            &p.dir,
+                            &name,
+                            AtFlags::SYMLINK_FOLLOW,
+                        )
+                    }
+                    r => r,
+                };
+            match linked {
+                Ok(()) => {
+                    self.name = Some(name);
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::EXIST) => last = rustix::io::Errno::EXIST,
+                Err(e) => return Err(p.io_err("link", e)),
+            }
+        }
+        Err(p.io_err("link", last))
+    }
+
+    /// fsync, then (named in the directory if it was anonymous) rename over the target in
+    /// the same directory, then fsync the directory.
+    fn commit(mut self) -> Result<(), SandboxError> {
+        let target = self
+            .place
             .name
-            .as_deref()
-            .ok_or_else(|| SandboxError::IsADirectory { path: p.shown() })?;
-        self.file.sync_all().map_err(|e| p.io_err("fsync", e))?;
-        rustix::fs::renameat(&p.dir, &self.name, &p.dir, target)
+            .clone()
+            .ok_or_else(|| SandboxError::IsADirectory {
+                path: self.place.shown(),
+            })?;
+        self.file
+            .sync_all()
+            .map_err(|e| self.place.io_err("fsync", e))?;
+        if self.name.is_none() {
+            self.link_in()?;
+        }
+        let p = &self.place;
+        let name = self.name.as_deref().unwrap_or_default();
+        rustix::fs::renameat(&p.dir, name, &p.dir, target.as_str())
             .map_err(|e| p.io_err("rename", e))?;
         self.committed = true;
         // Durability of the rename itself; a failure here leaves a correct file behind.
@@ -177,8 +270,10 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
+        // An anonymous file goes with its descriptor.
         if !self.committed
-            && let Err(e) = rustix::fs::unlinkat(&self.place.dir, &self.name, AtFlags::empty())
+            && let Some(name) = &self.name
+            && let Err(e) = rustix::fs::unlinkat(&self.place.dir, name.as_str(), AtFlags::empty())
         {
             tracing::warn!(error = %e, "could not remove an abandoned upload temp file");
         }
@@ -294,7 +389,8 @@ pub(crate) fn begin_write(ops: &FsOps, req: &WriteBytes) -> Result<Upload, Sandb
             before,
         }
     } else {
-        Sink::Atomic(TempFile::create(Place::of(r))?)
+        let mode = new_file_mode(ops, &r);
+        Sink::Atomic(TempFile::create(Place::of(r), ops.options().owner, mode)?)
     };
     Ok(Upload {
         sink: Some(sink),
@@ -422,7 +518,8 @@ pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcom
             limit: cap,
         });
     }
-    let mut tmp = TempFile::create(Place::of(r))?;
+    let mode = new_file_mode(ops, &r);
+    let mut tmp = TempFile::create(Place::of(r), o.owner, mode)?;
     {
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut tmp.file);
         let mut last = 0;
@@ -459,13 +556,63 @@ mod tests {
     fn abandoned_temp_files_are_removed() {
         let t = tree();
         let ops = t.ops(true);
+        let names = |d: &std::path::Path| {
+            let mut v: Vec<_> = std::fs::read_dir(d)
+                .expect("readdir")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let before = names(&t.w);
+        // Anonymous: never an entry of the directory, gone with its descriptor.
+        {
+            let r = ops.resolve("/w/new.bin", CREATE).expect("resolve");
+            let tmp = TempFile::create(Place::of(r), None, NEW_FILE_MODE).expect("temp");
+            assert!(tmp.name.is_none(), "this filesystem has O_TMPFILE");
+            assert_eq!(names(&t.w), before);
+        }
+        // Named (filesystems without O_TMPFILE): removed on drop.
         let r = ops.resolve("/w/new.bin", CREATE).expect("resolve");
         let name = {
-            let tmp = TempFile::create(Place::of(r)).expect("temp");
-            assert!(t.w.join(&tmp.name).exists());
-            tmp.name.clone()
+            let tmp = TempFile::create_named(Place::of(r), None, NEW_FILE_MODE).expect("temp");
+            let name = tmp.name.clone().expect("named");
+            assert!(t.w.join(&name).exists());
+            name
         };
         assert!(!t.w.join(name).exists());
-        assert!(!t.w.join("new.bin").exists());
+        assert_eq!(names(&t.w), before);
+    }
+
+    #[test]
+    fn temp_files_have_their_owner_and_mode_before_any_byte() {
+        use std::os::unix::fs::MetadataExt;
+        let root = rustix::process::geteuid().is_root();
+        let owner = root.then_some((951_777, 951_778));
+        let t = tree();
+        let ops = t.ops(true);
+        for named in [false, true] {
+            let r = ops.resolve("/w/owned.bin", CREATE).expect("resolve");
+            let mut tmp = if named {
+                TempFile::create_named(Place::of(r), owner, PRIVATE_FILE_MODE)
+            } else {
+                TempFile::create(Place::of(r), owner, PRIVATE_FILE_MODE)
+            }
+            .expect("temp");
+            let md = tmp.file.metadata().expect("fstat");
+            assert_eq!(md.len(), 0);
+            assert_eq!(md.mode() & 0o777, 0o600, "named: {named}");
+            if let Some((uid, gid)) = owner {
+                assert_eq!((md.uid(), md.gid()), (uid, gid), "named: {named}");
+            }
+            tmp.file.write_all(b"data").expect("write");
+            tmp.commit().expect("commit");
+            let md = std::fs::metadata(t.w.join("owned.bin")).expect("committed");
+            assert_eq!(md.mode() & 0o777, 0o600);
+            if let Some((uid, _)) = owner {
+                assert_eq!(md.uid(), uid);
+            }
+            std::fs::remove_file(t.w.join("owned.bin")).expect("rm");
+        }
     }
 }

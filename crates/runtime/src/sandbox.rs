@@ -203,6 +203,10 @@ impl LocalSandbox {
             table.clone(),
             FsOptions {
                 owner,
+                // What the file API creates in Paddock's own thread data is private to the
+                // sandbox's uid, as the handover above leaves the rest; a gateway's data
+                // keeps the modes its owner gives it.
+                private_user_data: owner.is_some() && rt.layout().gateway_root().is_none(),
                 ..FsOptions::default()
             },
         );
