@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 use crate::AppState;
 use crate::error::{AioError, ApiError};
 use crate::extract::{AioJson, AioQuery};
+use crate::jsonbody::JsonBody;
 use crate::shell::{Run, SessionState, random_token, validate_session_id};
 
 type AioResult = Result<Response, AioError>;
@@ -35,6 +36,42 @@ type AioResult = Result<Response, AioError>;
 pub fn ok(data: impl Serialize) -> Response {
     AxumJson(json!({ "success": true, "message": "Operation successful", "data": data }))
         .into_response()
+}
+
+/// The AIO success envelope for a streamed document: `fill` writes the members of `data`.
+fn ok_streamed(fill: impl FnOnce(&mut JsonBody)) -> Response {
+    let mut j = JsonBody::new();
+    j.begin_object()
+        .field("success", &true)
+        .field("message", "Operation successful")
+        .key("data")
+        .begin_object();
+    fill(&mut j);
+    j.end_object().end_object();
+    j.into_response()
+}
+
+/// A `String`'s bytes as shared `Bytes`, without a copy.
+fn shared(s: String) -> bytes::Bytes {
+    bytes::Bytes::from(s.into_bytes())
+}
+
+/// A text read over the agent's read cap: 413 naming the limit and what to do instead.
+pub(crate) fn read_refusal(e: SandboxError, field: &str) -> ApiError {
+    let hint = match &e {
+        SandboxError::TooLarge { path, size, limit } => Some(format!(
+            "{path} is {size} bytes, over the limit of {limit} bytes on reading a file whole \
+             (agent.max_read_bytes); download it (GET /v1/file/download) or read parts of it \
+             with a command"
+        )),
+        _ => None,
+    };
+    let mut api = ApiError::sandbox(e);
+    if let Some(h) = hint {
+        api.message = h;
+        api.field = Some(field.to_owned());
+    }
+    api
 }
 
 fn refuse(field: &str, message: &str) -> AioError {
@@ -240,17 +277,33 @@ pub async fn shell_exec(
     }
     let exit_code = (!res.idle_timed_out).then(|| exit.shell_status());
     let ps1 = format!("sandbox:{} $", res.cwd.as_deref().unwrap_or(WORKSPACE));
-    Ok(ok(json!({
-        "session_id": id,
-        "command": req.command,
-        "status": status,
-        "output": output,
-        "console": [{ "ps1": ps1, "command": req.command, "output": output }],
-        "exit_code": exit_code,
-        "timed_out": exit.timed_out,
-        "output_truncated": res.outcome.stdout_truncated,
-        "duration_ms": exit.duration_ms,
-    })))
+    // The output (and the command) appear twice; both places share one copy, escaped
+    // only while the response is sent.
+    let output = shared(output);
+    let command = shared(req.command);
+    let (timed_out, truncated, duration) = (
+        exit.timed_out,
+        res.outcome.stdout_truncated,
+        exit.duration_ms,
+    );
+    Ok(ok_streamed(|j| {
+        j.field("session_id", &id)
+            .text_field("command", command.clone())
+            .field("status", status)
+            .text_field("output", output.clone())
+            .key("console")
+            .begin_array()
+            .begin_object()
+            .field("ps1", &ps1)
+            .text_field("command", command)
+            .text_field("output", output)
+            .end_object()
+            .end_array()
+            .field("exit_code", &exit_code)
+            .field("timed_out", &timed_out)
+            .field("output_truncated", &truncated)
+            .field("duration_ms", &duration);
+    }))
 }
 
 /// `POST /v1/shell/sessions/create` body.
@@ -421,24 +474,31 @@ pub async fn bash_exec(
     } else {
         "completed"
     };
-    let stdout = res.outcome.stdout;
-    let stderr = res.outcome.stderr;
-    Ok(ok(json!({
-        "session_id": id,
-        "command_id": random_token(),
-        "command": req.command,
-        "status": status,
-        "stdout": stdout,
-        "stderr": stderr,
-        "exit_code": exit.shell_status(),
-        "offset": stdout.len(),
-        "stderr_offset": stderr.len(),
-        "timed_out": exit.timed_out,
-        "signal": exit.signal,
-        "stdout_truncated": res.outcome.stdout_truncated,
-        "stderr_truncated": res.outcome.stderr_truncated,
-        "duration_ms": exit.duration_ms,
-    })))
+    let (exit_code, timed_out, signal, duration) = (
+        exit.shell_status(),
+        exit.timed_out,
+        exit.signal,
+        exit.duration_ms,
+    );
+    let (out_cut, err_cut) = (res.outcome.stdout_truncated, res.outcome.stderr_truncated);
+    let stdout = shared(res.outcome.stdout);
+    let stderr = shared(res.outcome.stderr);
+    Ok(ok_streamed(|j| {
+        j.field("session_id", &id)
+            .field("command_id", &random_token())
+            .text_field("command", shared(req.command))
+            .field("status", status)
+            .field("offset", &stdout.len())
+            .field("stderr_offset", &stderr.len())
+            .text_field("stdout", stdout)
+            .text_field("stderr", stderr)
+            .field("exit_code", &exit_code)
+            .field("timed_out", &timed_out)
+            .field("signal", &signal)
+            .field("stdout_truncated", &out_cut)
+            .field("stderr_truncated", &err_cut)
+            .field("duration_ms", &duration);
+    }))
 }
 
 // ---------------------------------------------------------------- file read/write
@@ -477,7 +537,14 @@ pub async fn file_read(
         && (end as u64) <= start
     {
         // An empty range: the file must still exist and be text.
-        let whole = st.sandbox.read_text(ReadText::new(&req.file)).await?;
+        let whole = st
+            .sandbox
+            .read_text(ReadText {
+                max_bytes: Some(st.config.max_read_bytes),
+                ..ReadText::new(&req.file)
+            })
+            .await
+            .map_err(|e| read_refusal(e, "file"))?;
         return Ok(ok(
             json!({ "content": "", "file": whole.path, "total_lines": whole.total_lines }),
         ));
@@ -487,11 +554,19 @@ pub async fn file_read(
         path: req.file.clone(),
         start_line: ranged.then_some(start + 1),
         end_line: req.end_line.map(|e| e as u64),
+        max_bytes: Some(st.config.max_read_bytes),
     };
-    let text = st.sandbox.read_text(read).await?;
-    Ok(ok(
-        json!({ "content": text.content, "file": text.path, "total_lines": text.total_lines }),
-    ))
+    let text = st
+        .sandbox
+        .read_text(read)
+        .await
+        .map_err(|e| read_refusal(e, "file"))?;
+    let total = text.total_lines;
+    Ok(ok_streamed(|j| {
+        j.text_field("content", shared(text.content))
+            .field("file", &text.path)
+            .field("total_lines", &total);
+    }))
 }
 
 /// `POST /v1/file/write` body.
@@ -538,12 +613,13 @@ pub async fn file_write(
     };
     let outcome = match req.encoding.as_deref().unwrap_or("utf-8") {
         "utf-8" | "utf8" | "raw" => {
-            let content = format!(
-                "{}{}{}",
-                if lead.is_empty() { "" } else { "\n" },
-                req.content,
-                if trail.is_empty() { "" } else { "\n" }
-            );
+            let mut content = req.content;
+            if !lead.is_empty() {
+                content.insert(0, '\n');
+            }
+            if !trail.is_empty() {
+                content.push('\n');
+            }
             st.sandbox
                 .write_text(WriteText {
                     path: req.file.clone(),

@@ -153,30 +153,66 @@ pub async fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     run_agent_with(&args, sandbox).await
 }
 
+/// What `paddock agent` takes from `paddock.yaml` beyond its flags: the listener's limits
+/// (`server.*`) and the memory bounds of the agent API (`agent.*`).
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Header, idle and connection limits of the listener.
+    pub listen: crate::listen::ListenConfig,
+    /// `agent.max_read_bytes`.
+    pub max_read_bytes: u64,
+    /// `agent.max_concurrent_heavy_per_sandbox` (0: none).
+    pub max_heavy_per_sandbox: usize,
+    /// `agent.max_concurrent_heavy` (0: none).
+    pub max_heavy: usize,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        Self {
+            listen: crate::listen::ListenConfig::default(),
+            max_read_bytes: crate::DEFAULT_MAX_READ_BYTES,
+            max_heavy_per_sandbox: crate::heavy::DEFAULT_MAX_HEAVY_PER_SANDBOX,
+            max_heavy: crate::heavy::DEFAULT_MAX_HEAVY,
+        }
+    }
+}
+
 /// Serves `sandbox` as configured by `args` until SIGTERM/SIGINT.
 pub async fn run_agent_with(args: &AgentArgs, sandbox: Arc<dyn Sandbox>) -> anyhow::Result<()> {
-    let config = config_from(args)?;
+    run_agent_with_limits(args, sandbox, ServeLimits::default()).await
+}
+
+/// [`run_agent_with`] with the limits of a configuration file.
+pub async fn run_agent_with_limits(
+    args: &AgentArgs,
+    sandbox: Arc<dyn Sandbox>,
+    limits: ServeLimits,
+) -> anyhow::Result<()> {
+    let config = AgentConfig {
+        max_read_bytes: limits.max_read_bytes,
+        max_heavy_per_sandbox: limits.max_heavy_per_sandbox,
+        heavy_global: (limits.max_heavy > 0).then(|| crate::HeavyLimit::global(limits.max_heavy)),
+        ..config_from(args)?
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener
         .local_addr()
         .context("could not read the bound address")?;
-    // Exec streams are many small writes (chunks, then the exit record); with Nagle's
-    // algorithm each later write waits for the peer's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on http://{addr}").context("could not write to stdout")?;
         out.flush().context("could not write to stdout")?;
     }
     tracing::info!(%addr, auth = config.token.is_some(), "agent API serving");
-    axum::serve(listener, app(sandbox, config))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the agent server failed")
+    crate::listen::serve(
+        listener,
+        app(sandbox, config),
+        limits.listen,
+        shutdown_signal(),
+    )
+    .await
+    .context("the agent server failed")
 }

@@ -52,7 +52,7 @@ pub fn status_for(e: &SandboxError) -> StatusCode {
         | E::NotText { .. }
         | E::SymlinkLoop { .. } => StatusCode::BAD_REQUEST,
         E::NoMatch { .. } | E::Ambiguous { .. } => StatusCode::CONFLICT,
-        E::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        E::TooLarge { .. } | E::ResultTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         other if other.is_client_error() => StatusCode::BAD_REQUEST,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -86,9 +86,9 @@ impl ApiError {
             tracing::warn!(error = %e, code = e.code(), "sandbox operation failed");
         }
         let field = match &e {
-            SandboxError::InvalidArgument { field, .. } | SandboxError::InvalidId { field, .. } => {
-                Some(field.clone())
-            }
+            SandboxError::InvalidArgument { field, .. }
+            | SandboxError::InvalidId { field, .. }
+            | SandboxError::ResultTooLarge { field, .. } => Some(field.clone()),
             other => other.path().map(str::to_owned),
         };
         Self {

@@ -96,10 +96,28 @@ pub async fn exec(
     Ok(resp)
 }
 
-/// `POST /v1/fs/read_text`.
-pub async fn read_text(State(st): State<AppState>, Json(req): Json<ReadText>) -> NativeResult {
+/// A request's own byte bound, lowered to the agent's cap.
+fn within(asked: Option<u64>, cap: u64) -> Option<u64> {
+    Some(asked.map_or(cap, |m| m.min(cap)))
+}
+
+/// `POST /v1/fs/read_text`: at most `agent.max_read_bytes` is read; the text is escaped
+/// while it is sent.
+pub async fn read_text(State(st): State<AppState>, Json(mut req): Json<ReadText>) -> NativeResult {
     req.validate()?;
-    Ok(json_ok(st.sandbox.read_text(req).await?))
+    req.max_bytes = within(req.max_bytes, st.config.max_read_bytes);
+    let text = st
+        .sandbox
+        .read_text(req)
+        .await
+        .map_err(|e| crate::aio::read_refusal(e, "path"))?;
+    let mut j = crate::jsonbody::JsonBody::new();
+    j.begin_object()
+        .field("path", &text.path)
+        .text_field("content", bytes::Bytes::from(text.content.into_bytes()))
+        .field("total_lines", &text.total_lines)
+        .end_object();
+    Ok(j.into_response())
 }
 
 /// `GET /v1/fs/read_bytes?path=&offset=&len=`: streamed, with `x-file-size`.
@@ -123,13 +141,10 @@ pub async fn write_bytes(
 ) -> NativeResult {
     let cap = st.config.max_upload_bytes;
     req.max_bytes = Some(req.max_bytes.map_or(cap, |m| m.min(cap)));
-    let path = req.path.clone();
+    // A body that fails (the client went away, or stalled past the listener's idle limit)
+    // is the client's doing: 422 naming the body, never a 5xx.
     let stream: ByteStream = Box::pin(body.into_body().into_data_stream().map(move |r| {
-        r.map_err(|e| SandboxError::Io {
-            op: "upload".into(),
-            path: path.clone(),
-            message: e.to_string(),
-        })
+        r.map_err(|e| SandboxError::invalid_argument("body", format!("upload interrupted: {e}")))
     }));
     Ok(json_ok(st.sandbox.write_bytes(req, stream).await?))
 }
@@ -162,9 +177,20 @@ pub async fn grep(State(st): State<AppState>, Json(req): Json<Grep>) -> NativeRe
     Ok(json_ok(st.sandbox.grep(req).await?))
 }
 
-/// `POST /v1/fs/str_replace`.
-pub async fn str_replace(State(st): State<AppState>, Json(req): Json<StrReplace>) -> NativeResult {
-    Ok(json_ok(st.sandbox.str_replace(req).await?))
+/// `POST /v1/fs/str_replace`: the file and the text it would become are both bounded by
+/// `agent.max_read_bytes` (a result over it is refused before it is built: 413 naming
+/// `new`).
+pub async fn str_replace(
+    State(st): State<AppState>,
+    Json(mut req): Json<StrReplace>,
+) -> NativeResult {
+    req.max_bytes = within(req.max_bytes, st.config.max_read_bytes);
+    Ok(json_ok(
+        st.sandbox
+            .str_replace(req)
+            .await
+            .map_err(|e| crate::aio::read_refusal(e, "path"))?,
+    ))
 }
 
 /// The fallback: an unknown route is a JSON 404.

@@ -160,6 +160,16 @@ pub struct ServerConfig {
     pub idle_timeout_secs: u64,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
+    /// Seconds a client may take to send a request's headers; also how long a kept-alive
+    /// connection may wait for its next request.
+    pub header_read_timeout_secs: u64,
+    /// Seconds a request body or a response may make no progress while the server waits
+    /// on the client (a stalled upload, a response nobody reads) before the connection is
+    /// closed. A long-running command is not affected.
+    pub connection_idle_secs: u64,
+    /// Most open connections (lowered to half the open-file limit when that is smaller).
+    /// At the cap a new connection closes the longest-idle one; when all are busy it gets 503.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -168,6 +178,9 @@ impl Default for ServerConfig {
             max_sandboxes: 500,
             idle_timeout_secs: 600,
             reap_interval_secs: 30,
+            header_read_timeout_secs: paddock_agent::listen::DEFAULT_HEADER_READ_TIMEOUT_SECS,
+            connection_idle_secs: paddock_agent::listen::DEFAULT_CONNECTION_IDLE_SECS,
+            max_connections: paddock_agent::listen::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -180,6 +193,15 @@ pub struct AgentSection {
     pub max_body_bytes: u64,
     /// Largest upload, bytes (streamed to disk, never buffered whole).
     pub max_upload_bytes: u64,
+    /// Largest file read whole into server memory, bytes: `/v1/file/read`,
+    /// `/v1/fs/read_text`, `str_replace` (source and result) and the read/edit tools.
+    /// Larger files are refused with 413; downloads stream and are not affected.
+    pub max_read_bytes: u64,
+    /// Heavy requests (commands, reads, downloads, uploads, writes, edits, walks, tools)
+    /// one sandbox may have in progress at once; more get 429 with Retry-After. 0: no limit.
+    pub max_concurrent_heavy_per_sandbox: usize,
+    /// Heavy requests in progress at once over all sandboxes of the server. 0: no limit.
+    pub max_concurrent_heavy: usize,
 }
 
 impl Default for AgentSection {
@@ -187,7 +209,65 @@ impl Default for AgentSection {
         Self {
             max_body_bytes: 64 << 20,
             max_upload_bytes: 1 << 30,
+            max_read_bytes: paddock_agent::DEFAULT_MAX_READ_BYTES,
+            max_concurrent_heavy_per_sandbox: paddock_agent::heavy::DEFAULT_MAX_HEAVY_PER_SANDBOX,
+            max_concurrent_heavy: paddock_agent::heavy::DEFAULT_MAX_HEAVY,
         }
+    }
+}
+
+impl AgentSection {
+    /// The agent API's configuration these keys describe (`global` is the one limit every
+    /// sandbox of the process shares; build it once).
+    pub fn agent_config(
+        &self,
+        global: Option<paddock_agent::HeavyLimit>,
+    ) -> paddock_agent::AgentConfig {
+        paddock_agent::AgentConfig {
+            max_body_bytes: usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            max_upload_bytes: self.max_upload_bytes,
+            max_read_bytes: self.max_read_bytes,
+            max_heavy_per_sandbox: self.max_concurrent_heavy_per_sandbox,
+            heavy_global: global,
+            ..paddock_agent::AgentConfig::default()
+        }
+    }
+
+    /// The global heavy-request limit (`None` when `max_concurrent_heavy` is 0).
+    pub fn global_heavy_limit(&self) -> Option<paddock_agent::HeavyLimit> {
+        (self.max_concurrent_heavy > 0)
+            .then(|| paddock_agent::HeavyLimit::global(self.max_concurrent_heavy))
+    }
+}
+
+impl ServerConfig {
+    /// The listener's limits these keys describe.
+    pub fn listen_config(&self) -> paddock_agent::listen::ListenConfig {
+        paddock_agent::listen::ListenConfig {
+            header_read_timeout: std::time::Duration::from_secs(self.header_read_timeout_secs),
+            connection_idle: std::time::Duration::from_secs(self.connection_idle_secs),
+            max_connections: self.max_connections,
+        }
+    }
+
+    /// Checks the listener's keys: a zero timeout or cap would refuse every client.
+    pub fn validate_listener(&self) -> Result<(), ConfigError> {
+        for (key, v) in [
+            (
+                "server.header_read_timeout_secs",
+                self.header_read_timeout_secs,
+            ),
+            ("server.connection_idle_secs", self.connection_idle_secs),
+            ("server.max_connections", self.max_connections as u64),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key: key.into(),
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -288,6 +368,13 @@ pub fn load(
         key: format!("sandbox.{}", e.key),
         message: e.message,
     })?;
+    cfg.server.validate_listener()?;
+    if cfg.agent.max_read_bytes == 0 {
+        return Err(ConfigError::Invalid {
+            key: "agent.max_read_bytes".into(),
+            message: "must be at least 1".into(),
+        });
+    }
     Ok(cfg)
 }
 

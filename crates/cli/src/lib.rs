@@ -292,11 +292,8 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
                 public_url: String::new(),
                 mount_policy: cfg.mounts.policy(),
                 base_mounts,
-                agent: paddock_agent::AgentConfig {
-                    max_body_bytes: usize::try_from(cfg.agent.max_body_bytes).unwrap_or(usize::MAX),
-                    max_upload_bytes: cfg.agent.max_upload_bytes,
-                    ..paddock_agent::AgentConfig::default()
-                },
+                // One global heavy-request limit, shared by every sandbox's agent API.
+                agent: cfg.agent.agent_config(cfg.agent.global_heavy_limit()),
                 tools: cfg.tools.clone(),
                 gateway_root,
             }),
@@ -332,6 +329,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
             reap_interval: std::time::Duration::from_secs(cfg.server.reap_interval_secs.max(1)),
         },
         backend,
+        listen_limits: cfg.server.listen_config(),
     };
     let result = rt.block_on(paddock_server::serve::serve(opts, |addr, generated| {
         println!("paddock serve listening on http://{addr}");
@@ -433,7 +431,13 @@ fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
         let provider = paddock_runtime::LocalProvider::new(&args.data_dir, sandbox_opts, custom)?;
         let sandbox = provider.acquire(&user, &thread).await?;
         let dyn_sb: std::sync::Arc<dyn paddock_core::Sandbox> = sandbox;
-        let r = paddock_agent::cli::run_agent_with(&args, dyn_sb).await;
+        let limits = paddock_agent::cli::ServeLimits {
+            listen: cfg.server.listen_config(),
+            max_read_bytes: cfg.agent.max_read_bytes,
+            max_heavy_per_sandbox: cfg.agent.max_concurrent_heavy_per_sandbox,
+            max_heavy: cfg.agent.max_concurrent_heavy,
+        };
+        let r = paddock_agent::cli::run_agent_with_limits(&args, dyn_sb, limits).await;
         provider.shutdown();
         r
     });

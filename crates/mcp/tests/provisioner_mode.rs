@@ -47,6 +47,7 @@ async fn start_serve(data_dir: &Path) -> SocketAddr {
                 gateway_root: None,
             }),
         },
+        listen_limits: Default::default(),
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {

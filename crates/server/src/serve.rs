@@ -66,6 +66,8 @@ pub struct ServeOptions {
     pub lifecycle: LifecycleConfig,
     /// Which backend runs the sandboxes.
     pub backend: BackendChoice,
+    /// Header, idle and connection limits of the listener.
+    pub listen_limits: paddock_agent::listen::ListenConfig,
 }
 
 /// The backend `serve` drives.
@@ -182,7 +184,7 @@ pub async fn serve(
             let layout = paddock_core::DataLayout::new(opts.data_dir.clone())
                 .with_gateway_root(local.gateway_root.clone());
             let rt = tokio::task::spawn_blocking(move || {
-                paddock_runtime::Runtime::with_layout(layout, runtime)
+                paddock_runtime::Runtime::server(layout, runtime)
             })
             .await
             .map_err(|e| ServeError::Runtime(e.to_string()))?
@@ -209,16 +211,10 @@ pub async fn serve(
     tracing::info!(%addr, recovered, backend = backend.name(), "paddock serve ready");
     ready(addr, generated.as_deref());
     let reaper = tokio::spawn(lifecycle.clone().reaper());
-    // Exec streams are many small writes (chunks, then the exit record); with Nagle's
-    // algorithm each later write waits for the peer's delayed ACK (~40 ms).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    let result = axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await;
+    // Header and idle timeouts and a connection cap: slow or idle clients cannot hold
+    // the server (see paddock_agent::listen).
+    let result =
+        paddock_agent::listen::serve(listener, router, opts.listen_limits, shutdown_signal()).await;
     reaper.abort();
     backend.shutdown().await;
     result.map_err(ServeError::Io)
