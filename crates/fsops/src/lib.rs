@@ -56,6 +56,12 @@ pub struct FsOptions {
     /// umask), so no other user of the host can read them. Off for data another program
     /// owns (DeerFlow's gateway), whose modes are its own.
     pub private_user_data: bool,
+    /// Owners that replace `owner` in particular mounts (by container path). DeerFlow's
+    /// gateway directories are shown to the sandbox through idmapped mounts, their owner
+    /// on disk mapped to the sandbox's uid: what this crate creates there must belong to
+    /// that owner (the gateway's user), not to the sandbox's uid, which those mounts do
+    /// not map (the sandbox would see it as `nobody` and could not write it).
+    pub mount_owners: Vec<(VirtualPath, (u32, u32))>,
     /// Always take the fd walk, never the `openat2` fast path (tests compare both).
     pub force_walk: bool,
     /// Directory entries one list, glob or grep reads before it stops and reports a
@@ -72,9 +78,22 @@ impl Default for FsOptions {
             upload_cap_bytes: DEFAULT_UPLOAD_CAP_BYTES,
             owner: None,
             private_user_data: false,
+            mount_owners: Vec::new(),
             force_walk: false,
             walk_max_entries: WALK_MAX_ENTRIES,
         }
+    }
+}
+
+impl FsOptions {
+    /// Who owns what this crate creates in `mount`: its entry in
+    /// [`mount_owners`](Self::mount_owners), else [`owner`](Self::owner).
+    pub fn owner_for(&self, mount: &paddock_core::Mount) -> Option<(u32, u32)> {
+        self.mount_owners
+            .iter()
+            .find(|(c, _)| *c == mount.container)
+            .map(|(_, o)| *o)
+            .or(self.owner)
     }
 }
 

@@ -114,7 +114,7 @@ impl FsOps {
         {
             return Ok(r);
         }
-        let mut w = FdWalker::new(self.options().owner, self.options().private_user_data);
+        let mut w = FdWalker::new(self.options());
         let walked = self.table().walk(raw, opts, &mut w)?;
         // The top is held unless the path is deeper than the chain holds and the walk
         // came back up to a forgotten level; re-opening it can then fail like any open.

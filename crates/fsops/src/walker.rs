@@ -15,6 +15,7 @@ use std::path::Path;
 use paddock_core::mount::{Mount, Node, Walker};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 
+use crate::FsOptions;
 use crate::chain::DirChain;
 
 /// Flags of every directory on the stack: a handle for `*at` calls, nothing more.
@@ -30,26 +31,23 @@ pub(crate) const NEW_DIR_MODE: u32 = 0o755;
 pub(crate) const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// A stack of directories, the top being the current directory of the walk.
-#[derive(Debug, Default)]
-pub(crate) struct FdWalker {
+#[derive(Debug)]
+pub(crate) struct FdWalker<'o> {
     stack: DirChain,
-    owner: Option<(u32, u32)>,
-    /// Whether private modes apply at all.
-    private_user_data: bool,
-    /// Per level of the stack: whether it lies in a thread's data made private (the mount
-    /// it was entered from is user data).
-    private: Vec<bool>,
+    opts: &'o FsOptions,
+    /// Per level of the stack: what a directory created there gets, from the mount it was
+    /// entered from (its owner; whether it is a thread's data made private).
+    levels: Vec<(Option<(u32, u32)>, bool)>,
 }
 
-impl FdWalker {
-    /// A walker that chowns directories it creates to `owner`, private to it in a thread's
-    /// data when `private_user_data`.
-    pub(crate) fn new(owner: Option<(u32, u32)>, private_user_data: bool) -> Self {
+impl<'o> FdWalker<'o> {
+    /// A walker that gives directories it creates the owner and mode `opts` ask for in
+    /// the mount they are created in.
+    pub(crate) fn new(opts: &'o FsOptions) -> Self {
         Self {
             stack: DirChain::default(),
-            owner,
-            private_user_data,
-            private: Vec::new(),
+            opts,
+            levels: Vec::new(),
         }
     }
 
@@ -134,17 +132,19 @@ fn node_of(mode: u32) -> Node {
     }
 }
 
-impl Walker for FdWalker {
+impl Walker for FdWalker<'_> {
     fn reset(&mut self) {
         self.stack.clear();
-        self.private.clear();
+        self.levels.clear();
     }
 
     fn push_mount(&mut self, mount: &Mount) -> std::io::Result<()> {
         self.stack
             .push_host_root(&mount.host, OFlags::PATH, mount.is_user_data())?;
-        self.private
-            .push(self.private_user_data && mount.is_user_data());
+        self.levels.push((
+            self.opts.owner_for(mount),
+            self.opts.private_user_data && mount.is_user_data(),
+        ));
         Ok(())
     }
 
@@ -156,19 +156,27 @@ impl Walker for FdWalker {
         self.stack
             .push_child(&name_of(name)?, OFlags::PATH)
             .map_err(|l| l.error)?;
-        let here = self.private.last().copied().unwrap_or(false);
-        self.private.push(here);
+        let here = self
+            .levels
+            .last()
+            .copied()
+            .unwrap_or((self.opts.owner, false));
+        self.levels.push(here);
         Ok(())
     }
 
     fn ascend(&mut self) {
         self.stack.pop();
-        self.private.pop();
+        self.levels.pop();
     }
 
     fn mkdir(&mut self, name: &str) -> std::io::Result<()> {
-        let owner = self.owner;
-        let mode = if self.private.last().copied().unwrap_or(false) {
+        let (owner, private) = self
+            .levels
+            .last()
+            .copied()
+            .unwrap_or((self.opts.owner, false));
+        let mode = if private {
             PRIVATE_DIR_MODE
         } else {
             NEW_DIR_MODE
@@ -216,7 +224,8 @@ mod tests {
         std::fs::create_dir(tmp.path().join("d")).expect("test setup");
         std::fs::write(tmp.path().join("f"), "x").expect("test setup");
         std::os::unix::fs::symlink("/etc", tmp.path().join("l")).expect("test setup");
-        let mut w = FdWalker::new(None, false);
+        let opts = crate::FsOptions::default();
+        let mut w = FdWalker::new(&opts);
         w.push_mount(&mount(tmp.path())).expect("test setup");
         assert_eq!(w.lookup("d").expect("test setup"), Node::Dir);
         assert_eq!(w.lookup("f").expect("test setup"), Node::File);

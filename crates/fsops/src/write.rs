@@ -79,7 +79,7 @@ fn open_in_place(
         return Err(not_regular(r.requested.as_str()));
     }
     if created {
-        chown(&fd, ops.options().owner).map_err(|e| r.io_err("chown", e))?;
+        chown(&fd, ops.options().owner_for(r.walked.mount)).map_err(|e| r.io_err("chown", e))?;
     }
     rustix::fs::fcntl_setfl(&fd, mode).map_err(|e| r.io_err("write", e))?;
     Ok(std::fs::File::from(fd))
@@ -380,6 +380,7 @@ pub(crate) fn begin_write(ops: &FsOps, req: &WriteBytes) -> Result<Upload, Sandb
     let r = ops.resolve(&req.path, CREATE)?;
     expect_writable_target(&r)?;
     let vpath = r.vpath().clone();
+    let owner = ops.options().owner_for(r.walked.mount);
     let sink = if req.append {
         let file = open_in_place(ops, &r, true)?;
         let before = file.metadata().map_err(|e| r.io_err("stat", e))?.len();
@@ -390,12 +391,12 @@ pub(crate) fn begin_write(ops: &FsOps, req: &WriteBytes) -> Result<Upload, Sandb
         }
     } else {
         let mode = new_file_mode(ops, &r);
-        Sink::Atomic(TempFile::create(Place::of(r), ops.options().owner, mode)?)
+        Sink::Atomic(TempFile::create(Place::of(r), owner, mode)?)
     };
     Ok(Upload {
         sink: Some(sink),
         vpath,
-        owner: ops.options().owner,
+        owner,
         written: 0,
         cap,
     })
@@ -519,7 +520,8 @@ pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcom
         });
     }
     let mode = new_file_mode(ops, &r);
-    let mut tmp = TempFile::create(Place::of(r), o.owner, mode)?;
+    let owner = o.owner_for(r.walked.mount);
+    let mut tmp = TempFile::create(Place::of(r), owner, mode)?;
     {
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, &mut tmp.file);
         let mut last = 0;
@@ -533,7 +535,7 @@ pub(crate) fn str_replace(ops: &FsOps, req: &StrReplace) -> Result<ReplaceOutcom
             .and_then(|()| out.flush())
             .map_err(|e| tmp.place.io_err("write", e))?;
     }
-    adopt_metadata(o.owner, &tmp.place, &tmp.file)?;
+    adopt_metadata(owner, &tmp.place, &tmp.file)?;
     tmp.commit()?;
     Ok(ReplaceOutcome { replacements })
 }

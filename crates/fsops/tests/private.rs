@@ -70,3 +70,48 @@ fn new_files_and_directories_in_a_thread_s_data_are_private() {
     }
     rustix::process::umask(old);
 }
+
+#[test]
+fn a_mount_with_its_own_owner_gets_what_is_created_in_it() {
+    if !common::have_root("per-mount owners") {
+        return;
+    }
+    let f = fixture();
+    let ops = FsOps::new(
+        f.table.clone(),
+        FsOptions {
+            owner: Some((951_501, 951_502)),
+            mount_owners: vec![(
+                paddock_core::VirtualPath::parse("/srv/rw").expect("vp"),
+                (4242, 4243),
+            )],
+            ..FsOptions::default()
+        },
+    );
+    let owner = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).expect("lstat");
+        (m.uid(), m.gid())
+    };
+    for (dir, host, want) in [
+        (WS.to_owned(), f.ws.clone(), (951_501, 951_502)),
+        ("/srv/rw".to_owned(), f.srv.clone(), (4242, 4243)),
+    ] {
+        ops.write_text(&WriteText {
+            path: format!("{dir}/made/t.txt"),
+            content: "x".into(),
+            append: false,
+        })
+        .expect("write");
+        ops.write_from_reader(
+            &WriteBytes {
+                path: format!("{dir}/made/u.bin"),
+                ..Default::default()
+            },
+            &mut Cursor::new(b"bytes".to_vec()),
+        )
+        .expect("upload");
+        for p in ["made", "made/t.txt", "made/u.bin"] {
+            assert_eq!(owner(&host.join(p)), want, "{dir}/{p}");
+        }
+    }
+}

@@ -218,7 +218,7 @@ impl JailPlan {
 }
 
 /// The owner (uid, gid) of a directory.
-fn owner_of(p: &Path) -> std::io::Result<(u32, u32)> {
+pub(crate) fn owner_of(p: &Path) -> std::io::Result<(u32, u32)> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::symlink_metadata(p)?;
     Ok((md.uid(), md.gid()))

@@ -169,6 +169,7 @@ impl LocalSandbox {
             .map_err(|e| SandboxError::invalid_argument("sandbox_uid", e.to_string()))?,
         };
         let mut owner = None;
+        let mut mount_owners = Vec::new();
         let plan = match &rt.jail {
             None => None,
             Some(base) => {
@@ -180,6 +181,17 @@ impl LocalSandbox {
                     // tree) are shown to it through idmapped mounts instead, never chowned
                     // and their modes left as the gateway made them.
                     for m in table.mounts() {
+                        // The sandbox sees a gateway directory as its own through an
+                        // idmapped mount of the directory's owner: what the file API
+                        // creates there goes to that owner, which the mount maps to the
+                        // sandbox (the sandbox's own uid it does not map).
+                        if rt.layout().is_gateways(&m.host) {
+                            let o = crate::plan::owner_of(&m.host).map_err(|e| {
+                                tracing::error!(error = %e, mount = %m.container, "could not inspect a mount's owner");
+                                internal(format!("could not inspect the directory of {}", m.container))
+                            })?;
+                            mount_owners.push((m.container.clone(), o));
+                        }
                         if m.is_user_data() && !rt.layout().is_gateways(&m.host) {
                             let handed = paddock_sys::tree::chown_tree(&m.host, ids.0, ids.1, true);
                             let failed = handed.map_err(|e| {
@@ -207,6 +219,7 @@ impl LocalSandbox {
                 // sandbox's uid, as the handover above leaves the rest; a gateway's data
                 // keeps the modes its owner gives it.
                 private_user_data: owner.is_some() && rt.layout().gateway_root().is_none(),
+                mount_owners,
                 ..FsOptions::default()
             },
         );

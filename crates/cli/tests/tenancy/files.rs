@@ -5,7 +5,8 @@
 //! (with the usual umask, 0644) cannot be read by another host user; data left
 //! world-readable (by an older version, or by the tenant) is made private again when the
 //! sandbox is next prepared. DeerFlow's gateway directories keep the modes the gateway gave
-//! them.
+//! them, and what the API writes there belongs to the gateway's user, whom the sandbox's
+//! idmapped view shows as itself.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -166,6 +167,8 @@ async fn a_gateway_s_directories_keep_their_modes() {
     let gw = tempfile::tempdir().unwrap();
     let base = std::fs::canonicalize(gw.path()).unwrap();
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The gateway's own user, as on a real host (not root, not a sandbox's uid).
+    std::os::unix::fs::chown(&base, Some(4242), Some(4242)).unwrap();
     let srv = Serve::start(&format!(
         "log:\n  level: warn\ndeerflow:\n  host_base_dir: {}\n",
         base.display()
@@ -186,7 +189,17 @@ async fn a_gateway_s_directories_keep_their_modes() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    // The gateway serves outputs: what the API writes there is readable as it was.
+    // The gateway serves outputs: what the API writes there is readable as it was, and
+    // it belongs to the gateway's user on disk, as what the sandbox's commands write there
+    // does, so the sandbox (which sees that user as itself) can change it.
     let report = data.join("outputs/report.md");
     assert_eq!(mode(&report) & 0o044, 0o044, "{:o}", mode(&report));
+    assert_eq!(std::fs::metadata(&report).unwrap().uid(), 4242);
+    let ran = srv
+        .run(
+            &sb,
+            "[ \"$(stat -c %u /mnt/user-data/outputs/report.md)\" = \"$(id -u)\" ] && echo more >> /mnt/user-data/outputs/report.md && echo appended",
+        )
+        .await;
+    assert_eq!(ran.output.trim(), "appended", "{ran:?}");
 }
