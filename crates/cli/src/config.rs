@@ -585,6 +585,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.api_key.as_deref(), Some("pad"));
     }
+
+    #[test]
+    fn listener_and_memory_keys_are_read_and_checked() {
+        let (_d, p) = file(
+            "server:\n  header_read_timeout_secs: 5\n  connection_idle_secs: 7\n  \
+             max_connections: 100\nagent:\n  max_read_bytes: 1024\n  \
+             max_concurrent_heavy_per_sandbox: 2\n  max_concurrent_heavy: 0\n",
+        );
+        let c = load(Some(&p), &no_env).unwrap();
+        let l = c.server.listen_config();
+        assert_eq!(
+            (l.header_read_timeout, l.connection_idle, l.max_connections),
+            (
+                std::time::Duration::from_secs(5),
+                std::time::Duration::from_secs(7),
+                100
+            )
+        );
+        let a = c.agent.agent_config(c.agent.global_heavy_limit());
+        assert_eq!((a.max_read_bytes, a.max_heavy_per_sandbox), (1024, 2));
+        assert!(a.heavy_global.is_none(), "0 turns the global limit off");
+        for (yaml, key) in [
+            (
+                "server:\n  header_read_timeout_secs: 0\n",
+                "server.header_read_timeout_secs",
+            ),
+            (
+                "server:\n  connection_idle_secs: 0\n",
+                "server.connection_idle_secs",
+            ),
+            ("server:\n  max_connections: 0\n", "server.max_connections"),
+            ("agent:\n  max_read_bytes: 0\n", "agent.max_read_bytes"),
+        ] {
+            let (_d, p) = file(yaml);
+            let e = load(Some(&p), &no_env).unwrap_err().to_string();
+            assert!(e.contains(key), "{yaml}: {e}");
+        }
+    }
 }
 
 #[cfg(test)]
