@@ -170,6 +170,13 @@ pub enum MountRule {
     /// A gateway mount's host path is in another user's directory of the state root.
     #[error("host_path is inside another user's directory of the DeerFlow state root")]
     OtherUsersDirectory,
+    /// A gateway mount's host path lies in a thread's `user-data`, which that thread's
+    /// sandbox can change while the path is checked, created and mounted.
+    #[error(
+        "host_path is inside a thread's user-data, which its sandbox can change (refused: \
+         Paddock would create and mount through directories a tenant controls)"
+    )]
+    InsideThreadData,
     /// A component of the host path is a symbolic link.
     #[error("host_path contains a symbolic link (refused, never followed)")]
     HostPathSymlink,
@@ -339,10 +346,19 @@ pub fn validate_gateway_mounts(
             _ => return Err(err(i, spec, MountRule::OutsideGatewayRoot)),
         };
         let mut parts = rel.components().map(|c| c.as_os_str());
-        if parts.next() == Some(std::ffi::OsStr::new("users"))
-            && parts.next() != Some(std::ffi::OsStr::new(user.as_str()))
-        {
-            return Err(err(i, spec, MountRule::OtherUsersDirectory));
+        if parts.next() == Some(std::ffi::OsStr::new("users")) {
+            if parts.next() != Some(std::ffi::OsStr::new(user.as_str())) {
+                return Err(err(i, spec, MountRule::OtherUsersDirectory));
+            }
+            // users/{u}/threads/{t}/user-data/...: checked and created by path below, as
+            // root, while the thread's sandbox may be changing it.
+            let rest: Vec<_> = parts.collect();
+            if rest.len() >= 3
+                && rest[0] == std::ffi::OsStr::new("threads")
+                && rest[2] == std::ffi::OsStr::new("user-data")
+            {
+                return Err(err(i, spec, MountRule::InsideThreadData));
+            }
         }
         // Refuse a symlink anywhere below the root (the root itself is the operator's).
         let mut at = root.to_path_buf();

@@ -537,6 +537,17 @@ fn gateway_mounts_are_accepted_as_deerflows_provisioner_accepts_them() {
         )),
         MountRule::OtherUsersDirectory
     );
+    for inside in ["user-data", "user-data/workspace/x"] {
+        assert_eq!(
+            one(spec(
+                &g.join("users/u1/threads/t1").join(inside),
+                "/mnt/skills/custom",
+                true
+            )),
+            MountRule::InsideThreadData,
+            "{inside}"
+        );
+    }
     assert_eq!(
         one(MountSpec {
             host_path: format!("{}/users/u1/../u2/skills_view/custom", g.display()),
