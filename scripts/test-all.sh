@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v rg >/dev/null 2>&1 || need_apt+=(ripgrep)
 command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
+# Per-thread disk images (sandbox.disk_quota_mode: image): mkfs.ext4, e2fsck, resize2fs.
+command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -10,7 +10,9 @@
 //! - at most `max_connections` connections are open. At the cap a new connection closes
 //!   the oldest connection that has no request in progress (an idle one, or one still
 //!   sending its headers); when every connection is busy the new one gets a short 503 and
-//!   is closed. So a flood of idle connections can never keep a fresh client out.
+//!   is closed. When the process runs out of descriptors (other work holds them, or the
+//!   limit was lowered), accepting closes the longest-idle connection too. So a flood of
+//!   idle connections can never keep a fresh client out.
 //!
 //! Invariant: every accepted connection is in the registry until its task ends, and a
 //! connection counts as busy from the moment its request is dispatched until its response
@@ -19,7 +21,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -96,12 +98,22 @@ struct Conn {
     close: Arc<Notify>,
 }
 
+/// The connection without a request in progress that has been idle longest.
+fn longest_idle(conns: &HashMap<u64, Conn>) -> Option<u64> {
+    conns
+        .iter()
+        .filter(|(_, c)| c.busy == 0)
+        .min_by_key(|(_, c)| c.idle_since)
+        .map(|(id, _)| *id)
+}
+
 /// The open connections.
 #[derive(Debug)]
 struct Registry {
     conns: Mutex<HashMap<u64, Conn>>,
     next: AtomicU64,
-    max: usize,
+    /// The cap in force (it follows the open-file limit, see [`serve`]).
+    max: AtomicUsize,
 }
 
 impl Registry {
@@ -109,16 +121,13 @@ impl Registry {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a connection, closing the longest-idle one at the cap; `None` when every
-    /// connection is busy.
+    /// Admits a connection, closing the longest-idle ones to get under the cap; `None`
+    /// when every connection is busy.
     fn admit(&self) -> Option<(u64, Arc<Notify>)> {
         let mut conns = self.lock();
-        if conns.len() >= self.max {
-            let victim = conns
-                .iter()
-                .filter(|(_, c)| c.busy == 0)
-                .min_by_key(|(_, c)| c.idle_since)
-                .map(|(id, _)| *id)?;
+        let max = self.max.load(Ordering::Relaxed).max(1);
+        while conns.len() >= max {
+            let victim = longest_idle(&conns)?;
             if let Some(c) = conns.remove(&victim) {
                 c.close.notify_one();
             }
@@ -134,6 +143,18 @@ impl Registry {
             },
         );
         Some((id, close))
+    }
+
+    /// Closes the longest-idle connection, if any (to free its descriptor).
+    fn evict_idle(&self) -> bool {
+        let mut conns = self.lock();
+        match longest_idle(&conns).and_then(|v| conns.remove(&v)) {
+            Some(c) => {
+                c.close.notify_one();
+                true
+            }
+            None => false,
+        }
     }
 
     fn remove(&self, id: u64) {
@@ -326,6 +347,11 @@ impl AsyncWrite for StallIo {
     }
 }
 
+/// "Too many open files" for the process (Linux errno).
+const EMFILE: i32 = 24;
+/// "Too many open files" for the system (Linux errno).
+const ENFILE: i32 = 23;
+
 /// What a connection refused at the cap is told before it is closed.
 const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
 retry-after: 1\r\nconnection: close\r\ncontent-length: 100\r\n\r\n\
@@ -350,24 +376,35 @@ pub async fn serve(
     let reg = Arc::new(Registry {
         conns: Mutex::new(HashMap::new()),
         next: AtomicU64::new(0),
-        max,
+        max: AtomicUsize::new(max),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
     let mut accept_errors = 0u64;
+    let mut limit_read = Instant::now();
     loop {
+        // The open-file limit can change under a running process (prlimit): follow it.
+        if limit_read.elapsed() >= Duration::from_secs(1) {
+            limit_read = Instant::now();
+            reg.max
+                .store(cfg.effective_max_connections(), Ordering::Relaxed);
+        }
         let (tcp, _peer) = tokio::select! {
             () = &mut shutdown => break,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the connection
-                    // stays in the backlog and is taken when descriptors free up.
                     accept_errors += 1;
                     if accept_errors.is_power_of_two() {
                         tracing::warn!(error = %e, count = accept_errors, "accepting a connection failed");
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    // Out of descriptors (EMFILE, ENFILE: other work may hold them, or the
+                    // limit was lowered under us): an idle connection gives its up, so
+                    // idle connections can never keep a new client out. Otherwise back
+                    // off; the connection waits in the backlog.
+                    let out_of_fds = matches!(e.raw_os_error(), Some(EMFILE | ENFILE));
+                    let pause = if out_of_fds && reg.evict_idle() { 1 } else { 20 };
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                     continue;
                 }
             },
@@ -479,7 +516,7 @@ mod tests {
         Arc::new(Registry {
             conns: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
-            max,
+            max: AtomicUsize::new(max),
         })
     }
 
@@ -533,6 +570,10 @@ mod tests {
         let _guards: Vec<BusyGuard> = ids.iter().map(|id| reg.begin(*id)).collect();
         assert!(reg.admit().is_none());
         assert_eq!(reg.len(), 3);
+        assert!(!reg.evict_idle(), "nothing idle to give up its descriptor");
+        drop(_guards);
+        assert!(reg.evict_idle());
+        assert_eq!(reg.len(), 2);
         let _ = a_close;
     }
 }

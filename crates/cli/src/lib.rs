@@ -34,7 +34,7 @@ pub enum Command {
     /// (128+signal when killed, 124 on timeout).
     Exec(ExecCmd),
     /// Check which kernel features the isolated runtime needs are available here.
-    Doctor(paddock_runtime::cli::DoctorArgs),
+    Doctor(DoctorCmd),
     /// Serve one thread's sandbox over the AIO-compatible agent API (as inside a Pod).
     Agent(AgentCmd),
     /// Move data from the legacy layout (threads/{id}) to users/{user}/threads/{id}.
@@ -96,6 +96,21 @@ pub struct ExecCmd {
     /// What to run and where.
     #[command(flatten)]
     pub args: paddock_runtime::cli::ExecArgs,
+}
+
+/// `paddock doctor`.
+#[derive(Debug, clap::Args)]
+pub struct DoctorCmd {
+    /// The config file whose `sandbox:` and `deerflow:` sections say which disk quota
+    /// applies (default: $PADDOCK_CONFIG, else built-in defaults).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (default: the config's `data_dir`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Output format.
+    #[command(flatten)]
+    pub args: paddock_runtime::cli::DoctorArgs,
 }
 
 /// `paddock agent`.
@@ -392,8 +407,25 @@ pub fn run_exec_status(cmd: ExecCmd) -> u8 {
     }
 }
 
-fn run_doctor(args: paddock_runtime::cli::DoctorArgs) -> ExitCode {
-    match paddock_runtime::cli::run_doctor(args) {
+fn run_doctor(cmd: DoctorCmd) -> ExitCode {
+    let mut cfg = match load_config(cmd.config.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(d) = cmd.data_dir {
+        cfg.data_dir = d;
+    }
+    // As `paddock serve` resolves it; a state root that is not a directory yet still
+    // means users' data is the gateway's.
+    let gateway = cfg
+        .deerflow
+        .state_root()
+        .map(|r| std::fs::canonicalize(&r).unwrap_or(r));
+    let ctx = paddock_runtime::cli::DoctorContext {
+        opts: cfg.sandbox.clone(),
+        layout: paddock_core::DataLayout::new(cfg.data_dir.clone()).with_gateway_root(gateway),
+    };
+    match paddock_runtime::cli::run_doctor_with(cmd.args, &ctx) {
         Ok(code) => exit_code(code),
         Err(e) => {
             report(&e, None);

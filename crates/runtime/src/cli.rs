@@ -420,10 +420,72 @@ pub fn checks() -> Vec<Check> {
     out
 }
 
+/// What `paddock doctor` knows of the configuration: enough to say which disk quota a
+/// runtime would enforce here.
+#[derive(Debug, Clone)]
+pub struct DoctorContext {
+    /// The `sandbox:` section.
+    pub opts: RuntimeOptions,
+    /// Where users' data lives.
+    pub layout: paddock_core::DataLayout,
+}
+
+/// The disk quota row: which mode `paddock serve` over `ctx` would use, and why. Required
+/// when a quota is configured explicitly (Paddock then refuses to start without it).
+pub fn disk_quota_check(ctx: &DoctorContext) -> Check {
+    let o = &ctx.opts;
+    let explicit = o.disk_quota_bytes.is_some() || o.disk_quota_mode == crate::DiskQuotaMode::Image;
+    // A real image is tried where Paddock would try it, or in the temporary directory
+    // while the data directory does not exist yet (doctor creates nothing there).
+    let probe_dir = if ctx.layout.root().is_dir() {
+        ctx.layout.root().to_path_buf()
+    } else {
+        std::env::temp_dir()
+    };
+    let (ok, detail, hint) = match crate::disk::resolve(o, &ctx.layout, Some(&probe_dir), true) {
+        Ok(q) if q.active() => (true, q.reason, ""),
+        Ok(q) => {
+            // Off by configuration is fine; off because the default cannot apply is not.
+            let by_config = o.disk_quota_mode == crate::DiskQuotaMode::Off
+                || o.disk_quota_bytes == Some(0)
+                || ctx.layout.gateway_root().is_some();
+            (
+                by_config,
+                q.reason,
+                "run Paddock as root with loop devices and e2fsprogs (mkfs.ext4), or set sandbox.disk_quota_bytes: 0 to say no quota is wanted",
+            )
+        }
+        Err((detail, hint)) => (false, detail, hint),
+    };
+    Check {
+        feature: format!("disk quota ({})", o.disk_quota_mode.as_str()),
+        required: explicit,
+        ok,
+        detail,
+        hint: if ok { String::new() } else { hint.into() },
+    }
+}
+
 /// Runs `paddock doctor`: 0 when every required feature works, 1 otherwise.
 pub fn run_doctor(args: DoctorArgs) -> anyhow::Result<i32> {
-    let checks = checks();
-    let ok = checks.iter().all(|c| c.ok || !c.required);
+    run_doctor_with(
+        args,
+        &DoctorContext {
+            opts: RuntimeOptions::default(),
+            layout: paddock_core::DataLayout::new("./.paddock"),
+        },
+    )
+}
+
+/// [`run_doctor`] for a configuration.
+pub fn run_doctor_with(args: DoctorArgs, ctx: &DoctorContext) -> anyhow::Result<i32> {
+    let mut checks = checks();
+    let isolation_ok = checks.iter().all(|c| c.ok || !c.required);
+    let disk = disk_quota_check(ctx);
+    let disk_ok = disk.ok || !disk.required;
+    let disk_line = format!("disk quota: {}", disk.detail);
+    checks.push(disk);
+    let ok = isolation_ok && disk_ok;
     let mut stdout = std::io::stdout().lock();
     if args.json {
         #[derive(Serialize)]
@@ -441,12 +503,20 @@ pub fn run_doctor(args: DoctorArgs) -> anyhow::Result<i32> {
         writeln!(stdout)?;
     } else {
         write!(stdout, "{}", render_table(&checks))?;
-        if ok {
+        if isolation_ok {
             writeln!(stdout, "\nisolation: isolated is available")?;
         } else {
             writeln!(
                 stdout,
                 "\nisolation: isolated is NOT available: a required feature is missing (see the hints above)"
+            )?;
+        }
+        if disk_ok {
+            writeln!(stdout, "{disk_line}")?;
+        } else {
+            writeln!(
+                stdout,
+                "the configured disk quota cannot be enforced here: Paddock refuses to start (see the hint above)"
             )?;
         }
     }

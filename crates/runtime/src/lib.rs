@@ -11,6 +11,7 @@
 //! `paddock_sys::jail`; the choice of per-exec namespaces in [`sandbox`].
 
 pub mod cli;
+pub mod disk;
 mod drive;
 pub mod env;
 mod etc;
@@ -23,7 +24,7 @@ pub mod provider;
 pub mod runtime;
 pub mod sandbox;
 
-pub use options::{Isolation, Limits, Network, RuntimeOptions, UidRange};
+pub use options::{DiskQuotaMode, Isolation, Limits, Network, RuntimeOptions, UidRange};
 pub use provider::LocalProvider;
 pub use runtime::{Runtime, RuntimeError};
 pub use sandbox::LocalSandbox;

@@ -112,6 +112,40 @@ impl TotalLimits {
     }
 }
 
+/// How a thread's writable data (`/mnt/user-data`) is capped on the host's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskQuotaMode {
+    /// `image` where the host can provide it (root, loop devices, `mkfs.ext4`) and users'
+    /// data is Paddock's own (not under DeerFlow's state root); otherwise no quota, which
+    /// is refused at start when `disk_quota_bytes` is set explicitly.
+    #[default]
+    Auto,
+    /// Each thread's data in an ext4 image file of `disk_quota_bytes`, loop-mounted by
+    /// root at its `user-data` directory; Paddock refuses to start when it cannot.
+    Image,
+    /// No new images. A thread whose data is already in an image keeps it there (its image
+    /// is still mounted), so turning quotas off never hides data.
+    Off,
+}
+
+impl DiskQuotaMode {
+    /// The name used in config and in `paddock doctor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Image => "image",
+            Self::Off => "off",
+        }
+    }
+}
+
+/// The quota a thread gets when `disk_quota_bytes` is unset (10 GiB).
+pub const DEFAULT_DISK_QUOTA_BYTES: u64 = 10 << 30;
+
+/// The smallest quota accepted (8 MiB): the filesystem's own metadata needs room.
+pub const MIN_DISK_QUOTA_BYTES: u64 = 8 << 20;
+
 /// A range of host uids/gids: each live sandbox gets one no other live sandbox has (the
 /// hash of `(user, thread)` picks the first candidate, so a thread usually keeps its id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +208,12 @@ pub struct RuntimeOptions {
     /// COMMAND` would. Off, or with a statically linked shell, the shell starts when the
     /// command comes.
     pub prebuild_shell: bool,
+    /// Most bytes one thread's data (`/mnt/user-data`) may take on the host's disk. Unset:
+    /// [`DEFAULT_DISK_QUOTA_BYTES`] where the host can enforce it, else none (with a
+    /// warning); set: enforced, or Paddock refuses to start. `0`: no quota.
+    pub disk_quota_bytes: Option<u64>,
+    /// How the quota is enforced: `auto` (default), `image` or `off`.
+    pub disk_quota_mode: DiskQuotaMode,
 }
 
 impl Default for RuntimeOptions {
@@ -192,6 +232,8 @@ impl Default for RuntimeOptions {
             total_limits: TotalLimits::default(),
             prebuild_jail: true,
             prebuild_shell: true,
+            disk_quota_bytes: None,
+            disk_quota_mode: DiskQuotaMode::Auto,
         }
     }
 }
@@ -267,6 +309,17 @@ impl RuntimeOptions {
             if v.contains('\0') {
                 return err("environment", format!("value of {k} contains a NUL byte"));
             }
+        }
+        if let Some(b) = self.disk_quota_bytes
+            && b != 0
+            && b < MIN_DISK_QUOTA_BYTES
+        {
+            return err(
+                "disk_quota_bytes",
+                format!(
+                    "must be 0 (no quota) or at least {MIN_DISK_QUOTA_BYTES} bytes (8 MiB): the filesystem's own metadata needs room"
+                ),
+            );
         }
         if self.max_cached_sandboxes == 0 {
             return err("max_cached_sandboxes", "must be at least 1".into());
@@ -365,5 +418,38 @@ mod tests {
         );
         let o: RuntimeOptions = serde_json::from_str(r#"{"uid_range":null}"#).unwrap();
         assert_eq!(o.uid_range, None, "null chooses the shared uid");
+    }
+
+    #[test]
+    fn disk_quota_keys_parse_and_validate() {
+        let o: RuntimeOptions =
+            serde_json::from_str(r#"{"disk_quota_bytes":16777216,"disk_quota_mode":"image"}"#)
+                .unwrap();
+        assert_eq!(o.disk_quota_bytes, Some(16 << 20));
+        assert_eq!(o.disk_quota_mode, DiskQuotaMode::Image);
+        let o = RuntimeOptions::default();
+        assert_eq!(
+            o.disk_quota_bytes, None,
+            "unset: the default, where enforceable"
+        );
+        assert_eq!(o.disk_quota_mode, DiskQuotaMode::Auto);
+        assert_eq!(DEFAULT_DISK_QUOTA_BYTES, 10 * 1024 * 1024 * 1024);
+        let e =
+            serde_json::from_str::<RuntimeOptions>(r#"{"disk_quota_mode":"project"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
+        let o = RuntimeOptions {
+            disk_quota_bytes: Some(1 << 20),
+            ..RuntimeOptions::default()
+        };
+        let e = o.validate().unwrap_err();
+        assert_eq!(e.key, "disk_quota_bytes");
+        assert!(e.message.contains("8 MiB"), "{e}");
+        for ok in [0, MIN_DISK_QUOTA_BYTES, 16 << 20] {
+            let o = RuntimeOptions {
+                disk_quota_bytes: Some(ok),
+                ..RuntimeOptions::default()
+            };
+            assert!(o.validate().is_ok(), "{ok}");
+        }
     }
 }

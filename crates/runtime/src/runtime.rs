@@ -37,6 +37,14 @@ pub enum RuntimeError {
         /// What to do.
         hint: &'static str,
     },
+    /// A disk quota is configured and cannot be enforced on this host.
+    #[error("sandbox.disk_quota_bytes cannot be enforced: {detail}\n\nhint: {hint}")]
+    DiskQuota {
+        /// What is missing.
+        detail: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// Something else on the host.
     #[error("{what}: {source}")]
     Host {
@@ -106,6 +114,10 @@ pub struct Runtime {
     /// Per-sandbox host ids (a root Paddock with `uid_range`): no two live sandboxes share
     /// a uid, so none can spend another's per-user kernel counters.
     pub(crate) ids: Option<crate::ids::IdAllocator>,
+    /// The disk quota of every thread's data (see `crate::disk`).
+    pub(crate) disk: crate::disk::DiskQuota,
+    /// The thread images this runtime has mounted.
+    pub(crate) disks: crate::disk::Disks,
 }
 
 /// The warnings for controllers without a usable cgroup: one per distinct cause, naming the
@@ -257,7 +269,7 @@ impl Runtime {
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
-        Self::build(DataLayout::new(data_dir.into()), opts, false)
+        Self::build(DataLayout::new(data_dir.into()), opts, false, false)
     }
 
     /// [`Runtime::new`] over a layout (users' data in a gateway's state root, see
@@ -266,7 +278,15 @@ impl Runtime {
         layout: DataLayout,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
-        Self::build(layout, opts, false)
+        Self::build(layout, opts, false, false)
+    }
+
+    /// The runtime of `paddock serve`, whose sandboxes belong to many tenants: as
+    /// [`Runtime::with_layout`], and the default disk quota applies (see `crate::disk`);
+    /// elsewhere (one sandbox per process, an embedding, a one-shot exec) only a configured
+    /// one does.
+    pub fn server(layout: DataLayout, opts: RuntimeOptions) -> Result<Arc<Self>, RuntimeError> {
+        Self::build(layout, opts, false, true)
     }
 
     /// The runtime of a process that runs one command and exits (`paddock exec`), and so
@@ -280,15 +300,39 @@ impl Runtime {
         data_dir: impl Into<PathBuf>,
         opts: RuntimeOptions,
     ) -> Result<Arc<Self>, RuntimeError> {
-        Self::build(DataLayout::new(data_dir.into()), opts, true)
+        Self::build(DataLayout::new(data_dir.into()), opts, true, false)
     }
 
     fn build(
         layout: DataLayout,
         opts: RuntimeOptions,
         one_shot: bool,
+        default_quota: bool,
     ) -> Result<Arc<Self>, RuntimeError> {
         opts.validate()?;
+        // A long-lived runtime proves with a real image that images work here; a one-shot
+        // process only makes the cheap checks (its first attach fails loudly otherwise).
+        let probe_dir = (!one_shot).then(|| layout.root().to_path_buf());
+        let disk = crate::disk::resolve(&opts, &layout, probe_dir.as_deref(), default_quota)
+            .map_err(|(detail, hint)| RuntimeError::DiskQuota { detail, hint })?;
+        if disk.active()
+            || !default_quota
+            || opts.disk_quota_bytes == Some(0)
+            || opts.disk_quota_mode != crate::options::DiskQuotaMode::Auto
+        {
+            tracing::info!("disk quota: {}", disk.reason);
+        } else {
+            tracing::warn!("disk quota: {}", disk.reason);
+        }
+        if !one_shot && paddock_sys::process::euid() == 0 {
+            let swept = crate::disk::sweep(&layout);
+            if swept > 0 {
+                tracing::info!(
+                    swept,
+                    "unmounted disk images of threads left mounted by Paddock processes that are gone"
+                );
+            }
+        }
         let jail = match opts.isolation {
             Isolation::None => {
                 tracing::warn!(
@@ -311,6 +355,8 @@ impl Runtime {
             jail,
             one_shot,
             ids,
+            disk,
+            disks: crate::disk::Disks::default(),
         }))
     }
 
@@ -493,6 +539,11 @@ impl Runtime {
         &self.layout
     }
 
+    /// The disk quota in force (`paddock doctor`, logs).
+    pub fn disk_quota(&self) -> &crate::disk::DiskQuota {
+        &self.disk
+    }
+
     /// The isolation mode.
     pub fn isolation(&self) -> Isolation {
         if self.jail.is_some() {
@@ -509,6 +560,8 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // No sandbox is left (each holds the runtime): its images can go.
+        self.disks.release_all();
         if let Some(j) = &self.jail {
             j.cgroups.remove();
         }

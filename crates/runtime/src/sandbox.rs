@@ -111,6 +111,9 @@ pub struct LocalSandbox {
     /// The sandbox's own host id while it lives (declared last: returned after the fields
     /// above are dropped, and `Drop` has killed the jail).
     _id_lease: Option<crate::ids::IdLease>,
+    /// The thread's disk image while it is mounted for this sandbox (see `crate::disk`);
+    /// after everything else, so it is unmounted once nothing here holds it.
+    disk: Option<crate::disk::Attached>,
 }
 
 impl std::fmt::Debug for LocalSandbox {
@@ -136,6 +139,7 @@ impl LocalSandbox {
         thread: &ThreadId,
         custom: Vec<Mount>,
     ) -> Result<Self, SandboxError> {
+        let disk = attach_disk(&rt, user, thread)?;
         let table = MountTable::for_thread(rt.layout(), user, thread, custom).map_err(|e| {
             tracing::error!(error = %e, "could not prepare the thread's directories");
             SandboxError::Unavailable {
@@ -236,7 +240,14 @@ impl LocalSandbox {
             removing: Arc::default(),
             drains: Arc::default(),
             _id_lease: lease,
+            disk,
         })
+    }
+
+    /// `st_dev` of the thread's disk image while it is mounted for this sandbox (`None`:
+    /// the thread's data is a plain directory).
+    pub fn disk_dev(&self) -> Option<u64> {
+        self.disk.as_ref().map(crate::disk::Attached::dev)
     }
 
     /// Starts building the sandbox's jail in the background (when `prebuild_jail` is on), so
@@ -901,6 +912,34 @@ fn group_alive(pgid: i32) -> bool {
         let state = f.next();
         let _ppid = f.next();
         f.next().and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && state != Some("Z")
+    })
+}
+
+/// The thread's directories, and its disk image mounted at `user-data` when it has one or
+/// the runtime makes them (see `crate::disk`).
+fn attach_disk(
+    rt: &Runtime,
+    user: &UserId,
+    thread: &ThreadId,
+) -> Result<Option<crate::disk::Attached>, SandboxError> {
+    let dirs = rt.layout().ensure_thread_dirs(user, thread).map_err(|e| {
+        tracing::error!(error = %e, "could not prepare the thread's directories");
+        SandboxError::Unavailable {
+            message: format!("could not prepare the directories of thread {thread}"),
+        }
+    })?;
+    rt.disks.attach(&rt.disk, &dirs.thread).map_err(|e| {
+        use crate::disk::DiskError;
+        tracing::error!(error = %e, %user, %thread, "could not set up the thread's disk");
+        let message = match e {
+            DiskError::DoesNotFit { .. } | DiskError::Foreign | DiskError::CannotMount { .. } => {
+                format!("thread {thread}: {e}")
+            }
+            DiskError::Io { .. } | DiskError::Tool { .. } => {
+                format!("could not set up the disk of thread {thread}")
+            }
+        };
+        SandboxError::Unavailable { message }
     })
 }
 

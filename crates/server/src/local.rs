@@ -231,6 +231,12 @@ impl LocalBackend {
                     SandboxError::InvalidArgument { field, message } => {
                         BackendError::Invalid { field, message }
                     }
+                    // The thread cannot be served now (its data does not fit its disk
+                    // quota, …): the message says why, without host paths.
+                    SandboxError::Unavailable { message } => {
+                        tracing::warn!(%message, "sandbox refused");
+                        BackendError::Unavailable(message)
+                    }
                     other => internal("could not prepare the sandbox", other),
                 })?;
         let sandbox = Arc::new(sandbox);

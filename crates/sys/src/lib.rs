@@ -10,6 +10,7 @@
 //! thread at the moment of the clone.
 
 pub mod cgroup;
+pub mod disk;
 pub mod entry;
 pub mod idmap;
 pub mod jail;
