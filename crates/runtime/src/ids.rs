@@ -9,24 +9,36 @@
 //! keeps a thread on the same uid across restarts in the common case, and the next free id
 //! after it is taken when that one is in use.
 //!
-//! Invariant: while a [`IdLease`] lives, no other lease of the same allocator holds its id.
+//! Two sandbox objects of one thread (an evicted one whose last command still runs, and
+//! its successor) share that thread's id, so neither takes the thread's files from the
+//! other.
+//!
+//! Invariant: while an [`IdLease`] lives, no lease of another `(user, thread)` from the
+//! same allocator holds its id.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+/// Leases held: by id, the thread holding it and how many leases it has.
+#[derive(Debug, Default)]
+struct Held {
+    by_id: HashMap<u32, (String, usize)>,
+    by_key: HashMap<String, u32>,
+}
 
 /// Hands out ids from a range, one per live sandbox.
 #[derive(Debug)]
 pub struct IdAllocator {
     start: u32,
     count: u32,
-    used: Arc<Mutex<HashSet<u32>>>,
+    held: Arc<Mutex<Held>>,
 }
 
-/// One sandbox's id; returned to the allocator when dropped.
+/// One sandbox's id; returned to the allocator when the thread's last lease is dropped.
 #[derive(Debug)]
 pub struct IdLease {
     id: u32,
-    used: Arc<Mutex<HashSet<u32>>>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl IdLease {
@@ -38,10 +50,18 @@ impl IdLease {
 
 impl Drop for IdLease {
     fn drop(&mut self) {
-        self.used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let gone = match held.by_id.get_mut(&self.id) {
+            Some((_, n)) if *n > 1 => {
+                *n -= 1;
+                None
+            }
+            Some(_) => held.by_id.remove(&self.id).map(|(key, _)| key),
+            None => None,
+        };
+        if let Some(key) = gone {
+            held.by_key.remove(&key);
+        }
     }
 }
 
@@ -66,47 +86,53 @@ impl IdAllocator {
         Self {
             start,
             count: count.max(1),
-            used: Arc::default(),
+            held: Arc::default(),
         }
     }
 
     /// The id for a sandbox of `(user, thread)`: its hashed id when free, else the next
     /// free one after it (wrapping around the range).
     pub fn lease(&self, user: &str, thread: &str) -> Result<IdLease, IdsExhausted> {
-        let first = self.preferred(user, thread);
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        if used.len() as u64 >= u64::from(self.count) {
+        let key = format!("{user}\0{thread}");
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&id) = held.by_key.get(&key) {
+            if let Some((_, n)) = held.by_id.get_mut(&id) {
+                *n += 1;
+            }
+            return Ok(IdLease {
+                id,
+                held: self.held.clone(),
+            });
+        }
+        if held.by_id.len() as u64 >= u64::from(self.count) {
             return Err(IdsExhausted {
                 start: self.start,
                 count: self.count,
                 end: u64::from(self.start) + u64::from(self.count),
             });
         }
-        let mut off = first;
-        // Terminates: fewer than `count` ids are used, so a free one exists.
-        while used.contains(&(self.start + off)) {
+        // The remainder is below `count`, a u32.
+        let mut off = (paddock_sys::uidmap::fnv1a(key.as_bytes()) % u64::from(self.count)) as u32;
+        // Terminates: fewer than `count` ids are held, so a free one exists.
+        while held.by_id.contains_key(&(self.start + off)) {
             off = (off + 1) % self.count;
         }
         let id = self.start + off;
-        used.insert(id);
+        held.by_id.insert(id, (key.clone(), 1));
+        held.by_key.insert(key, id);
         Ok(IdLease {
             id,
-            used: self.used.clone(),
+            held: self.held.clone(),
         })
     }
 
     /// Ids held now.
     pub fn in_use(&self) -> usize {
-        self.used.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    fn preferred(&self, user: &str, thread: &str) -> u32 {
-        let mut key = Vec::with_capacity(user.len() + thread.len() + 1);
-        key.extend_from_slice(user.as_bytes());
-        key.push(0);
-        key.extend_from_slice(thread.as_bytes());
-        // The remainder is below `count`, a u32.
-        (paddock_sys::uidmap::fnv1a(&key) % u64::from(self.count)) as u32
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .len()
     }
 }
 
@@ -114,6 +140,7 @@ impl IdAllocator {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     #[test]
     fn a_free_hashed_id_is_kept_across_allocators() {
@@ -142,6 +169,22 @@ mod tests {
         assert_eq!(a.lease("u", "4").unwrap().id(), freed);
     }
 
+    #[test]
+    fn two_sandbox_objects_of_one_thread_share_its_id() {
+        let a = IdAllocator::new(10, 100);
+        let first = a.lease("u", "t").unwrap();
+        let second = a.lease("u", "t").unwrap();
+        assert_eq!(first.id(), second.id());
+        assert_eq!(a.in_use(), 1);
+        drop(first);
+        // Still held by the second: another thread cannot get it.
+        assert_eq!(a.in_use(), 1);
+        let other = a.lease("v", "t").unwrap();
+        assert_ne!(other.id(), second.id());
+        drop(second);
+        assert_eq!(a.in_use(), 1);
+    }
+
     proptest! {
         #[test]
         fn leases_are_distinct_and_in_range(
@@ -151,15 +194,16 @@ mod tests {
         ) {
             let a = IdAllocator::new(start, count);
             let mut held = Vec::new();
-            let mut seen = HashSet::new();
+            let mut owner: HashMap<u32, (String, String)> = HashMap::new();
             for (u, t) in &keys {
                 match a.lease(u, t) {
                     Ok(l) => {
                         prop_assert!(l.id() >= start && u64::from(l.id()) < u64::from(start) + u64::from(count));
-                        prop_assert!(seen.insert(l.id()), "id {} handed out twice", l.id());
+                        let o = owner.entry(l.id()).or_insert_with(|| (u.clone(), t.clone()));
+                        prop_assert_eq!(o, &(u.clone(), t.clone()), "id {} handed to two threads", l.id());
                         held.push(l);
                     }
-                    Err(_) => prop_assert_eq!(held.len() as u32, count),
+                    Err(_) => prop_assert_eq!(owner.len() as u32, count),
                 }
             }
         }

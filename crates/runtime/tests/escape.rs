@@ -638,11 +638,25 @@ async fn landlock_denies_writes_outside_the_writable_mounts() {
     let o = run(&sb, "echo renamed > /proc/self/comm; echo rc=$?; echo ok > /mnt/user-data/workspace/w; echo rc=$?").await;
     assert!(o.stdout.starts_with("rc=1\nrc=0\n"), "{o:?}");
     assert!(o.stderr.contains("Permission denied"), "{o:?}");
-    if paddock_sys::landlock::kernel_abi() >= 6 {
-        // Signal scoping: init is outside the command's landlock domain.
-        let o = run(&sb, "kill -0 1; echo rc=$?").await;
-        assert!(o.stdout.contains("rc=1"), "{o:?}");
-    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commands_cannot_kill_or_stop_the_jail_s_init() {
+    need!();
+    let e = env();
+    let sb = e.sandbox("init-signals").await;
+    // The commands share init's landlock domain (so they may signal each other), but init
+    // is pid 1 of the sandbox's pid namespace: the kernel drops signals from inside the
+    // namespace that init has no handler for, SIGKILL and SIGSTOP included.
+    let o = run(
+        &sb,
+        "echo kept > /tmp/mark; for s in KILL STOP TERM INT HUP QUIT SEGV USR1; do kill -$s 1; done; sleep 0.2; echo sent",
+    )
+    .await;
+    assert_eq!(o.stdout, "sent\n", "{o:?}");
+    // The same jail (its /tmp) still serves the next command.
+    let o = run(&sb, "cat /tmp/mark; grep -E '^State:' /proc/1/status").await;
+    assert!(o.stdout.starts_with("kept\nState:\tS"), "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
