@@ -6,6 +6,7 @@ pub mod config;
 pub mod env;
 pub mod fastargs;
 pub mod front;
+pub mod lograte;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -185,17 +186,23 @@ fn run_config(cmd: ConfigCommand) -> ExitCode {
 
 fn init_logging(level: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::env::var_os("NO_COLOR").is_none()
         && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    // Warnings and errors are bounded per call site (see `lograte`).
+    let registry = tracing_subscriber::registry().with(filter);
     let _ = if json {
-        b.json().try_init()
+        registry
+            .with(fmt.json().with_filter(lograte::RateLimit::default()))
+            .try_init()
     } else {
-        b.try_init()
+        registry
+            .with(fmt.with_filter(lograte::RateLimit::default()))
+            .try_init()
     };
 }
 
@@ -275,6 +282,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
     if let Some(d) = args.data_dir {
         cfg.data_dir = d;
     }
+    let key_on_argv = args.api_key.is_some();
     if let Some(k) = args.api_key {
         cfg.api_key = Some(k);
     }
@@ -282,6 +290,15 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
         cfg.public_url = Some(u);
     }
     init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
+    if key_on_argv {
+        // Sandboxes cannot see it (their init is not a copy of Paddock), but every local
+        // user of the host can read a process's argv in /proc/{pid}/cmdline.
+        tracing::warn!(
+            "--api-key puts the key in the command line, readable by every local user in /proc/{}/cmdline; \
+             prefer PADDOCK_API_KEY or api_key_file",
+            std::process::id()
+        );
+    }
     let base_mounts = custom_mounts(&cfg)?;
     let gateway_root = match cfg.deerflow.state_root() {
         None => None,
