@@ -870,9 +870,18 @@ pub async fn file_find(
         .map(|p| p.to_string())
         .unwrap_or(req.path);
     let files: Vec<String> = out.paths.iter().map(ToString::to_string).collect();
-    Ok(ok(
-        json!({ "path": root, "files": files, "truncated": out.truncated }),
-    ))
+    // Paths with a name that is not UTF-8: their index in `files` and the exact path
+    // escaped (as in `/v1/file/list`); absent when there are none.
+    let mut body = json!({ "path": root, "files": files, "truncated": out.truncated });
+    if !out.escaped_paths.is_empty() {
+        body["escaped_paths"] = json!(
+            out.escaped_paths
+                .iter()
+                .map(|(i, p)| (i.to_string(), Value::String(p.clone())))
+                .collect::<serde_json::Map<String, Value>>()
+        );
+    }
+    Ok(ok(body))
 }
 
 /// `POST /v1/file/list` body.
@@ -976,6 +985,12 @@ pub async fn file_list(
             "permissions": null,
             "extension": extension,
         });
+        // A name that is not UTF-8 is listed with a lossy stand-in in `name` and `path`
+        // (the schema's strings) and, beside them, the exact path escaped, so two such
+        // names never read as one and the file can still be addressed.
+        if let Some(exact) = &e.escaped_path {
+            v["escaped_path"] = json!(exact);
+        }
         files.push((v, e));
     }
     files.sort_by(|(_, a), (_, b)| match sort_by {
