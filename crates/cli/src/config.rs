@@ -155,9 +155,20 @@ impl MountsConfig {
 pub struct ServerConfig {
     /// Most live sandboxes; further creates get 429 with Retry-After.
     pub max_sandboxes: usize,
+    /// Most live sandboxes of one user (0: only `max_sandboxes` applies).
+    pub max_sandboxes_per_user: usize,
+    /// Most commands in flight of one user across all of the user's sandboxes (0: no cap;
+    /// local backend only: with Kubernetes, execs do not pass through the server).
+    pub max_concurrent_execs_per_user: usize,
     /// Seconds without activity after which a sandbox with no running process is reaped
     /// (0 disables reaping). User data always stays.
     pub idle_timeout_secs: u64,
+    /// Seconds without API activity after which a sandbox is reaped even while processes
+    /// run in it (they are killed; data stays). 0 disables.
+    pub busy_idle_timeout_secs: u64,
+    /// Seconds after its creation after which a sandbox is reaped whatever it does
+    /// (processes killed, data kept). 0 disables.
+    pub max_lifetime_secs: u64,
     /// Seconds between reaper passes.
     pub reap_interval_secs: u64,
     /// Seconds a client may take to send a request's headers; also how long a kept-alive
@@ -176,12 +187,36 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             max_sandboxes: 500,
+            max_sandboxes_per_user: 100,
+            max_concurrent_execs_per_user: 64,
             idle_timeout_secs: 600,
+            busy_idle_timeout_secs: 4 * 3600,
+            max_lifetime_secs: 24 * 3600,
             reap_interval_secs: 30,
             header_read_timeout_secs: paddock_agent::listen::DEFAULT_HEADER_READ_TIMEOUT_SECS,
             connection_idle_secs: paddock_agent::listen::DEFAULT_CONNECTION_IDLE_SECS,
             max_connections: paddock_agent::listen::DEFAULT_MAX_CONNECTIONS,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Checks the combinations the types cannot: a busy-idle bound shorter than the idle
+    /// timeout would reap every sandbox at it, running processes or not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.busy_idle_timeout_secs != 0
+            && self.idle_timeout_secs != 0
+            && self.busy_idle_timeout_secs < self.idle_timeout_secs
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.busy_idle_timeout_secs".into(),
+                message: format!(
+                    "must be 0 (off) or at least server.idle_timeout_secs ({}), got {}",
+                    self.idle_timeout_secs, self.busy_idle_timeout_secs
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -368,6 +403,7 @@ pub fn load(
         key: format!("sandbox.{}", e.key),
         message: e.message,
     })?;
+    cfg.server.validate()?;
     cfg.server.validate_listener()?;
     if cfg.agent.max_read_bytes == 0 {
         return Err(ConfigError::Invalid {
@@ -566,6 +602,31 @@ mod tests {
         assert!(
             e.contains("SANDBOX_SERVICE_TYPE") || e.contains("service_type"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn server_limits_are_read_and_checked() {
+        let (_d, p) = file(
+            "server:\n  max_sandboxes_per_user: 3\n  max_concurrent_execs_per_user: 2\n  \
+             idle_timeout_secs: 60\n  busy_idle_timeout_secs: 120\n  max_lifetime_secs: 0\n",
+        );
+        let c = load(Some(&p), &no_env).unwrap();
+        assert_eq!(c.server.max_sandboxes_per_user, 3);
+        assert_eq!(c.server.max_concurrent_execs_per_user, 2);
+        assert_eq!(c.server.busy_idle_timeout_secs, 120);
+        assert_eq!(c.server.max_lifetime_secs, 0);
+        let (_d, p) = file("server:\n  idle_timeout_secs: 600\n  busy_idle_timeout_secs: 60\n");
+        let e = load(Some(&p), &no_env).unwrap_err().to_string();
+        assert!(e.contains("server.busy_idle_timeout_secs"), "{e}");
+        // Off is always allowed.
+        let (_d, p) = file("server:\n  idle_timeout_secs: 600\n  busy_idle_timeout_secs: 0\n");
+        assert_eq!(
+            load(Some(&p), &no_env)
+                .unwrap()
+                .server
+                .busy_idle_timeout_secs,
+            0
         );
     }
 

@@ -328,6 +328,7 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
                 agent: cfg.agent.agent_config(cfg.agent.global_heavy_limit()),
                 tools: cfg.tools.clone(),
                 gateway_root,
+                max_concurrent_execs_per_user: cfg.server.max_concurrent_execs_per_user,
             }),
         },
         config::BackendKind::Kubernetes => {
@@ -357,7 +358,10 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
         api_key,
         lifecycle: paddock_server::LifecycleConfig {
             max_sandboxes: cfg.server.max_sandboxes,
+            max_sandboxes_per_user: cfg.server.max_sandboxes_per_user,
             idle_timeout: std::time::Duration::from_secs(cfg.server.idle_timeout_secs),
+            busy_idle_timeout: std::time::Duration::from_secs(cfg.server.busy_idle_timeout_secs),
+            max_lifetime: std::time::Duration::from_secs(cfg.server.max_lifetime_secs),
             reap_interval: std::time::Duration::from_secs(cfg.server.reap_interval_secs.max(1)),
         },
         backend,

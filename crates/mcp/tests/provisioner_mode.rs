@@ -45,6 +45,7 @@ async fn start_serve(data_dir: &Path) -> SocketAddr {
                 agent: Default::default(),
                 tools: Default::default(),
                 gateway_root: None,
+                max_concurrent_execs_per_user: 0,
             }),
         },
         listen_limits: Default::default(),

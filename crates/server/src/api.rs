@@ -120,6 +120,9 @@ async fn log_requests(State(state): State<AppState>, req: Request, next: Next) -
         Some(r) if status >= 500 => {
             tracing::error!(%method, path = %shown, status, ms, reason = %r.detail, field = r.field.as_deref().unwrap_or(""), "request")
         }
+        Some(r) if r.limit.is_some() => {
+            tracing::info!(%method, path = %shown, status, ms, reason = %r.detail, limit = r.limit.unwrap_or(""), "request")
+        }
         Some(r) => {
             tracing::info!(%method, path = %shown, status, ms, reason = %r.detail, field = r.field.as_deref().unwrap_or(""), "request")
         }
@@ -138,6 +141,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         backend.name(),
         &state.lifecycle.counts(),
         backend.exec_count(),
+        backend.exec_limit_refusals(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

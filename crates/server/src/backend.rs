@@ -148,8 +148,20 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Seconds since the sandbox was first created (kept across restarts), when known; the
+    /// lifecycle falls back to the time it first saw the sandbox.
+    fn age_secs(&self, _id: &SandboxId) -> Option<u64> {
+        None
+    }
+
     /// Execs served through sandbox URLs so far (for metrics).
     fn exec_count(&self) -> u64 {
+        0
+    }
+
+    /// Execs refused at `max_concurrent_execs_per_user` so far (for metrics); 0 for a
+    /// backend whose data plane does not pass through this server.
+    fn exec_limit_refusals(&self) -> u64 {
         0
     }
 

@@ -1,5 +1,6 @@
 //! The control plane's one error shape: every 4xx and 5xx is `{"detail": ..., "field"?: ...}`,
-//! as DeerFlow's provisioner (FastAPI) answers, so its clients parse Paddock's errors too.
+//! as DeerFlow's provisioner (FastAPI) answers, so its clients parse Paddock's errors too; a
+//! 429 also names the limit it hit (`"limit": "max_sandboxes_per_user"`).
 //! Internals are logged where they happen, never returned.
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -7,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::backend::BackendError;
+use crate::limits::Limit;
 
 /// An HTTP error with the shared JSON shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// `Retry-After` seconds (429, 503).
     pub retry_after: Option<u64>,
+    /// The limit a 429 hit.
+    pub limit: Option<Limit>,
 }
 
 impl ApiError {
@@ -29,6 +33,16 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             retry_after: None,
+            limit: None,
+        }
+    }
+
+    /// 429 naming the limit that was hit, with `Retry-After`.
+    pub fn limit_reached(limit: Limit, detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs),
+            limit: Some(limit),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, detail)
         }
     }
 
@@ -86,18 +100,24 @@ pub struct ErrorReason {
     pub detail: String,
     /// The field it names, if any.
     pub field: Option<String>,
+    /// The limit a 429 hit, if any.
+    pub limit: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match &self.field {
+        let mut body = match &self.field {
             Some(f) => json!({ "detail": self.detail, "field": f }),
             None => json!({ "detail": self.detail }),
         };
+        if let Some(l) = self.limit {
+            body["limit"] = json!(l.as_str());
+        }
         let mut resp = (self.status, axum::Json(body)).into_response();
         resp.extensions_mut().insert(ErrorReason {
             detail: self.detail.clone(),
             field: self.field.clone(),
+            limit: self.limit.map(Limit::as_str),
         });
         if let Some(v) = self
             .retry_after

@@ -1,28 +1,40 @@
 //! Sandbox lifecycle over a backend: idempotent, race-free create (one async lock per
 //! sandbox id, so 200 concurrent creates of one id make one sandbox while different ids
-//! never wait on each other), capacity, activity tracking and the idle reaper.
+//! never wait on each other), global and per-user capacity, activity tracking and the
+//! reaper (idle, busy-idle, maximum lifetime).
 //!
-//! Invariant: `live` mirrors what the backend manages; every mutation of one id happens
-//! under that id's lock.
+//! Invariants: `live` mirrors what the backend manages; every mutation of one id happens
+//! under that id's lock; a create holds a reservation (counted with the live sandboxes)
+//! from its capacity check until its sandbox is live, so concurrent creates of different
+//! ids never take more than `max_sandboxes` in all or `max_sandboxes_per_user` for one user.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use paddock_core::SandboxId;
+use paddock_core::{SandboxId, UserId};
 
 use crate::backend::{Backend, BackendError, CreateSpec, SandboxRecord};
 use crate::error::ApiError;
+use crate::limits::{Limit, ReapReason};
 use crate::metrics::Metrics;
 
 /// Lifecycle knobs.
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
-    /// Most live sandboxes; more creates get 429.
+    /// Most live sandboxes; more creates get 429 naming `max_sandboxes`.
     pub max_sandboxes: usize,
-    /// Reap sandboxes idle this long (zero disables reaping).
+    /// Most live sandboxes of one user (0: only `max_sandboxes` applies); more creates of
+    /// that user get 429 naming `max_sandboxes_per_user`.
+    pub max_sandboxes_per_user: usize,
+    /// Reap sandboxes with no API activity this long that run no process (zero: never).
     pub idle_timeout: Duration,
+    /// Reap sandboxes with no API activity this long even while processes run, killing
+    /// them (zero: never).
+    pub busy_idle_timeout: Duration,
+    /// Reap sandboxes this long after their creation whatever they do (zero: never).
+    pub max_lifetime: Duration,
     /// How often the reaper looks.
     pub reap_interval: Duration,
 }
@@ -31,7 +43,10 @@ impl Default for LifecycleConfig {
     fn default() -> Self {
         Self {
             max_sandboxes: 500,
+            max_sandboxes_per_user: 100,
             idle_timeout: Duration::from_secs(600),
+            busy_idle_timeout: Duration::from_secs(4 * 3600),
+            max_lifetime: Duration::from_secs(24 * 3600),
             reap_interval: Duration::from_secs(30),
         }
     }
@@ -40,6 +55,25 @@ impl Default for LifecycleConfig {
 struct Live {
     record: SandboxRecord,
     touched: Instant,
+    created: Instant,
+}
+
+/// A create's place in the capacity count until its sandbox is live (or the create fails).
+struct Reservation<'a> {
+    creating: &'a Mutex<HashMap<UserId, usize>>,
+    user: UserId,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut creating = self.creating.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = creating.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                creating.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// The control plane's view of every sandbox.
@@ -49,6 +83,9 @@ pub struct Lifecycle {
     metrics: Arc<Metrics>,
     locks: Mutex<HashMap<SandboxId, Weak<tokio::sync::Mutex<()>>>>,
     live: Mutex<HashMap<SandboxId, Live>>,
+    /// Creates past their capacity check whose sandbox is not live yet, per user. Locked
+    /// only while `live` is held or alone (never the other way round).
+    creating: Mutex<HashMap<UserId, usize>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -72,6 +109,7 @@ impl Lifecycle {
             metrics,
             locks: Mutex::default(),
             live: Mutex::default(),
+            creating: Mutex::default(),
         }
     }
 
@@ -94,6 +132,7 @@ impl Lifecycle {
                 Live {
                     record,
                     touched: Instant::now(),
+                    created: Instant::now(),
                 },
             );
         }
@@ -131,6 +170,47 @@ impl Lifecycle {
         Ok(Some(entry.record.clone()))
     }
 
+    /// Counts a create of `user` against the global and per-user caps, or refuses it with
+    /// a 429 naming the cap.
+    fn reserve(&self, user: &UserId) -> Result<Reservation<'_>, ApiError> {
+        let live = self.live.lock().map_err(|_| poisoned())?;
+        let mut creating = self.creating.lock().map_err(|_| poisoned())?;
+        // The user's own cap first: it is the one to name when both are reached.
+        let per_user = self.cfg.max_sandboxes_per_user;
+        if per_user > 0 {
+            let mine = live.values().filter(|e| e.record.user_id == *user).count()
+                + creating.get(user).copied().unwrap_or(0);
+            if mine >= per_user {
+                self.metrics.observe_refusal(Limit::MaxSandboxesPerUser);
+                return Err(ApiError::limit_reached(
+                    Limit::MaxSandboxesPerUser,
+                    format!(
+                        "user '{user}' has {mine} live sandboxes (max_sandboxes_per_user = \
+                         {per_user}); delete one or wait until one is reaped"
+                    ),
+                    5,
+                ));
+            }
+        }
+        let total = live.len() + creating.values().sum::<usize>();
+        if total >= self.cfg.max_sandboxes {
+            self.metrics.observe_refusal(Limit::MaxSandboxes);
+            return Err(ApiError::limit_reached(
+                Limit::MaxSandboxes,
+                format!(
+                    "capacity reached: {total} sandboxes are live (max_sandboxes = {})",
+                    self.cfg.max_sandboxes
+                ),
+                5,
+            ));
+        }
+        *creating.entry(user.clone()).or_default() += 1;
+        Ok(Reservation {
+            creating: &self.creating,
+            user: user.clone(),
+        })
+    }
+
     /// Creates the sandbox, or returns it when it exists for the same user and thread.
     pub async fn create(&self, spec: CreateSpec) -> Result<SandboxRecord, ApiError> {
         let started = Instant::now();
@@ -144,28 +224,17 @@ impl Lifecycle {
             self.metrics.observe_create(started.elapsed());
             return Ok(r);
         }
-        let count = self.live.lock().map_err(|_| poisoned())?.len();
-        if count >= self.cfg.max_sandboxes {
-            self.metrics
-                .capacity_refusals
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(BackendError::Capacity {
-                message: format!(
-                    "capacity reached: {count} sandboxes are live (max_sandboxes = {})",
-                    self.cfg.max_sandboxes
-                ),
-                retry_after_secs: 5,
-            }
-            .into());
-        }
+        let reservation = self.reserve(&spec.user_id)?;
         let record = self.backend.create(&spec).await?;
         self.live.lock().map_err(|_| poisoned())?.insert(
             record.sandbox_id.clone(),
             Live {
                 record: record.clone(),
                 touched: Instant::now(),
+                created: Instant::now(),
             },
         );
+        drop(reservation);
         self.metrics.created.fetch_add(1, Ordering::Relaxed);
         self.metrics.observe_create(started.elapsed());
         tracing::info!(sandbox_id = %record.sandbox_id, user_id = %record.user_id, thread_id = %record.thread_id, "sandbox created");
@@ -236,15 +305,43 @@ impl Lifecycle {
         }
     }
 
-    /// One reaper pass: destroys sandboxes idle past the timeout that run no process.
+    fn age(&self, id: &SandboxId, created: Instant) -> Duration {
+        match self.backend.age_secs(id) {
+            Some(s) => Duration::from_secs(s),
+            None => created.elapsed(),
+        }
+    }
+
+    /// Which bound a sandbox is past, if any, before asking whether it runs processes:
+    /// its lifetime first, then the busy-idle bound, then the idle timeout.
+    fn due(&self, id: &SandboxId, e: &Live) -> Option<ReapReason> {
+        let c = &self.cfg;
+        if !c.max_lifetime.is_zero() && self.age(id, e.created) >= c.max_lifetime {
+            return Some(ReapReason::MaxLifetime);
+        }
+        let idle = self.idle_for(id, e.touched);
+        if !c.busy_idle_timeout.is_zero() && idle >= c.busy_idle_timeout {
+            return Some(ReapReason::BusyIdle);
+        }
+        if !c.idle_timeout.is_zero() && idle >= c.idle_timeout {
+            return Some(ReapReason::Idle);
+        }
+        None
+    }
+
+    /// One reaper pass. Destroys (killing their processes, keeping their data) sandboxes
+    /// older than `max_lifetime`, sandboxes without API activity for `busy_idle_timeout`
+    /// whether or not processes run, and sandboxes idle for `idle_timeout` that run no
+    /// process. Each reap is logged with the setting that fired and counted by reason.
     pub async fn reap_once(&self) -> usize {
-        if self.cfg.idle_timeout.is_zero() {
+        let c = &self.cfg;
+        if c.idle_timeout.is_zero() && c.busy_idle_timeout.is_zero() && c.max_lifetime.is_zero() {
             return 0;
         }
         let candidates: Vec<SandboxId> = match self.live.lock() {
             Ok(live) => live
                 .iter()
-                .filter(|(id, e)| self.idle_for(id, e.touched) >= self.cfg.idle_timeout)
+                .filter(|(id, e)| self.due(id, e).is_some())
                 .map(|(id, _)| id.clone())
                 .collect(),
             Err(_) => return 0,
@@ -255,34 +352,59 @@ impl Lifecycle {
                 continue;
             };
             let _guard = lock.lock().await;
-            let still_idle = match self.live.lock() {
-                Ok(live) => live
-                    .get(&id)
-                    .is_some_and(|e| self.idle_for(&id, e.touched) >= self.cfg.idle_timeout),
-                Err(_) => false,
+            let found = match self.live.lock() {
+                Ok(live) => live.get(&id).and_then(|e| {
+                    self.due(&id, e).map(|r| {
+                        (
+                            r,
+                            e.record.user_id.clone(),
+                            self.idle_for(&id, e.touched),
+                            self.age(&id, e.created),
+                        )
+                    })
+                }),
+                Err(_) => None,
             };
-            if !still_idle {
+            let Some((due, user_id, idle, age)) = found else {
                 continue;
-            }
-            match self.backend.busy(&id).await {
-                Ok(true) => {
+            };
+            let busy = match self.backend.busy(&id).await {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %id, error = %e, "could not tell whether busy");
+                    None
+                }
+            };
+            let idle_ok = !c.idle_timeout.is_zero() && idle >= c.idle_timeout;
+            let reason = match (due, busy) {
+                (ReapReason::MaxLifetime, _) => ReapReason::MaxLifetime,
+                // Past the busy-idle bound but running nothing: an ordinary idle reap.
+                (ReapReason::BusyIdle, Some(false)) if idle_ok => ReapReason::Idle,
+                (ReapReason::BusyIdle, _) => ReapReason::BusyIdle,
+                (ReapReason::Idle, Some(false)) => ReapReason::Idle,
+                (ReapReason::Idle, Some(true)) => {
                     tracing::debug!(sandbox_id = %id, "idle but running processes; kept");
                     continue;
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(sandbox_id = %id, error = %e, "could not tell whether busy; kept");
-                    continue;
-                }
-            }
+                (ReapReason::Idle, None) => continue,
+            };
             match self.backend.destroy(&id).await {
                 Ok(_) => {
                     if let Ok(mut live) = self.live.lock() {
                         live.remove(&id);
                     }
-                    self.metrics.reaped.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.observe_reap(reason);
                     reaped += 1;
-                    tracing::info!(sandbox_id = %id, "idle sandbox reaped");
+                    tracing::info!(
+                        sandbox_id = %id,
+                        user_id = %user_id,
+                        reason = reason.as_str(),
+                        setting = reason.key(),
+                        idle_secs = idle.as_secs(),
+                        age_secs = age.as_secs(),
+                        processes_killed = busy.unwrap_or(false),
+                        "sandbox reaped"
+                    );
                 }
                 Err(e) => tracing::warn!(sandbox_id = %id, error = %e, "reap failed"),
             }

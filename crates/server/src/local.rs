@@ -2,23 +2,27 @@
 //! host) whose agent API is served by this same process under a capability path
 //! `/s/{secret}/...`, so `sandbox_url` works for unmodified AIO clients.
 //!
-//! Invariant: every live sandbox has a state file `{data_dir}/state/sandboxes/{id}.json`
+//! Invariants: every live sandbox has a state file `{data_dir}/state/sandboxes/{id}.json`
 //! (mode 0600: it holds the secret) written before the sandbox is announced, so after a
 //! `kill -9` the restarted server serves the same ids at the same URLs over the same data.
+//! Every request to a sandbox URL passes [`track`]: it marks the sandbox active for as long
+//! as the request (or its streamed response) lasts, and an exec runs only with a permit of
+//! its user's exec counter ([`crate::limits::UserExecLimits`]).
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use paddock_agent::{AgentConfig, CapabilityRouter};
 use paddock_core::mount::validate_custom_mounts;
 use paddock_core::{
@@ -29,6 +33,7 @@ use paddock_tools::ToolsConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, BackendError, CreateSpec, SandboxRecord, SandboxStatus};
+use crate::limits::{ExecPermit, Guarded, Limit, UserExecLimits, UserExecs, is_exec_route};
 
 /// How the local backend is set up.
 #[derive(Debug, Clone)]
@@ -46,6 +51,9 @@ pub struct LocalConfig {
     /// DeerFlow's state root (`DEER_FLOW_HOST_BASE_DIR`, canonical): users' data lives
     /// there, and the gateway's extra mounts must come from it.
     pub gateway_root: Option<PathBuf>,
+    /// Most execs in flight per user across the user's sandboxes (0: no cap); more get 429
+    /// naming `max_concurrent_execs_per_user`.
+    pub max_concurrent_execs_per_user: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +69,47 @@ struct Persisted {
 struct Entry {
     state: Persisted,
     sandbox: Arc<LocalSandbox>,
-    last_active: Arc<AtomicU64>,
+    activity: Arc<Activity>,
+}
+
+/// When a sandbox's data plane was last used, and how many of its requests are in flight.
+#[derive(Debug)]
+struct Activity {
+    last: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn idle_secs(&self) -> u64 {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return 0;
+        }
+        now_secs().saturating_sub(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// What [`track`] needs for one sandbox.
+#[derive(Debug, Clone)]
+struct Tracked {
+    activity: Arc<Activity>,
+    execs: Arc<AtomicU64>,
+    user_execs: UserExecs,
+    user: UserId,
+}
+
+/// One request in flight (and, for an exec, its user's permit); dropped when the response
+/// body ends.
+#[derive(Debug)]
+struct InFlight {
+    activity: Arc<Activity>,
+    _permit: Option<ExecPermit>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.last.store(now_secs(), Ordering::Relaxed);
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Isolated process trees on this host.
@@ -71,6 +119,7 @@ pub struct LocalBackend {
     caps: CapabilityRouter,
     entries: Mutex<HashMap<SandboxId, Entry>>,
     execs: Arc<AtomicU64>,
+    user_execs: UserExecLimits,
     state_dir: PathBuf,
 }
 
@@ -101,19 +150,70 @@ fn internal(what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError::Internal(what.to_owned())
 }
 
+/// The 429 of an exec past its user's cap, in the shape of the route's surface (AIO
+/// envelope or native), with `detail`, `limit` and `Retry-After`.
+fn exec_refused(path: &str, t: &Tracked, in_flight: usize) -> Response {
+    let limit = Limit::MaxConcurrentExecsPerUser;
+    let detail = format!(
+        "user '{}' has {in_flight} commands running (max_concurrent_execs_per_user = {}); \
+         retry when one ends",
+        t.user,
+        t.user_execs.max()
+    );
+    let aio = path.starts_with("/v1/shell/") || path.starts_with("/v1/bash/");
+    let surface = if aio {
+        paddock_agent::Surface::Aio
+    } else {
+        paddock_agent::Surface::Native
+    };
+    let mut body = paddock_agent::ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_requests",
+        detail.clone(),
+    )
+    .on(surface)
+    .body();
+    body["detail"] = serde_json::Value::String(detail.clone());
+    body["limit"] = serde_json::Value::String(limit.as_str().to_owned());
+    let mut resp = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    // The request log line carries the reason (one line per refusal, no extra one).
+    resp.extensions_mut().insert(crate::error::ErrorReason {
+        detail,
+        field: None,
+        limit: Some(limit.as_str()),
+    });
+    resp
+}
+
+/// Every request to a sandbox URL: activity for the reaper, the exec count, and the
+/// user's exec permit for commands. Hot path: a few atomics and one boxed body.
 async fn track(
-    axum::extract::State((last, execs)): axum::extract::State<(Arc<AtomicU64>, Arc<AtomicU64>)>,
+    axum::extract::State(t): axum::extract::State<Tracked>,
     req: Request,
     next: Next,
 ) -> Response {
-    last.store(now_secs(), Ordering::Relaxed);
-    let p = req.uri().path();
-    if p.ends_with("/exec") {
-        execs.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path();
+    let permit = if is_exec_route(path) {
+        match t.user_execs.try_acquire() {
+            Ok(p) => Some(p),
+            Err(in_flight) => return exec_refused(path, &t, in_flight),
+        }
+    } else {
+        None
+    };
+    if permit.is_some() {
+        t.execs.fetch_add(1, Ordering::Relaxed);
     }
+    t.activity.last.store(now_secs(), Ordering::Relaxed);
+    t.activity.in_flight.fetch_add(1, Ordering::AcqRel);
+    let guard = InFlight {
+        activity: t.activity.clone(),
+        _permit: permit,
+    };
     let resp = next.run(req).await;
-    last.store(now_secs(), Ordering::Relaxed);
-    resp
+    resp.map(|body| Guarded::wrap(body, guard))
 }
 
 impl LocalBackend {
@@ -122,10 +222,12 @@ impl LocalBackend {
         let state_dir = rt.layout().root().join("state").join("sandboxes");
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| internal("could not create the state directory", e))?;
+        let user_execs = UserExecLimits::new(cfg.max_concurrent_execs_per_user);
         let this = Self {
             rt,
             cfg,
             caps: CapabilityRouter::new(),
+            user_execs,
             entries: Mutex::new(HashMap::new()),
             execs: Arc::new(AtomicU64::new(0)),
             state_dir,
@@ -248,17 +350,24 @@ impl LocalBackend {
             tools: Some(self.cfg.tools.clone()),
             ..self.cfg.agent.clone()
         };
-        let last_active = Arc::new(AtomicU64::new(now_secs()));
-        let router = paddock_agent::routes(dyn_sb, agent).layer(middleware::from_fn_with_state(
-            (last_active.clone(), self.execs.clone()),
-            track,
-        ));
+        let activity = Arc::new(Activity {
+            last: AtomicU64::new(now_secs()),
+            in_flight: AtomicUsize::new(0),
+        });
+        let tracked = Tracked {
+            activity: activity.clone(),
+            execs: self.execs.clone(),
+            user_execs: self.user_execs.for_user(&state.user_id),
+            user: state.user_id.clone(),
+        };
+        let router = paddock_agent::routes(dyn_sb, agent)
+            .layer(middleware::from_fn_with_state(tracked, track));
         self.caps.insert(state.token.clone(), router);
         let id = state.sandbox_id.clone();
         let entry = Entry {
             state,
             sandbox,
-            last_active,
+            activity,
         };
         self.entries
             .lock()
@@ -420,12 +529,20 @@ impl Backend for LocalBackend {
 
     fn idle_secs(&self, id: &SandboxId) -> Option<u64> {
         let entries = self.entries.lock().ok()?;
-        let last = entries.get(id)?.last_active.load(Ordering::Relaxed);
-        Some(now_secs().saturating_sub(last))
+        Some(entries.get(id)?.activity.idle_secs())
+    }
+
+    fn age_secs(&self, id: &SandboxId) -> Option<u64> {
+        let entries = self.entries.lock().ok()?;
+        Some(now_secs().saturating_sub(entries.get(id)?.state.created_at))
     }
 
     fn exec_count(&self) -> u64 {
         self.execs.load(Ordering::Relaxed)
+    }
+
+    fn exec_limit_refusals(&self) -> u64 {
+        self.user_execs.refusals()
     }
 
     async fn shutdown(&self) {

@@ -1,10 +1,13 @@
 //! Prometheus text-format metrics, kept as plain atomics (no metrics framework): create
-//! latency histogram, creates/deletes/reaps, requests by status class. Sandboxes by status
-//! and exec counts are read from the backend at scrape time.
+//! latency histogram, creates/deletes/reaps (also by reason), 429s by the limit they hit,
+//! requests by status class. Sandboxes by status and exec counts are read from the backend
+//! at scrape time.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::limits::{Limit, ReapReason};
 
 /// Histogram bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -21,10 +24,14 @@ pub struct Metrics {
     pub created: AtomicU64,
     /// Sandboxes deleted by request.
     pub deleted: AtomicU64,
-    /// Sandboxes reaped as idle.
+    /// Sandboxes reaped (every reason).
     pub reaped: AtomicU64,
-    /// Requests refused for capacity.
+    /// Sandboxes reaped, by [`ReapReason`] (in `ReapReason::ALL` order).
+    pub reaped_by: [AtomicU64; 3],
+    /// Creates refused for capacity (every limit).
     pub capacity_refusals: AtomicU64,
+    /// Creates refused, by [`Limit`] (in `Limit::ALL` order).
+    pub refused_by: [AtomicU64; 3],
     /// Responses by class: 2xx, 4xx, 5xx.
     pub responses: [AtomicU64; 3],
 }
@@ -43,6 +50,22 @@ impl Metrics {
         self.create_sum_micros.fetch_add(micros, Ordering::Relaxed);
     }
 
+    /// Records a reap.
+    pub fn observe_reap(&self, reason: ReapReason) {
+        self.reaped.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = ReapReason::ALL.iter().position(|r| *r == reason) {
+            self.reaped_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a create refused at `limit`.
+    pub fn observe_refusal(&self, limit: Limit) {
+        self.capacity_refusals.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = Limit::ALL.iter().position(|l| *l == limit) {
+            self.refused_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records a response status.
     pub fn observe_status(&self, status: u16) {
         let idx = match status {
@@ -53,8 +76,15 @@ impl Metrics {
         self.responses[idx].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renders the text format. `by_status` and `execs` come from the backend.
-    pub fn render(&self, backend: &str, by_status: &[(&str, u64)], execs: u64) -> String {
+    /// Renders the text format. `by_status`, `execs` and `exec_refusals` (execs refused at
+    /// `max_concurrent_execs_per_user`) come from the backend.
+    pub fn render(
+        &self,
+        backend: &str,
+        by_status: &[(&str, u64)],
+        execs: u64,
+        exec_refusals: u64,
+    ) -> String {
         let mut s = String::new();
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = writeln!(s, "# HELP paddock_sandboxes Sandboxes by status.");
@@ -98,7 +128,7 @@ impl Metrics {
             ),
             (
                 "paddock_sandboxes_reaped_total",
-                "Idle sandboxes reaped.",
+                "Sandboxes reaped (idle, busy-idle or past their lifetime).",
                 load(&self.reaped),
             ),
             (
@@ -115,6 +145,35 @@ impl Metrics {
             let _ = writeln!(s, "# HELP {name} {help}");
             let _ = writeln!(s, "# TYPE {name} counter");
             let _ = writeln!(s, "{name} {v}");
+        }
+        let _ = writeln!(
+            s,
+            "# HELP paddock_sandbox_reaps_total Sandboxes reaped, by the setting that fired."
+        );
+        let _ = writeln!(s, "# TYPE paddock_sandbox_reaps_total counter");
+        for (i, r) in ReapReason::ALL.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "paddock_sandbox_reaps_total{{reason=\"{}\"}} {}",
+                r.as_str(),
+                load(&self.reaped_by[i])
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP paddock_limit_refusals_total Requests refused with 429, by the limit they hit."
+        );
+        let _ = writeln!(s, "# TYPE paddock_limit_refusals_total counter");
+        for (i, l) in Limit::ALL.iter().enumerate() {
+            let n = match l {
+                Limit::MaxConcurrentExecsPerUser => exec_refusals,
+                _ => load(&self.refused_by[i]),
+            };
+            let _ = writeln!(
+                s,
+                "paddock_limit_refusals_total{{limit=\"{}\"}} {n}",
+                l.as_str()
+            );
         }
         let _ = writeln!(
             s,
@@ -141,11 +200,23 @@ mod tests {
         let m = Metrics::default();
         m.observe_create(Duration::from_micros(300));
         m.observe_create(Duration::from_millis(30));
-        let text = m.render("local", &[("Running", 2)], 7);
+        m.observe_reap(ReapReason::BusyIdle);
+        m.observe_refusal(Limit::MaxSandboxesPerUser);
+        let text = m.render("local", &[("Running", 2)], 7, 3);
         assert!(text.contains("paddock_create_duration_seconds_bucket{le=\"0.0005\"} 1"));
         assert!(text.contains("paddock_create_duration_seconds_bucket{le=\"0.05\"} 2"));
         assert!(text.contains("paddock_create_duration_seconds_count 2"));
         assert!(text.contains("paddock_sandboxes{backend=\"local\",status=\"Running\"} 2"));
         assert!(text.contains("paddock_execs_total 7"));
+        assert!(text.contains("paddock_sandboxes_reaped_total 1"));
+        assert!(text.contains("paddock_sandbox_reaps_total{reason=\"busy_idle\"} 1"));
+        assert!(text.contains("paddock_sandbox_reaps_total{reason=\"idle\"} 0"));
+        assert!(text.contains("paddock_capacity_refusals_total 1"));
+        assert!(text.contains("paddock_limit_refusals_total{limit=\"max_sandboxes_per_user\"} 1"));
+        assert!(
+            text.contains(
+                "paddock_limit_refusals_total{limit=\"max_concurrent_execs_per_user\"} 3"
+            )
+        );
     }
 }

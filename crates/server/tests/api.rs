@@ -410,6 +410,11 @@ async fn capacity_gives_429_with_retry_after() {
     let (s, v, h) = call(&app, post(json!({"sandbox_id": "c"}).to_string())).await;
     assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
     assert_eq!(h.get("retry-after").unwrap(), "5");
+    assert_eq!(v["limit"], "max_sandboxes", "{v}");
+    assert!(
+        v["detail"].as_str().unwrap().contains("max_sandboxes = 2"),
+        "{v}"
+    );
     // A repeat of a live id still works at capacity.
     assert_eq!(
         call(&app, post(json!({"sandbox_id": "a"}).to_string()))
@@ -473,4 +478,195 @@ async fn openapi_document_is_served() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["openapi"], "3.0.3");
     assert!(v["paths"]["/api/sandboxes/{sandbox_id}"]["delete"].is_object());
+}
+
+fn create_as(user: &str, id: &str) -> Request<Body> {
+    post(json!({"sandbox_id": id, "thread_id": id, "user_id": user}).to_string())
+}
+
+async fn metrics_text(app: &Router) -> String {
+    let v = call(app, Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .1;
+    v.as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn one_user_cannot_take_all_capacity() {
+    let cfg = LifecycleConfig {
+        max_sandboxes: 5,
+        max_sandboxes_per_user: 2,
+        ..Default::default()
+    };
+    let (app, _) = setup(Arc::new(MemBackend::default()), cfg);
+    for id in ["a1", "a2"] {
+        let (s, v, _) = call(&app, create_as("alice", id)).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let (s, v, h) = call(&app, create_as("alice", "a3")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["limit"], "max_sandboxes_per_user", "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("max_sandboxes_per_user = 2"),
+        "{v}"
+    );
+    assert_eq!(h.get("retry-after").unwrap(), "5");
+    // Her live sandboxes still answer, and another user still creates.
+    assert_eq!(call(&app, create_as("alice", "a1")).await.0, StatusCode::OK);
+    for id in ["b1", "b2"] {
+        assert_eq!(call(&app, create_as("bob", id)).await.0, StatusCode::OK);
+    }
+    assert_eq!(call(&app, create_as("carol", "c1")).await.0, StatusCode::OK);
+    // Now the server is full: the global limit is named.
+    let (s, v, _) = call(&app, create_as("dave", "d1")).await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(v["limit"], "max_sandboxes", "{v}");
+    let text = metrics_text(&app).await;
+    assert!(text.contains("paddock_capacity_refusals_total 2"), "{text}");
+    assert!(
+        text.contains("paddock_limit_refusals_total{limit=\"max_sandboxes_per_user\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("paddock_limit_refusals_total{limit=\"max_sandboxes\"} 1"),
+        "{text}"
+    );
+    // A deleted sandbox frees its user's slot.
+    let del = Request::delete("/api/sandboxes/a1")
+        .header("x-api-key", KEY)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(call(&app, del).await.0, StatusCode::OK);
+    assert_eq!(call(&app, create_as("alice", "a3")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_user_stop_at_the_cap() {
+    // Creates of different ids do not wait on each other; a slow backend keeps them all in
+    // flight together, so only the reservation keeps the count.
+    let backend = Arc::new(MemBackend {
+        slow_create: Some(Duration::from_millis(50)),
+        ..Default::default()
+    });
+    let cfg = LifecycleConfig {
+        max_sandboxes: 100,
+        max_sandboxes_per_user: 3,
+        ..Default::default()
+    };
+    let (app, _) = setup(backend.clone(), cfg);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..12 {
+        let app = app.clone();
+        set.spawn(async move { call(&app, create_as("alice", &format!("s{i}"))).await });
+    }
+    let results = set.join_all().await;
+    let ok = results.iter().filter(|r| r.0 == StatusCode::OK).count();
+    let limited: Vec<&Value> = results
+        .iter()
+        .filter(|r| r.0 == StatusCode::TOO_MANY_REQUESTS)
+        .map(|r| &r.1)
+        .collect();
+    assert_eq!(ok, 3, "{results:?}");
+    assert_eq!(limited.len(), 9, "{results:?}");
+    assert!(
+        limited
+            .iter()
+            .all(|v| v["limit"] == "max_sandboxes_per_user")
+    );
+    assert_eq!(backend.creates.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn busy_sandboxes_are_reaped_after_the_busy_idle_bound() {
+    let backend = Arc::new(MemBackend::default());
+    let cfg = LifecycleConfig {
+        idle_timeout: Duration::from_millis(50),
+        busy_idle_timeout: Duration::from_millis(250),
+        max_lifetime: Duration::ZERO,
+        ..Default::default()
+    };
+    let (app, lifecycle) = setup(backend.clone(), cfg);
+    for id in ["idle", "busy"] {
+        assert_eq!(
+            call(&app, post(json!({"sandbox_id": id}).to_string()))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+    backend
+        .busy
+        .lock()
+        .unwrap()
+        .push(SandboxId::new("busy").unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(lifecycle.reap_once().await, 1, "only the idle one");
+    assert!(
+        backend
+            .records
+            .lock()
+            .unwrap()
+            .contains_key(&SandboxId::new("busy").unwrap())
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        lifecycle.reap_once().await,
+        1,
+        "the busy one, past the bound"
+    );
+    assert!(backend.records.lock().unwrap().is_empty());
+    let text = metrics_text(&app).await;
+    assert!(text.contains("paddock_sandboxes_reaped_total 2"), "{text}");
+    assert!(
+        text.contains("paddock_sandbox_reaps_total{reason=\"idle\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("paddock_sandbox_reaps_total{reason=\"busy_idle\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn activity_postpones_the_busy_idle_bound_but_not_the_lifetime() {
+    let backend = Arc::new(MemBackend::default());
+    let cfg = LifecycleConfig {
+        idle_timeout: Duration::ZERO,
+        busy_idle_timeout: Duration::from_millis(150),
+        max_lifetime: Duration::from_millis(400),
+        ..Default::default()
+    };
+    let (app, lifecycle) = setup(backend.clone(), cfg);
+    let body = json!({"sandbox_id": "kept", "user_id": "alice"}).to_string();
+    assert_eq!(call(&app, post(body.clone())).await.0, StatusCode::OK);
+    backend
+        .busy
+        .lock()
+        .unwrap()
+        .push(SandboxId::new("kept").unwrap());
+    // Used every 50 ms (a repeated create is use): never busy-idle, but it ages.
+    let started = std::time::Instant::now();
+    let mut reaped_at = None;
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(call(&app, post(body.clone())).await.0, StatusCode::OK);
+        if lifecycle.reap_once().await == 1 {
+            reaped_at = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let at = reaped_at.expect("reaped at its lifetime");
+    assert!(at >= Duration::from_millis(400), "{at:?}");
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains("paddock_sandbox_reaps_total{reason=\"max_lifetime\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("paddock_sandbox_reaps_total{reason=\"busy_idle\"} 0"),
+        "{text}"
+    );
 }
