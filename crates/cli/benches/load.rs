@@ -44,7 +44,7 @@ async fn main() {
     let cfg = tmp.path().join("paddock.yaml");
     std::fs::write(
         &cfg,
-        "server:\n  max_sandboxes: 1000\n  idle_timeout_secs: 0\nlog:\n  level: warn\n",
+        "server:\n  max_sandboxes: 1000\n  max_sandboxes_per_user: 0\n  max_concurrent_execs_per_user: 0\n  idle_timeout_secs: 0\nlog:\n  level: warn\n",
     )
     .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

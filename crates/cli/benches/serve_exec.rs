@@ -57,7 +57,7 @@ fn serve() -> Serve {
     let cfg = tmp.path().join("paddock.yaml");
     std::fs::write(
         &cfg,
-        "server:\n  max_sandboxes: 1000\n  idle_timeout_secs: 0\nlog:\n  level: warn\n",
+        "server:\n  max_sandboxes: 1000\n  max_sandboxes_per_user: 0\n  idle_timeout_secs: 0\nlog:\n  level: warn\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_paddock"))

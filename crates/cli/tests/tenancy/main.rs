@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
 mod background;
+mod capacity;
 mod disk;
 mod files;
 mod harness;
