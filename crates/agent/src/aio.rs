@@ -976,7 +976,7 @@ pub async fn file_list(
         {
             continue;
         }
-        let v = json!({
+        let mut v = json!({
             "name": name,
             "path": e.path.to_string(),
             "is_directory": is_dir,
