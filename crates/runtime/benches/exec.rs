@@ -59,7 +59,15 @@ fn time_command(mut c: Command) -> Duration {
     let t = Instant::now();
     let st = c.status().expect("spawn");
     let d = t.elapsed();
-    assert!(st.success(), "command failed: {st}");
+    if !st.success() {
+        // Run it once more to show why (the timed run keeps its stderr out of the table).
+        let o = c.stderr(Stdio::piped()).output().expect("spawn");
+        panic!(
+            "{:?} failed: {st}\n{}",
+            c.get_program(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     d
 }
 
@@ -142,9 +150,10 @@ fn main() {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    let ws = data
-        .path()
-        .join("users/default/threads/bench/user-data/workspace");
+    // bwrap's workspace is a directory of its own: a sandbox's data is private to the
+    // sandbox's uid (0700), which bwrap's user namespace cannot enter.
+    let ws = data.path().join("bwrap-workspace");
+    std::fs::create_dir_all(&ws).unwrap();
     let paddock_exec = |bin: &Path| {
         let mut c = Command::new(bin);
         c.args(["exec", "--data-dir"]).arg(data.path()).args([
