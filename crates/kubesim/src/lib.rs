@@ -6,9 +6,15 @@
 //! recorded in the event log watches read from, so a watch started at version N sees
 //! every later change exactly once, in order; errors are Kubernetes `Status` bodies.
 
+mod faults;
+mod http;
 pub mod kubelet;
+mod ports;
 pub mod select;
 pub mod store;
+mod validate;
+mod watches;
+mod writes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +54,7 @@ impl SimServer {
     }
 
     fn serve(&mut self, listener: TcpListener) {
-        let app: Router = store::router(self.sim.clone());
+        let app: Router = http::router(self.sim.clone());
         let mut rx = self.stop.subscribe();
         let _ = self.stop.send(false);
         self.task = Some(tokio::spawn(async move {
