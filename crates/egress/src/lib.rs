@@ -12,9 +12,11 @@
 //! that resolves (or later re-resolves) to 127.0.0.1 or 169.254.169.254 gets nothing.
 
 pub mod policy;
+pub mod proxy;
 pub mod ranges;
 pub mod rule;
 
 pub use policy::{Decision, Mode, Policy, PolicyError, Verdict};
+pub use proxy::{Counts, Denial, Limits, Resolve, SandboxEgress, SystemResolver, serve};
 pub use ranges::Blocked;
 pub use rule::{HostPattern, PortSet, Rule, RuleError};
