@@ -11,6 +11,7 @@
 //! listed a range containing it (an explicit IP/CIDR rule), whatever name led to it: a name
 //! that resolves (or later re-resolves) to 127.0.0.1 or 169.254.169.254 gets nothing.
 
+pub mod inject;
 pub mod policy;
 pub mod proxy;
 pub mod ranges;

@@ -112,6 +112,7 @@ pub struct SandboxEgress {
     limits: Limits,
     conns: Arc<Semaphore>,
     bucket: Option<Mutex<Bucket>>,
+    interceptor: Option<Arc<crate::inject::Interceptor>>,
     allowed: AtomicU64,
     denied: AtomicU64,
     bytes: AtomicU64,
@@ -148,11 +149,19 @@ impl SandboxEgress {
                 .bytes_per_sec
                 .map(|r| Mutex::new(Bucket::new(r as f64))),
             limits,
+            interceptor: None,
             allowed: AtomicU64::new(0),
             denied: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             recent: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Adds credential injection: destinations it has headers for are intercepted (see
+    /// [`crate::inject`]); all others stay plain tunnels.
+    pub fn with_interceptor(mut self, i: Arc<crate::inject::Interceptor>) -> Self {
+        self.interceptor = Some(i);
+        self
     }
 
     /// The policy in force.
@@ -511,6 +520,37 @@ async fn handle(mut conn: TcpStream, eg: Arc<SandboxEgress>, resolver: Arc<dyn R
         Err((r, v)) => return answer(&mut conn, &r, v.as_deref()).await,
     };
     let mut upstream = upstream;
+    let injection = match &ask {
+        Ask::Tunnel { host, port } => eg.interceptor.as_ref().and_then(|i| {
+            i.for_destination(host, *port)
+                .map(|inj| (i.clone(), inj.clone()))
+        }),
+        Ask::Http { .. } => None,
+    };
+    if let Some((interceptor, inj)) = injection {
+        // The sandbox speaks TLS only after the 200; bytes sent before it cannot be the
+        // start of a handshake Paddock should end.
+        if !early.is_empty() {
+            return answer(
+                &mut conn,
+                &refuse("400 Bad Request", "data before the tunnel was established"),
+                None,
+            )
+            .await;
+        }
+        if conn
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tracing::info!(target: "paddock::egress", sandbox = %eg.id, name = %inj.host, port = inj.port, "egress: credentials injected for this destination");
+        if let Err(e) = interceptor.serve(conn, upstream, &inj).await {
+            tracing::info!(target: "paddock::egress", sandbox = %eg.id, name = %inj.host, error = %e, "egress: intercepted connection ended");
+        }
+        return;
+    }
     match ask {
         Ask::Tunnel { .. } => {
             if conn
