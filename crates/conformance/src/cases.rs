@@ -1,5 +1,5 @@
 //! The conformance cases: SPEC section 4's contract, with its edge cases, as black-box
-//! checks through the `Sandbox` trait only. Each function is one test per backend.
+//! checks through the `Sandbox` trait only. Each function is one test per target.
 
 use anyhow::{Context as _, bail, ensure};
 use bytes::Bytes;
@@ -1090,7 +1090,7 @@ pub async fn errors_hide_host_paths(env: Env) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The facts every backend reports.
+/// The facts every implementation reports.
 pub async fn info_facts(env: Env) -> anyhow::Result<()> {
     let info = env.sb().info();
     ensure!(info.home_dir == WS, "{info:?}");

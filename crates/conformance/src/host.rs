@@ -27,7 +27,7 @@ use paddock_core::{DataLayout, Sandbox, SandboxError, ThreadId, UserId, VirtualP
 use tokio::io::AsyncReadExt;
 
 /// Names skipped by listing (with `apply_ignore`), glob and grep: the same list as the
-/// real file operations, so both backends agree by construction.
+/// real file operations, so both implementations agree by construction.
 fn ignored(name: &str) -> bool {
     paddock_fsops::is_ignored(name)
 }

@@ -1,12 +1,12 @@
-//! One black-box conformance suite for every `Sandbox` backend.
+//! One black-box conformance suite for every `Sandbox` implementation.
 //!
 //! Each case in [`cases`] is written once as an async function over an [`Env`] (a fresh
 //! data directory, seeded like a real deployment, and the sandbox of one thread in it);
 //! [`conformance_suite!`] turns every case into its own `#[tokio::test]` for a given
-//! [`Backend`]. The same cases run against the local sandbox and against
+//! [`Target`]. The same cases run against the local sandbox and against
 //! `RemoteSandbox` talking to a real agent process, so the two cannot drift apart.
 //! Invariant: a case only uses the `Sandbox` trait and the host data directory it was
-//! handed; it never depends on which backend serves it.
+//! handed; it never depends on which implementation serves it.
 
 pub mod cases;
 pub mod host;
@@ -51,7 +51,7 @@ impl Env {
     }
 }
 
-/// A prepared data directory before a backend opens a sandbox in it.
+/// A prepared data directory before a target opens a sandbox in it.
 #[derive(Debug)]
 pub struct Prepared {
     /// The temp dir, when this case owns it (`None` for a shared one).
@@ -110,9 +110,9 @@ impl Prepared {
     }
 }
 
-/// A way of serving a sandbox to the suite.
+/// What the suite runs against: a `Sandbox` implementation and how to open one.
 #[async_trait]
-pub trait Backend: Send + Sync {
+pub trait Target: Send + Sync {
     /// The data directory and thread for one case (a fresh directory by default).
     fn prepare(&self) -> anyhow::Result<Prepared> {
         Prepared::new()
@@ -125,10 +125,10 @@ pub trait Backend: Send + Sync {
     ) -> anyhow::Result<(Arc<dyn Sandbox>, Vec<Box<dyn Send + Sync>>)>;
 }
 
-/// A backend that cannot run on this machine (a missing kernel feature). Outside CI the
+/// A target that cannot run on this machine (a missing kernel feature). Outside CI the
 /// case is skipped with a loud message; with `CI=true` it fails.
 #[derive(Debug, thiserror::Error)]
-#[error("backend unavailable on this machine: {0}")]
+#[error("target unavailable on this machine: {0}")]
 pub struct Unsupported(pub String);
 
 /// The local runtime's sandbox (`paddock_runtime::LocalSandbox`, isolated), in process.
@@ -137,7 +137,7 @@ pub struct Unsupported(pub String);
 /// its own thread: the runtime owns process-wide resources (its cgroup subtree is named
 /// after the process), so a process runs one runtime, as the server does.
 #[derive(Debug, Default)]
-pub struct LocalBackend;
+pub struct LocalTarget;
 
 struct Shared {
     dir: tempfile::TempDir,
@@ -165,7 +165,7 @@ fn shared() -> Result<&'static Shared, Unsupported> {
 }
 
 #[async_trait]
-impl Backend for LocalBackend {
+impl Target for LocalTarget {
     fn prepare(&self) -> anyhow::Result<Prepared> {
         Prepared::in_shared(shared()?.dir.path())
     }
@@ -185,10 +185,10 @@ impl Backend for LocalBackend {
 
 /// The TEST-ONLY [`HostSandbox`] (no isolation), in process.
 #[derive(Debug, Default)]
-pub struct HostBackend;
+pub struct HostTarget;
 
 #[async_trait]
-impl Backend for HostBackend {
+impl Target for HostTarget {
     async fn open(
         &self,
         prep: &Prepared,
@@ -276,13 +276,13 @@ impl Drop for AgentProcess {
 
 /// `RemoteSandbox` over a real agent process started from `bin`.
 #[derive(Debug)]
-pub struct RemoteBackend {
+pub struct RemoteTarget {
     /// The agent binary.
     pub bin: PathBuf,
 }
 
 #[async_trait]
-impl Backend for RemoteBackend {
+impl Target for RemoteTarget {
     async fn open(
         &self,
         prep: &Prepared,
@@ -301,15 +301,15 @@ impl Backend for RemoteBackend {
     }
 }
 
-/// Runs one case against `backend` in a fresh environment.
-pub async fn run<F, Fut>(backend: &dyn Backend, case: F) -> anyhow::Result<()>
+/// Runs one case against `target` in a fresh environment.
+pub async fn run<F, Fut>(target: &dyn Target, case: F) -> anyhow::Result<()>
 where
     F: FnOnce(Env) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let opened = async {
-        let prep = backend.prepare()?;
-        let (sandbox, guard) = backend.open(&prep).await?;
+        let prep = target.prepare()?;
+        let (sandbox, guard) = target.open(&prep).await?;
         Ok::<_, anyhow::Error>((prep, sandbox, guard))
     };
     let (prep, sandbox, mut guard) = match opened.await {
@@ -353,12 +353,12 @@ pub fn tokio_runtime() -> anyhow::Result<&'static tokio::runtime::Runtime> {
     .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Expands to one `#[test]` per conformance case for `$backend` (an expression
-/// building a [`Backend`]).
+/// Expands to one `#[test]` per conformance case for `$target` (an expression
+/// building a [`Target`]).
 #[macro_export]
 macro_rules! conformance_suite {
-    ($backend:expr) => {
-        $crate::conformance_suite!(@cases $backend;
+    ($target:expr) => {
+        $crate::conformance_suite!(@cases $target;
             exec_echo, exec_exit_code_and_stderr, exec_default_cwd, exec_env, exec_bad_env_key,
             exec_timeout, exec_truncation, exec_stream_events, exec_background_returns, exec_unicode,
             exec_bad_cwd, text_round_trip, text_unicode_and_parents, text_append, text_line_ranges,
@@ -368,13 +368,13 @@ macro_rules! conformance_suite {
             stat_kinds, errors_hide_host_paths, info_facts, write_to_directory_refused
         );
     };
-    (@cases $backend:expr; $($case:ident),* $(,)?) => {
+    (@cases $target:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() -> anyhow::Result<()> {
                 $crate::tokio_runtime()?.block_on(async {
-                    let backend = $backend;
-                    $crate::run(&backend, $crate::cases::$case).await
+                    let target = $target;
+                    $crate::run(&target, $crate::cases::$case).await
                 })
             }
         )*

@@ -3,11 +3,11 @@
 //! cannot start.
 
 mod in_process {
-    paddock_conformance::conformance_suite!(paddock_conformance::HostBackend);
+    paddock_conformance::conformance_suite!(paddock_conformance::HostTarget);
 }
 
 mod over_agent {
-    paddock_conformance::conformance_suite!(paddock_conformance::RemoteBackend {
+    paddock_conformance::conformance_suite!(paddock_conformance::RemoteTarget {
         bin: std::path::PathBuf::from(env!("CARGO_BIN_EXE_paddock-host-test-agent")),
     });
 }

@@ -1,3 +1,3 @@
 //! The conformance suite against the in-process sandbox.
 
-paddock_conformance::conformance_suite!(paddock_conformance::LocalBackend);
+paddock_conformance::conformance_suite!(paddock_conformance::LocalTarget);

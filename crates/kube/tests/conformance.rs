@@ -16,7 +16,7 @@ use paddock_server::Backend as _;
 use paddock_server::CreateSpec;
 use paddock_server::backend::CreateFlags;
 
-struct KubeSimBackend;
+struct KubeSimTarget;
 
 fn paddock_bin() -> Option<PathBuf> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/paddock");
@@ -24,7 +24,7 @@ fn paddock_bin() -> Option<PathBuf> {
 }
 
 #[async_trait]
-impl paddock_conformance::Backend for KubeSimBackend {
+impl paddock_conformance::Target for KubeSimTarget {
     async fn open(
         &self,
         prep: &Prepared,
@@ -75,4 +75,4 @@ impl paddock_conformance::Backend for KubeSimBackend {
     }
 }
 
-paddock_conformance::conformance_suite!(KubeSimBackend);
+paddock_conformance::conformance_suite!(KubeSimTarget);
