@@ -129,9 +129,10 @@ fn node_port(svc: &Service) -> Option<i32> {
 /// Delete attempts per object when rolling back a failed create.
 const ROLLBACK_ATTEMPTS: u32 = 4;
 
-/// What `create` made, for rollback.
+/// Which objects this `create` made (rather than reused), so a failed create rolls back
+/// exactly those.
 #[derive(Default)]
-struct Made {
+struct CreatedObjects {
     secret: bool,
     pod: bool,
     service: bool,
@@ -355,7 +356,7 @@ impl KubeBackend {
         }
     }
 
-    async fn rollback(&self, id: &SandboxId, made: &Made) {
+    async fn rollback(&self, id: &SandboxId, made: &CreatedObjects) {
         let steps = [
             (made.policy, "NetworkPolicy"),
             (made.service, "Service"),
@@ -470,7 +471,7 @@ impl KubeBackend {
     async fn create_inner(
         &self,
         spec: &CreateSpec,
-        made: &mut Made,
+        made: &mut CreatedObjects,
     ) -> Result<SandboxRecord, BackendError> {
         let extra = validate_extra_mounts(&spec.extra_mounts, &spec.user_id, &self.cfg)?;
         let id = &spec.sandbox_id;
@@ -603,7 +604,7 @@ impl Backend for KubeBackend {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<SandboxRecord, BackendError> {
-        let mut made = Made::default();
+        let mut made = CreatedObjects::default();
         match self.create_inner(spec, &mut made).await {
             Ok(r) => Ok(r),
             Err(e) => {
