@@ -6,7 +6,8 @@
 //!   and download routes, against a plain `cp` of the same file;
 //! - the server's peak RSS (VmHWM) across the 100 MiB transfer.
 //!
-//! The server is a separate `paddock-agent` process on a loopback port the OS picks, so
+//! The server is a separate `paddock agent` process (the release `paddock-full`: build it
+//! first with `cargo build --release -p paddock-cli`) on a loopback port the OS picks, so
 //! its memory is measured alone. Kernel isolation must be available (it is on CI).
 
 use std::io::Write as _;
@@ -155,8 +156,16 @@ async fn main() -> anyhow::Result<()> {
     let data = work.path().join("data");
     let token = format!("bench{}", paddock_agent::shell::random_token());
     std::fs::write(work.path().join("token"), &token)?;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_paddock-agent"))
+    let paddock =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release/paddock-full");
+    anyhow::ensure!(
+        paddock.exists(),
+        "{} is not built: run `cargo build --release -p paddock-cli` first",
+        paddock.display()
+    );
+    let mut child = tokio::process::Command::new(&paddock)
         .args([
+            "agent",
             "--listen",
             "127.0.0.1:0",
             "--user",
@@ -168,10 +177,12 @@ async fn main() -> anyhow::Result<()> {
         .arg(work.path().join("token"))
         .arg("--data-dir")
         .arg(&data)
+        .env_remove("PADDOCK_CONFIG")
+        .env("PADDOCK_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .context("start paddock-agent")?;
+        .context("start paddock agent")?;
     let pid = child.id().context("agent pid")?;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
     let line = lines.next_line().await?.context("agent exited")?;

@@ -1,6 +1,14 @@
-//! Every environment variable Paddock reads for configuration, in one table. Each maps
-//! onto one key of `paddock.yaml`; the environment overrides the file and CLI flags
-//! override both. `docs/configuration.md` lists the same table.
+//! Every environment variable Paddock reads for configuration, in one place. Each entry of
+//! [`OVERRIDES`] maps onto one key of `paddock.yaml`; the environment overrides the file and
+//! CLI flags override both. Besides the table: [`CONFIG_PATH`] names the file,
+//! [`AGENT_TOKEN`] holds `paddock agent`'s secret, [`LOG`] is also read alone by the
+//! commands whose stdout or stderr is not theirs, DeerFlow's provisioner variables
+//! (`K8S_NAMESPACE`, ...) are applied by `paddock_kube::KubeConfig::apply_env` from the same
+//! lookup. Only [`crate::settings`] and [`crate::config`] look these up, through one
+//! lookup function; the one exception is the tool layer's `PADDOCK_WRITE_FILE_MAX_BYTES` /
+//! `DEERFLOW_WRITE_FILE_MAX_BYTES`, which `paddock_tools` reads itself with DeerFlow's
+//! meaning (a malformed value keeps the default, with a warning). `docs/configuration.md`
+//! lists them all.
 
 /// How an environment value is typed before it is placed at its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +36,13 @@ pub struct EnvVar {
 
 /// The config file path (not a key).
 pub const CONFIG_PATH: &str = "PADDOCK_CONFIG";
+
+/// `paddock agent`'s token when no `--token-file` is given (a secret, not a key).
+pub const AGENT_TOKEN: &str = "PADDOCK_AGENT_TOKEN";
+
+/// The log filter. It sets `log.level`; `paddock exec` and `paddock mcp`, whose stderr or
+/// stdout carries the command's output or the protocol, read it alone (default `warn`).
+pub const LOG: &str = "PADDOCK_LOG";
 
 /// Overrides, applied in order (a later entry for the same key wins).
 pub const OVERRIDES: &[EnvVar] = &[
@@ -67,7 +82,7 @@ pub const OVERRIDES: &[EnvVar] = &[
         kind: EnvKind::Str,
     },
     EnvVar {
-        name: "PADDOCK_LOG",
+        name: LOG,
         key: "log.level",
         kind: EnvKind::Str,
     },

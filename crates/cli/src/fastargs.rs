@@ -3,21 +3,22 @@
 //! A one-shot `paddock exec` is a fresh process per command, and clap's first parse in a
 //! process costs about 0.23 ms (it is mostly the first touch of clap's code and tables; a
 //! second parse takes 0.06 ms) of a command that takes 9. The plain forms —
-//! `--name value` or `--name=value`, each flag at most once, `--data-dir` and `--thread`
-//! given, then `--` and the command — are read here; anything else (help, version, a
-//! missing or repeated flag, an unknown one, a value that starts with `-`, text that is not
-//! UTF-8) returns `None` and clap parses and reports it as ever. So the two can only agree,
-//! and a property test holds them to it: whatever this accepts, clap parses the same.
+//! `--name value` or `--name=value`, each flag at most once, `--thread` given, then `--`
+//! and the command — are read here; anything else (help, version, a missing or repeated
+//! flag, an unknown one, a value that starts with `-`, text that is not UTF-8) returns
+//! `None` and clap parses and reports it as ever. So the two can only agree, and a property
+//! test holds them to it: whatever this accepts, clap parses the same. (Neither reads the
+//! environment: [`crate::settings`] does, after either.)
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use paddock_runtime::cli::ExecArgs;
+use clap::ValueEnum as _;
 
-use crate::ExecCmd;
+use crate::args::{ExecArgs, IsolationArg, NetworkArg};
 
 /// `args` are the arguments after `argv[0]`, starting with `exec`.
-pub fn parse_exec(args: &[OsString]) -> Option<ExecCmd> {
+pub fn parse_exec(args: &[OsString]) -> Option<ExecArgs> {
     let (first, rest) = args.split_first()?;
     if first != "exec" {
         return None;
@@ -57,14 +58,10 @@ pub fn parse_exec(args: &[OsString]) -> Option<ExecCmd> {
             "--thread" => thread.replace(value.to_owned()).is_some(),
             "--timeout" => timeout.replace(value.parse::<f64>().ok()?).is_some(),
             "--network" => network
-                .replace(
-                    <paddock_runtime::Network as clap::ValueEnum>::from_str(value, false).ok()?,
-                )
+                .replace(NetworkArg::from_str(value, false).ok()?)
                 .is_some(),
             "--isolation" => isolation
-                .replace(
-                    <paddock_runtime::Isolation as clap::ValueEnum>::from_str(value, false).ok()?,
-                )
+                .replace(IsolationArg::from_str(value, false).ok()?)
                 .is_some(),
             _ => return None,
         };
@@ -79,17 +76,15 @@ pub fn parse_exec(args: &[OsString]) -> Option<ExecCmd> {
         .iter()
         .map(|w| w.to_str().map(str::to_owned))
         .collect::<Option<Vec<String>>>()?;
-    Some(ExecCmd {
+    Some(ExecArgs {
         config,
-        args: ExecArgs {
-            data_dir: data_dir?,
-            user: user.unwrap_or_else(|| "default".to_owned()),
-            thread: thread?,
-            timeout,
-            network,
-            isolation,
-            command,
-        },
+        data_dir,
+        user: user.unwrap_or_else(|| "default".to_owned()),
+        thread: thread?,
+        timeout,
+        network,
+        isolation,
+        command,
     })
 }
 
@@ -154,6 +149,8 @@ mod tests {
                 "--",
                 "-",
             ],
+            // The data directory may come from the config file or the environment.
+            &["exec", "--thread", "t", "--", "true"],
         ] {
             let args = os(a);
             let fast = parse_exec(&args).unwrap_or_else(|| panic!("not read: {a:?}"));
@@ -169,7 +166,6 @@ mod tests {
             "exec --version",
             "exec --data-dir /d --thread t",
             "exec --data-dir /d --thread t --",
-            "exec --thread t -- true",
             "exec --data-dir /d -- true",
             "exec --data-dir /d --thread t --thread u -- true",
             "exec --data-dir /d --thread -t -- true",
@@ -236,10 +232,11 @@ mod tests {
         #[test]
         fn well_formed_lines_are_read_as_clap_reads_them(
             flags in proptest::sample::subsequence(
-                vec!["--user", "--config", "--timeout", "--network", "--isolation"], 0..=5,
+                vec!["--user", "--config", "--timeout", "--network", "--isolation", "--data-dir"],
+                0..=6,
             )
             .prop_map(|mut f| {
-                f.extend(["--data-dir", "--thread"]);
+                f.push("--thread");
                 f
             })
             .prop_shuffle(),

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
-use crate::ExecCmd;
+use crate::args::ExecArgs;
 
 /// The name of the full binary, looked up beside the running `paddock`.
 pub const FULL_BINARY: &str = "paddock-full";
 
-/// `paddock exec` as the front parses it: the same [`ExecCmd`] as `paddock-full`'s.
+/// `paddock exec` as the front parses it: the same [`ExecArgs`] as `paddock-full`'s.
 #[derive(Debug, Parser)]
 #[command(name = "paddock", version, propagate_version = true)]
 pub(crate) struct FrontCli {
@@ -33,7 +33,7 @@ pub(crate) struct FrontCli {
 
 impl FrontCli {
     /// The `exec` command it holds (its only subcommand).
-    pub(crate) fn exec(self) -> ExecCmd {
+    pub(crate) fn exec(self) -> ExecArgs {
         let FrontCommand::Exec(cmd) = self.command;
         cmd
     }
@@ -43,7 +43,7 @@ impl FrontCli {
 enum FrontCommand {
     /// Run one command in a thread's isolated sandbox; exits with its exit code
     /// (128+signal when killed, 124 on timeout).
-    Exec(ExecCmd),
+    Exec(ExecArgs),
 }
 
 /// True when these arguments (without `argv[0]`) are for `paddock exec`.
@@ -64,7 +64,7 @@ pub fn main_entry() -> u8 {
     if is_exec(&rest) {
         // The plain forms without clap (see `fastargs`); clap for everything else.
         let cmd = crate::fastargs::parse_exec(&rest).unwrap_or_else(|| FrontCli::parse().exec());
-        return crate::run_exec_status(cmd);
+        return crate::run_exec(cmd);
     }
     hand_off(argv0, rest)
 }
@@ -137,7 +137,9 @@ mod tests {
             "hi",
         ];
         let FrontCommand::Exec(front) = FrontCli::try_parse_from(argv).expect("front").command;
-        let crate::Command::Exec(full) = crate::Cli::try_parse_from(argv).expect("full").command
+        let crate::args::Command::Exec(full) = crate::args::Cli::try_parse_from(argv)
+            .expect("full")
+            .command
         else {
             panic!("the full CLI did not parse exec");
         };

@@ -1,137 +1,25 @@
 //! The `paddock` command line. `main` only calls [`main_entry`]; every subcommand parses
-//! its flags with clap, resolves configuration once (file < env < flags), and hands off
-//! to the library crate that owns the work. Data goes to stdout, logs to stderr.
+//! its flags with clap ([`args`]), resolves its settings once ([`settings`]: defaults <
+//! file < environment < flags), and hands them, as plain typed values, to the library
+//! crate that owns the work. Data goes to stdout, logs to stderr.
 
+pub mod args;
 pub mod config;
 pub mod env;
 pub mod fastargs;
 pub mod front;
 pub mod lograte;
+pub mod settings;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+
+use crate::args::{Cli, Command, ConfigCommand, KubeCommand};
+use crate::settings::SettingsError;
 
 /// Exit code for bad usage or configuration.
 pub const EXIT_USAGE: u8 = 2;
-
-/// Paddock: isolated, persistent sandboxes for AI agents, one per user and thread.
-#[derive(Debug, Parser)]
-#[command(name = "paddock", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
-    /// The subcommand.
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// Subcommands.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the control plane: the DeerFlow-compatible provisioner API on 127.0.0.1:8002,
-    /// with each sandbox's agent API served under its capability URL.
-    Serve(ServeArgs),
-    /// Run one command in a thread's isolated sandbox; exits with its exit code
-    /// (128+signal when killed, 124 on timeout).
-    Exec(ExecCmd),
-    /// Check which kernel features the isolated runtime needs are available here.
-    Doctor(DoctorCmd),
-    /// Serve one thread's sandbox over the AIO-compatible agent API (as inside a Pod).
-    Agent(AgentCmd),
-    /// Move data from the legacy layout (threads/{id}) to users/{user}/threads/{id}.
-    MigrateLayout(paddock_migrate::cli::MigrateArgs),
-    /// Serve the LLM tool layer of one thread's sandbox over MCP on stdio.
-    Mcp(paddock_mcp::cli::McpArgs),
-    /// Kubernetes helpers.
-    #[command(subcommand)]
-    Kube(KubeCommand),
-    /// Show or check the resolved configuration (defaults < paddock.yaml < environment).
-    #[command(subcommand)]
-    Config(ConfigCommand),
-}
-
-/// `paddock kube …`.
-#[derive(Debug, Subcommand)]
-pub enum KubeCommand {
-    /// Print the deployment manifests (Deployment, ServiceAccount, Role, RoleBinding,
-    /// Service, ConfigMap) as one multi-document YAML stream.
-    Manifests,
-}
-
-/// `paddock config …`.
-#[derive(Debug, Subcommand)]
-pub enum ConfigCommand {
-    /// Print the resolved configuration as JSON (secrets omitted).
-    Show(ConfigArgs),
-    /// Validate the configuration and exit 0, or print what is wrong and exit 2.
-    Check(ConfigArgs),
-}
-
-/// `paddock serve`.
-#[derive(Debug, clap::Args)]
-pub struct ServeArgs {
-    /// The config file (default: $PADDOCK_CONFIG, else built-in defaults).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Address to listen on (default 127.0.0.1:8002; port 0 picks a free one).
-    #[arg(long)]
-    pub listen: Option<std::net::SocketAddr>,
-    /// Data directory (default ./.paddock).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// The API key clients must send (else $PADDOCK_API_KEY, $PROVISIONER_API_KEY, the
-    /// config, or one generated into the data dir).
-    #[arg(long)]
-    pub api_key: Option<String>,
-    /// Base URL of sandbox URLs (default http://{listen}).
-    #[arg(long)]
-    pub public_url: Option<String>,
-}
-
-/// `paddock exec`.
-#[derive(Debug, clap::Args)]
-pub struct ExecCmd {
-    /// The config file whose `sandbox:` section applies (flags override it).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// What to run and where.
-    #[command(flatten)]
-    pub args: paddock_runtime::cli::ExecArgs,
-}
-
-/// `paddock doctor`.
-#[derive(Debug, clap::Args)]
-pub struct DoctorCmd {
-    /// The config file whose `sandbox:` and `deerflow:` sections say which disk quota
-    /// applies (default: $PADDOCK_CONFIG, else built-in defaults).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory (default: the config's `data_dir`).
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// Output format.
-    #[command(flatten)]
-    pub args: paddock_runtime::cli::DoctorArgs,
-}
-
-/// `paddock agent`.
-#[derive(Debug, clap::Args)]
-pub struct AgentCmd {
-    /// The config file whose `sandbox:`, `mounts:` and `tools:` sections apply.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Listen address, token and thread.
-    #[command(flatten)]
-    pub args: paddock_agent::cli::AgentArgs,
-}
-
-/// Where the configuration comes from.
-#[derive(Debug, clap::Args)]
-pub struct ConfigArgs {
-    /// The config file (default: $PADDOCK_CONFIG, else built-in defaults).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-}
 
 fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -154,34 +42,34 @@ pub fn report(err: &anyhow::Error, hint: Option<&str>) {
     }
 }
 
+/// Prints a settings error with its hint; returns the usage exit status.
+fn settings_failed(e: SettingsError) -> ExitCode {
+    let hint = e.hint();
+    report(&e.into(), hint);
+    ExitCode::from(EXIT_USAGE)
+}
+
 fn run_config(cmd: ConfigCommand) -> ExitCode {
     let (args, show) = match cmd {
         ConfigCommand::Show(a) => (a, true),
         ConfigCommand::Check(a) => (a, false),
     };
-    match config::load(args.config.as_deref(), &process_env) {
-        Ok(cfg) => {
-            if show {
-                match serde_json::to_string_pretty(&cfg) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        report(&e.into(), None);
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                println!("configuration ok");
+    let cfg = match settings::config(&args, &process_env) {
+        Ok(cfg) => cfg,
+        Err(e) => return settings_failed(e),
+    };
+    if show {
+        match serde_json::to_string_pretty(&cfg) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                report(&e.into(), None);
+                return ExitCode::FAILURE;
             }
-            ExitCode::SUCCESS
         }
-        Err(e) => {
-            report(
-                &e.into(),
-                Some("every key is documented in docs/configuration.md"),
-            );
-            ExitCode::from(EXIT_USAGE)
-        }
+    } else {
+        println!("configuration ok");
     }
+    ExitCode::SUCCESS
 }
 
 fn init_logging(level: &str, json: bool) {
@@ -239,16 +127,6 @@ pub fn exec_log_targets(spec: Option<&str>) -> Result<tracing_subscriber::filter
     }
 }
 
-fn load_config(path: Option<&std::path::Path>) -> Result<config::PaddockConfig, ExitCode> {
-    config::load(path, &process_env).map_err(|e| {
-        report(
-            &e.into(),
-            Some("every key is documented in docs/configuration.md"),
-        );
-        ExitCode::from(EXIT_USAGE)
-    })
-}
-
 fn tokio_rt() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -266,31 +144,15 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1))
 }
 
-fn custom_mounts(cfg: &config::PaddockConfig) -> Result<Vec<paddock_core::Mount>, ExitCode> {
-    paddock_core::mount::validate_custom_mounts(&cfg.mounts.custom, &cfg.mounts.policy()).map_err(|e| {
-        eprintln!("error: invalid mounts.custom: {e}");
-        eprintln!("\nhint: custom mounts must live under mounts.allowed_host_roots (docs/configuration.md)");
-        ExitCode::from(EXIT_USAGE)
-    })
-}
-
-fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
-    let mut cfg = load_config(args.config.as_deref())?;
-    if let Some(l) = args.listen {
-        cfg.listen = l;
-    }
-    if let Some(d) = args.data_dir {
-        cfg.data_dir = d;
-    }
-    let key_on_argv = args.api_key.is_some();
-    if let Some(k) = args.api_key {
-        cfg.api_key = Some(k);
-    }
-    if let Some(u) = args.public_url {
-        cfg.public_url = Some(u);
-    }
+fn run_serve(args: args::ServeArgs) -> Result<ExitCode, ExitCode> {
+    let settings::ServeSettings {
+        config: cfg,
+        base_mounts,
+        gateway_root,
+        api_key_on_argv,
+    } = settings::serve(args, &process_env).map_err(settings_failed)?;
     init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
-    if key_on_argv {
+    if api_key_on_argv {
         // Sandboxes cannot see it (their init is not a copy of Paddock), but every local
         // user of the host can read a process's argv in /proc/{pid}/cmdline.
         tracing::warn!(
@@ -299,23 +161,6 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
             std::process::id()
         );
     }
-    let base_mounts = custom_mounts(&cfg)?;
-    let gateway_root = match cfg.deerflow.state_root() {
-        None => None,
-        Some(root) => match std::fs::canonicalize(&root) {
-            Ok(c) if c.is_dir() => Some(c),
-            _ => {
-                eprintln!(
-                    "error: deerflow.host_base_dir (DEER_FLOW_HOST_BASE_DIR) {} is not a directory",
-                    root.display()
-                );
-                eprintln!(
-                    "\nhint: point it at the directory DeerFlow's gateway keeps its state in (its DEER_FLOW_HOME as this host sees it)"
-                );
-                return Err(ExitCode::from(EXIT_USAGE));
-            }
-        },
-    };
     let rt = tokio_rt()?;
     let backend = match cfg.backend {
         config::BackendKind::Local => paddock_server::serve::BackendChoice::Local {
@@ -394,17 +239,21 @@ fn run_serve(args: ServeArgs) -> Result<ExitCode, ExitCode> {
     }
 }
 
-/// `paddock exec`, shared by both binaries.
-pub fn run_exec(cmd: ExecCmd) -> Result<ExitCode, ExitCode> {
-    Ok(ExitCode::from(run_exec_status(cmd)))
+/// `paddock exec`, shared by both binaries: resolves the settings and runs the command;
+/// returns the exit status.
+pub fn run_exec(args: args::ExecArgs) -> u8 {
+    match settings::exec(args, &process_env) {
+        Ok(s) => exec_with(s),
+        Err(e) => {
+            let hint = e.hint();
+            report(&e.into(), hint);
+            EXIT_USAGE
+        }
+    }
 }
 
-/// `paddock exec`, returning the exit status.
-pub fn run_exec_status(cmd: ExecCmd) -> u8 {
-    let Ok(cfg) = load_config(cmd.config.as_deref()) else {
-        return EXIT_USAGE;
-    };
-    init_exec_logging(std::env::var("PADDOCK_LOG").ok().as_deref());
+fn exec_with(s: settings::ExecSettings) -> u8 {
+    init_exec_logging(s.log.as_deref());
     // One command: a current-thread runtime, whose thread (this one) also clones the jail.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -419,7 +268,7 @@ pub fn run_exec_status(cmd: ExecCmd) -> u8 {
             return 1;
         }
     };
-    match rt.block_on(paddock_runtime::cli::run_exec_with(cmd.args, cfg.sandbox)) {
+    match rt.block_on(paddock_runtime::cli::run_exec(s.job, s.sandbox)) {
         Ok(code) => u8::try_from(code.clamp(0, 255)).unwrap_or(1),
         Err(e) => {
             report(&e, None);
@@ -428,25 +277,12 @@ pub fn run_exec_status(cmd: ExecCmd) -> u8 {
     }
 }
 
-fn run_doctor(cmd: DoctorCmd) -> ExitCode {
-    let mut cfg = match load_config(cmd.config.as_deref()) {
-        Ok(c) => c,
-        Err(code) => return code,
+fn run_doctor(args: args::DoctorArgs) -> ExitCode {
+    let s = match settings::doctor(args, &process_env) {
+        Ok(s) => s,
+        Err(e) => return settings_failed(e),
     };
-    if let Some(d) = cmd.data_dir {
-        cfg.data_dir = d;
-    }
-    // As `paddock serve` resolves it; a state root that is not a directory yet still
-    // means users' data is the gateway's.
-    let gateway = cfg
-        .deerflow
-        .state_root()
-        .map(|r| std::fs::canonicalize(&r).unwrap_or(r));
-    let ctx = paddock_runtime::cli::DoctorContext {
-        opts: cfg.sandbox.clone(),
-        layout: paddock_core::DataLayout::new(cfg.data_dir.clone()).with_gateway_root(gateway),
-    };
-    match paddock_runtime::cli::run_doctor_with(cmd.args, &ctx) {
+    match paddock_runtime::cli::run_doctor(s.json, &s.context) {
         Ok(code) => exit_code(code),
         Err(e) => {
             report(&e, None);
@@ -455,46 +291,31 @@ fn run_doctor(cmd: DoctorCmd) -> ExitCode {
     }
 }
 
-fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
-    let cfg = load_config(cmd.config.as_deref())?;
-    init_logging(&cfg.log.level, cfg.log.format == config::LogFormat::Json);
-    let args = cmd.args;
-    let user = paddock_core::UserId::new(&args.user).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })?;
-    let thread = paddock_core::ThreadId::new(&args.thread).map_err(|e| {
-        eprintln!("error: {e}");
-        ExitCode::from(EXIT_USAGE)
-    })?;
-    let custom = custom_mounts(&cfg)?;
-    let mut sandbox_opts = cfg.sandbox.clone();
-    // The flags' defaults equal the config defaults; a flag that differs was given.
-    if args.isolation != paddock_runtime::Isolation::default() {
-        sandbox_opts.isolation = args.isolation;
-    }
-    if args.network != paddock_runtime::Network::default() {
-        sandbox_opts.network = args.network;
-    }
-    if sandbox_opts.isolation == paddock_runtime::Isolation::None {
+fn run_agent(args: args::AgentArgs) -> Result<ExitCode, ExitCode> {
+    let s = settings::agent(args, &process_env).map_err(settings_failed)?;
+    init_logging(&s.log.level, s.log.format == config::LogFormat::Json);
+    if s.sandbox.isolation == paddock_runtime::Isolation::None {
         tracing::warn!("isolation: none — commands run as plain host processes");
     }
+    let config = paddock_agent::AgentConfig {
+        token: s.token,
+        tools: Some(s.tools),
+        ..s.agent.agent_config(s.agent.global_heavy_limit())
+    };
+    let agent = paddock_agent::cli::LocalAgent {
+        data_dir: s.data_dir,
+        user: s.user,
+        thread: s.thread,
+        runtime: s.sandbox,
+        mounts: s.mounts,
+        serve: paddock_agent::cli::ServeOptions {
+            listen: s.listen,
+            config,
+            limits: s.listen_limits,
+        },
+    };
     let rt = tokio_rt()?;
-    let result: anyhow::Result<()> = rt.block_on(async {
-        let provider = paddock_runtime::LocalProvider::new(&args.data_dir, sandbox_opts, custom)?;
-        let sandbox = provider.acquire(&user, &thread).await?;
-        let dyn_sb: std::sync::Arc<dyn paddock_core::Sandbox> = sandbox;
-        let limits = paddock_agent::cli::ServeLimits {
-            listen: cfg.server.listen_config(),
-            max_read_bytes: cfg.agent.max_read_bytes,
-            max_heavy_per_sandbox: cfg.agent.max_concurrent_heavy_per_sandbox,
-            max_heavy: cfg.agent.max_concurrent_heavy,
-        };
-        let r = paddock_agent::cli::run_agent_with_limits(&args, dyn_sb, limits).await;
-        provider.shutdown();
-        r
-    });
-    match result {
+    match rt.block_on(paddock_agent::cli::run_local(agent)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             report(&e, None);
@@ -503,14 +324,12 @@ fn run_agent(cmd: AgentCmd) -> Result<ExitCode, ExitCode> {
     }
 }
 
-fn run_mcp(args: paddock_mcp::cli::McpArgs) -> Result<ExitCode, ExitCode> {
+fn run_mcp(args: args::McpArgs) -> Result<ExitCode, ExitCode> {
+    let s = settings::mcp(args, &process_env).map_err(settings_failed)?;
     // stdout carries the protocol: logs go to stderr only.
-    init_logging(
-        &std::env::var("PADDOCK_LOG").unwrap_or_else(|_| "warn".into()),
-        false,
-    );
+    init_logging(&s.log, false);
     let rt = tokio_rt()?;
-    match rt.block_on(paddock_mcp::cli::run(args)) {
+    match rt.block_on(paddock_mcp::cli::run(s.options)) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             report(&e, None);
@@ -525,10 +344,10 @@ pub fn main_entry() -> ExitCode {
     let r = match cli.command {
         Command::Config(c) => Ok(run_config(c)),
         Command::Serve(a) => run_serve(a),
-        Command::Exec(a) => run_exec(a),
+        Command::Exec(a) => Ok(ExitCode::from(run_exec(a))),
         Command::Doctor(a) => Ok(run_doctor(a)),
         Command::Agent(a) => run_agent(a),
-        Command::MigrateLayout(a) => match paddock_migrate::cli::run(a) {
+        Command::MigrateLayout(a) => match paddock_migrate::cli::run(settings::migrate(a)) {
             Ok(code) => Ok(exit_code(code)),
             Err(e) => {
                 report(&e, None);

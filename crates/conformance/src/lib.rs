@@ -8,6 +8,7 @@
 //! Invariant: a case only uses the `Sandbox` trait and the host data directory it was
 //! handed; it never depends on which implementation serves it.
 
+pub mod agent_process;
 pub mod cases;
 pub mod host;
 

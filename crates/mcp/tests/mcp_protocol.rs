@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use paddock_mcp::cli::{McpArgs, build};
-use paddock_runtime::Isolation;
+use paddock_core::{ThreadId, UserId};
+use paddock_mcp::cli::{McpBackend, McpOptions, build};
+use paddock_runtime::RuntimeOptions;
+use paddock_tools::ToolsConfig;
 use rmcp::ServiceExt as _;
 use serde_json::{Value, json};
 use tokio::io::{
@@ -88,15 +90,17 @@ fn rustix_is_root() -> bool {
 }
 
 async fn start(data_dir: &std::path::Path, bash_timeout: f64) -> Client {
-    let server = build(&McpArgs {
-        data_dir: Some(data_dir.to_path_buf()),
-        user: "u".into(),
-        thread: "t".into(),
-        isolation: Isolation::Isolated,
-        provisioner: None,
-        api_key: None,
-        sandbox_id: None,
-        bash_timeout_secs: Some(bash_timeout),
+    let mut tools = ToolsConfig::default();
+    tools.bash_timeout_secs = bash_timeout;
+    let server = build(McpOptions {
+        user: UserId::new("u").expect("user"),
+        thread: ThreadId::new("t").expect("thread"),
+        backend: McpBackend::Local {
+            data_dir: data_dir.to_path_buf(),
+            runtime: RuntimeOptions::default(),
+            mounts: Vec::new(),
+        },
+        tools,
     })
     .expect("build server");
     let (ours, theirs) = tokio::io::duplex(1 << 20);
@@ -270,40 +274,4 @@ async fn lists_and_calls_every_tool_over_jsonrpc() {
         std::fs::read_to_string(host).expect("host file"),
         "hello mcp\nline 2\n"
     );
-}
-
-#[test]
-fn bad_arguments_are_refused_before_serving() {
-    let base = McpArgs {
-        data_dir: None,
-        user: "u".into(),
-        thread: "t".into(),
-        isolation: Isolation::None,
-        provisioner: None,
-        api_key: None,
-        sandbox_id: None,
-        bash_timeout_secs: None,
-    };
-    let err = |a: &McpArgs| build(a).expect_err("must fail").to_string();
-    assert!(err(&base).contains("--data-dir is required"));
-    let mut a = base.clone();
-    a.thread = "../x".into();
-    assert!(err(&a).contains("--thread"));
-    let mut a = base.clone();
-    a.user = "a b".into();
-    assert!(err(&a).contains("--user"));
-    let mut a = base.clone();
-    a.provisioner = Some("http://127.0.0.1:1".into());
-    assert!(err(&a).contains("--api-key"));
-    a.api_key = Some("k".into());
-    a.sandbox_id = Some("Not_Valid".into());
-    assert!(err(&a).contains("--sandbox-id"));
-    let mut a = base.clone();
-    a.provisioner = Some("ftp://x".into());
-    a.api_key = Some("k".into());
-    assert!(err(&a).contains("must start with http"));
-    let mut a = base;
-    a.data_dir = Some("/tmp".into());
-    a.bash_timeout_secs = Some(-1.0);
-    assert!(err(&a).contains("--bash-timeout-secs"));
 }

@@ -7,7 +7,8 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use paddock_mcp::cli::{McpArgs, build};
+use paddock_core::{ThreadId, UserId};
+use paddock_mcp::cli::{McpBackend, McpOptions, build};
 use paddock_mcp::server::PaddockMcp;
 use paddock_runtime::{Isolation, RuntimeOptions};
 use paddock_server::LifecycleConfig;
@@ -63,16 +64,18 @@ async fn start_serve(data_dir: &Path) -> SocketAddr {
     rx.await.expect("paddock serve did not start")
 }
 
-fn args(url: &str, key: &str) -> McpArgs {
-    McpArgs {
-        data_dir: None,
-        user: "u7".into(),
-        thread: "thread-42".into(),
-        isolation: Isolation::Isolated,
-        provisioner: Some(url.to_owned()),
-        api_key: Some(key.to_owned()),
-        sandbox_id: None,
-        bash_timeout_secs: Some(5.0),
+fn args(url: &str, key: &str) -> McpOptions {
+    let mut tools = paddock_tools::ToolsConfig::default();
+    tools.bash_timeout_secs = 5.0;
+    McpOptions {
+        user: UserId::new("u7").expect("user"),
+        thread: ThreadId::new("thread-42").expect("thread"),
+        backend: McpBackend::Provisioner {
+            url: url.to_owned(),
+            api_key: key.to_owned(),
+            sandbox_id: None,
+        },
+        tools,
     }
 }
 
@@ -100,7 +103,7 @@ async fn tools_run_in_a_provisioned_sandbox() {
     let addr = start_serve(tmp.path()).await;
     let url = format!("http://{addr}");
 
-    let s = build(&args(&url, "test-key")).expect("build");
+    let s = build(args(&url, "test-key")).expect("build");
     let (t, err) = call(
         &s,
         "write_file",
@@ -131,7 +134,7 @@ async fn tools_run_in_a_provisioned_sandbox() {
     );
 
     // A wrong key: the call reports the provisioner's refusal as a tool error.
-    let bad = build(&args(&url, "wrong")).expect("build");
+    let bad = build(args(&url, "wrong")).expect("build");
     let (t, err) = call(
         &bad,
         "ls",
@@ -145,7 +148,7 @@ async fn tools_run_in_a_provisioned_sandbox() {
     );
 
     // Nothing listening: also a tool error, and the next call retries.
-    let gone = build(&args("http://127.0.0.1:9", "k")).expect("build");
+    let gone = build(args("http://127.0.0.1:9", "k")).expect("build");
     let mut empty = Map::new();
     empty.insert("description".into(), json!("d"));
     empty.insert("path".into(), json!("/mnt/user-data"));

@@ -1,5 +1,5 @@
-//! The `paddock migrate-layout` command line: arguments, the report on stdout, progress
-//! on stderr and the exit code.
+//! `paddock migrate-layout`: the report on stdout, progress on stderr and the exit code,
+//! for options the `paddock` binary parsed from its flags.
 //!
 //! Exit codes: 0 when every planned move succeeded (entries left in place because their
 //! names are invalid are warnings), 1 when some move failed or was refused (the report
@@ -8,37 +8,32 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use clap::Args;
-
 use crate::apply::{ApplyOptions, apply};
 use crate::plan::{PlanOptions, plan};
 use crate::report;
 
-/// Arguments of `paddock migrate-layout`.
-#[derive(Debug, Clone, Args)]
-pub struct MigrateArgs {
-    /// The data directory holding the legacy layout (`threads/`, `memory.json`, `agents/`, `skills/custom/`).
-    #[arg(long, value_name = "DIR")]
+/// What `paddock migrate-layout` does (its flags; it reads no config file).
+#[derive(Debug, Clone)]
+pub struct MigrateOptions {
+    /// The data directory holding the legacy layout (`threads/`, `memory.json`, `agents/`,
+    /// `skills/custom/`).
     pub data_dir: PathBuf,
-    /// The user receiving threads with no owner in the database, `memory.json`, agents and custom skills.
-    #[arg(long, value_name = "USER", default_value = paddock_core::ids::DEFAULT_USER)]
+    /// The user receiving threads with no owner in the database, `memory.json`, agents and
+    /// custom skills.
     pub user_id: String,
-    /// DeerFlow's SQLite database with the `threads_meta` table (default: DIR/deer-flow.db when it exists).
-    #[arg(long, value_name = "PATH")]
+    /// DeerFlow's SQLite database with the `threads_meta` table (`None`:
+    /// `data_dir/deer-flow.db` when it exists).
     pub owners_db: Option<PathBuf>,
     /// Print the decisions without changing anything.
-    #[arg(long)]
     pub dry_run: bool,
     /// Print the report as JSON.
-    #[arg(long)]
     pub json: bool,
     /// Allow moves across filesystems by copying, verifying and deleting the source.
-    #[arg(long)]
     pub allow_copy: bool,
 }
 
 /// Runs the migration; returns the process exit code.
-pub fn run(args: MigrateArgs) -> anyhow::Result<i32> {
+pub fn run(args: MigrateOptions) -> anyhow::Result<i32> {
     let opts = PlanOptions {
         data_dir: args.data_dir.clone(),
         user_id: args.user_id.clone(),

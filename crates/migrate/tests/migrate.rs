@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use paddock_migrate::apply::{ApplyOptions, Status};
-use paddock_migrate::cli::{MigrateArgs, run};
+use paddock_migrate::cli::{MigrateOptions, run};
 use paddock_migrate::plan::{Action, PlanOptions};
 use paddock_migrate::{apply, plan, report};
 
@@ -429,7 +429,7 @@ fn run_exit_codes_and_bad_arguments() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let root = tmp.path();
     small_tree(root);
-    let args = |dry_run| MigrateArgs {
+    let args = |dry_run| MigrateOptions {
         data_dir: root.to_path_buf(),
         user_id: "default".into(),
         owners_db: None,
@@ -499,7 +499,7 @@ fn child_entry() {
     let Some(root) = std::env::var_os(CHILD_ENV) else {
         return;
     };
-    let code = run(MigrateArgs {
+    let code = run(MigrateOptions {
         data_dir: PathBuf::from(root),
         user_id: "default".into(),
         owners_db: None,

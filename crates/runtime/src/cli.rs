@@ -18,40 +18,23 @@ use paddock_sys::probe::{Action, probe, probe_cgroup};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
-use crate::options::{Isolation, Network, RuntimeOptions};
+use crate::options::RuntimeOptions;
 
-/// `paddock exec`: run one command in a thread's sandbox.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ExecArgs {
+/// One `paddock exec`: which thread's sandbox runs which command. The `paddock` binary
+/// resolves it from its flags (see its `settings` module); the runtime options come
+/// beside it, already merged from defaults, the config file, the environment and flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecJob {
     /// Paddock's data directory.
-    #[arg(long, env = "PADDOCK_DATA_DIR")]
     pub data_dir: PathBuf,
-    /// User id (`^[A-Za-z0-9_-]{1,128}$`).
-    #[arg(long, default_value = "default")]
+    /// User id (`^[A-Za-z0-9_-]{1,128}$`), checked here.
     pub user: String,
-    /// Thread id (`^[A-Za-z0-9_-]{1,64}$`).
-    #[arg(long)]
+    /// Thread id (`^[A-Za-z0-9_-]{1,64}$`), checked here.
     pub thread: String,
-    /// Wall-clock timeout in seconds (default: the configured one, 600).
-    #[arg(long)]
+    /// Wall-clock timeout in seconds (`None`: the runtime's `exec_timeout_secs`).
     pub timeout: Option<f64>,
-    /// Network of the sandbox.
-    #[arg(long, value_enum)]
-    pub network: Option<Network>,
-    /// Isolation mode.
-    #[arg(long, value_enum)]
-    pub isolation: Option<Isolation>,
-    /// The command. One argument is passed to the shell as is; several are quoted and joined.
-    #[arg(last = true, required = true)]
+    /// The command. One word is passed to the shell as is; several are quoted and joined.
     pub command: Vec<String>,
-}
-
-/// `paddock doctor`: which kernel features the runtime can use here.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct DoctorArgs {
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// Quotes one word for a POSIX shell.
@@ -82,36 +65,25 @@ fn usage(msg: impl std::fmt::Display) -> i32 {
     2
 }
 
-/// Runs `paddock exec` with the default options (overridden by the flags).
-pub async fn run_exec(args: ExecArgs) -> anyhow::Result<i32> {
-    run_exec_with(args, RuntimeOptions::default()).await
-}
-
-/// Runs `paddock exec` with `opts` from the configuration file (the flags override them).
-pub async fn run_exec_with(args: ExecArgs, mut opts: RuntimeOptions) -> anyhow::Result<i32> {
-    let user = match UserId::new(&args.user) {
+/// Runs `paddock exec`: `job` in a one-shot runtime with `opts`; returns the exit status.
+pub async fn run_exec(job: ExecJob, opts: RuntimeOptions) -> anyhow::Result<i32> {
+    let user = match UserId::new(&job.user) {
         Ok(u) => u,
         Err(e) => return Ok(usage(e)),
     };
-    let thread = match ThreadId::new(&args.thread) {
+    let thread = match ThreadId::new(&job.thread) {
         Ok(t) => t,
         Err(e) => return Ok(usage(e)),
     };
-    if args.command.is_empty() {
+    if job.command.is_empty() {
         return Ok(usage("no command given (put it after --)"));
     }
-    if let Some(n) = args.network {
-        opts.network = n;
-    }
-    if let Some(i) = args.isolation {
-        opts.isolation = i;
-    }
-    let mut req = ExecRequest::new(command_string(&args.command));
-    req.timeout_secs = args.timeout;
+    let mut req = ExecRequest::new(command_string(&job.command));
+    req.timeout_secs = job.timeout;
     if let Err(e) = req.validate() {
         return Ok(usage(e));
     }
-    let rt = match crate::Runtime::one_shot(&args.data_dir, opts) {
+    let rt = match crate::Runtime::one_shot(&job.data_dir, opts) {
         Ok(rt) => rt,
         Err(crate::RuntimeError::Options(e)) => return Ok(usage(e)),
         Err(e) => {
@@ -466,61 +438,54 @@ pub fn disk_quota_check(ctx: &DoctorContext) -> Check {
     }
 }
 
-/// Runs `paddock doctor`: 0 when every required feature works, 1 otherwise.
-pub fn run_doctor(args: DoctorArgs) -> anyhow::Result<i32> {
-    run_doctor_with(
-        args,
-        &DoctorContext {
-            opts: RuntimeOptions::default(),
-            layout: paddock_core::DataLayout::new("./.paddock"),
-        },
-    )
+/// Runs `paddock doctor` for a configuration, printing a table (or JSON when `json`): 0
+/// when every required feature works, 1 otherwise.
+pub fn run_doctor(json: bool, ctx: &DoctorContext) -> anyhow::Result<i32> {
+    let mut checks = checks();
+    checks.push(disk_quota_check(ctx));
+    let (ok, text) = doctor_report(&checks, json)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    stdout.flush()?;
+    Ok(if ok { 0 } else { 1 })
 }
 
-/// [`run_doctor`] for a configuration.
-pub fn run_doctor_with(args: DoctorArgs, ctx: &DoctorContext) -> anyhow::Result<i32> {
-    let mut checks = checks();
-    let isolation_ok = checks.iter().all(|c| c.ok || !c.required);
-    let disk = disk_quota_check(ctx);
-    let disk_ok = disk.ok || !disk.required;
-    let disk_line = format!("disk quota: {}", disk.detail);
-    checks.push(disk);
+/// What `paddock doctor` prints for `checks` (the disk quota row last), and whether
+/// Paddock can run as configured: every required feature works.
+pub fn doctor_report(checks: &[Check], json: bool) -> serde_json::Result<(bool, String)> {
+    let (features, disk) = match checks.split_last() {
+        Some((disk, features)) => (features, Some(disk)),
+        None => (checks, None),
+    };
+    let isolation_ok = features.iter().all(|c| c.ok || !c.required);
+    let disk_ok = disk.is_none_or(|d| d.ok || !d.required);
     let ok = isolation_ok && disk_ok;
-    let mut stdout = std::io::stdout().lock();
-    if args.json {
+    if json {
         #[derive(Serialize)]
         struct Report<'a> {
             ok: bool,
             checks: &'a [Check],
         }
-        serde_json::to_writer_pretty(
-            &mut stdout,
-            &Report {
-                ok,
-                checks: &checks,
-            },
-        )?;
-        writeln!(stdout)?;
-    } else {
-        write!(stdout, "{}", render_table(&checks))?;
-        if isolation_ok {
-            writeln!(stdout, "\nisolation: isolated is available")?;
-        } else {
-            writeln!(
-                stdout,
-                "\nisolation: isolated is NOT available: a required feature is missing (see the hints above)"
-            )?;
-        }
-        if disk_ok {
-            writeln!(stdout, "{disk_line}")?;
-        } else {
-            writeln!(
-                stdout,
-                "the configured disk quota cannot be enforced here: Paddock refuses to start (see the hint above)"
-            )?;
-        }
+        let mut s = serde_json::to_string_pretty(&Report { ok, checks })?;
+        s.push('\n');
+        return Ok((ok, s));
     }
-    Ok(if ok { 0 } else { 1 })
+    let mut s = render_table(checks);
+    if isolation_ok {
+        s.push_str("\nisolation: isolated is available\n");
+    } else {
+        s.push_str(
+            "\nisolation: isolated is NOT available: a required feature is missing (see the hints above)\n",
+        );
+    }
+    match disk {
+        Some(d) if disk_ok => s.push_str(&format!("disk quota: {}\n", d.detail)),
+        Some(_) => s.push_str(
+            "the configured disk quota cannot be enforced here: Paddock refuses to start (see the hint above)\n",
+        ),
+        None => {}
+    }
+    Ok((ok, s))
 }
 
 /// The human table.

@@ -1,18 +1,20 @@
-//! A `paddock agent`-equivalent server for the conformance suite, the Python
-//! compatibility tests and the benchmark: `paddock agent`'s arguments, served by
-//! `paddock_agent::cli::run_agent` (the local runtime's sandbox of one thread).
+//! A `paddock agent`-equivalent server for the conformance suite: the local runtime's
+//! sandbox of one thread, served by `paddock_agent::cli::run_local` with `paddock agent`'s
+//! defaults (see [`paddock_conformance::agent_process`] for its flags).
 
-use clap::Parser as _;
-use paddock_agent::cli::AgentCli;
+use paddock_conformance::agent_process::{AgentProcessArgs, init_logging};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PADDOCK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
-    paddock_agent::cli::run_agent(AgentCli::parse().args).await
+    init_logging();
+    let args = AgentProcessArgs::parse(std::env::args_os().skip(1))?;
+    paddock_agent::cli::run_local(paddock_agent::cli::LocalAgent {
+        serve: args.serve_options()?,
+        data_dir: args.data_dir,
+        user: args.user,
+        thread: args.thread,
+        runtime: paddock_runtime::RuntimeOptions::default(),
+        mounts: Vec::new(),
+    })
+    .await
 }
