@@ -12,6 +12,7 @@ command -v bwrap >/dev/null 2>&1 || need_apt+=(bubblewrap)
 # Per-thread disk images (sandbox.disk_quota_mode: image): mkfs.ext4, e2fsck, resize2fs.
 command -v mkfs.ext4 >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ] || need_apt+=(e2fsprogs)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+command -v dnsmasq >/dev/null 2>&1 || [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base) # DNS of the egress test world (crates/egress/tests/world)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "==> installing ${need_apt[*]}"
