@@ -488,6 +488,12 @@ fn allowlist_reaches_listed_names_and_nothing_else(cx: &mut Ctx) {
     assert!(f.body.contains(PACKAGE), "{f:?}");
     let api = [v4(API.v4), v6(API.v6)];
     let elsewhere = [v4(ELSEWHERE.v4), v6(ELSEWHERE.v6)];
+    let queries = |cx: &Ctx| ["elsewhere.test", "nowhere.test"].map(|n| cx.world.dns_queries(n));
+    let q0 = queries(cx);
+    assert!(
+        cx.world.dns_queries(PYPI.name) > 0,
+        "the DNS log counts queries"
+    );
     cx.denied(&[], "https://api.test/", "deny not_listed", &api);
     cx.denied(&[], "http://elsewhere.test/", "deny not_listed", &elsewhere);
     cx.denied(
@@ -511,7 +517,8 @@ fn allowlist_reaches_listed_names_and_nothing_else(cx: &mut Ctx) {
     for n in ["api.test", "elsewhere.test", "nowhere.test", "203.0.113.30"] {
         assert!(names.contains(&n), "{n} not among the denials {d:?}");
     }
-    // Names refused by the allowlist were never resolved: no address in their denials.
+    // Names refused by the allowlist were never resolved: the DNS server saw no query.
+    assert_eq!(queries(cx), q0, "an unlisted name was looked up");
     let nowhere = d.iter().find(|x| x["name"] == "nowhere.test").unwrap();
     assert!(nowhere["addr"].is_null(), "{nowhere}");
     assert_eq!(nowhere["reason"], "deny not_listed");
@@ -851,6 +858,27 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
+/// `--hold`: the world stays up, and lines from stdin drive its proxy and `rebind.test`.
+fn hold_loop(cx: &mut Ctx) {
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line.is_empty() {
+            break;
+        }
+        if let Some(addrs) = line.strip_prefix("rebind") {
+            let addrs: Result<Vec<IpAddr>, _> = addrs.split_whitespace().map(str::parse).collect();
+            match addrs.map(|a| cx.world.set_rebind(&a)) {
+                Ok(Ok(())) => println!("ok"),
+                Ok(Err(e)) => println!("error {e}"),
+                Err(e) => println!("error {e}"),
+            }
+            continue;
+        }
+        println!("{}", cx.proxy.ask(line));
+    }
+}
+
 fn find(name: &str) -> std::path::PathBuf {
     world::find_tool(name).unwrap_or_else(|| panic!("{name} is not installed"))
 }
@@ -930,11 +958,11 @@ fn main() -> ExitCode {
             cx.world.dir().display()
         );
         println!(
-            "a proxy (mode none) listens on {}; press Enter to end the world",
+            "a proxy (mode none) listens on {}; commands: `policy MODE [RULE…]`, `denials`, \
+             `counts`, `resolve NAME`, `rebind ADDR…`; an empty line or end of input ends the world",
             proxy_url()
         );
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
+        hold_loop(&mut cx);
         return ExitCode::SUCCESS;
     }
     println!(

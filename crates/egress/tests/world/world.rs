@@ -501,6 +501,16 @@ impl World {
             .collect()
     }
 
+    /// The queries the DNS server got for `name` so far (any type, from anywhere).
+    pub fn dns_queries(&self, name: &str) -> usize {
+        let needle = format!(" {name} from ");
+        fs::read_to_string(self.dir.join("dns.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(": query[") && l.contains(&needle))
+            .count()
+    }
+
     fn log_lines(&self) -> Vec<String> {
         ["internet.log", "loopback.log"]
             .iter()
