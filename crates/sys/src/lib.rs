@@ -8,6 +8,10 @@
 //! memory prepared before the clone — no allocation, no locks, no formatting — because the
 //! parent is a multi-threaded async process whose allocator lock may be held by another
 //! thread at the moment of the clone.
+//!
+//! Those syscalls are made through `syscalls`: one small safe wrapper each, with its own
+//! `SAFETY` argument, behind a trait the jail's child and the kernel [`probe`]s are written
+//! against (and a recording fake implements, to check the order of a jail's steps).
 
 pub mod cgroup;
 pub mod disk;
@@ -20,6 +24,7 @@ pub mod probe;
 pub mod process;
 pub mod sandbox_jail;
 pub mod seccomp;
+pub(crate) mod syscalls;
 pub mod tree;
 pub mod uidmap;
 

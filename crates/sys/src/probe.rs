@@ -6,9 +6,13 @@
 //!
 //! Invariant: probes leave nothing behind: children exit, probe cgroups are removed.
 
+use std::ffi::CStr;
 use std::io;
 
 use crate::cgroup::{CgroupLimits, CgroupSet, Controller};
+use crate::syscalls::{
+    Errno, InChild, SysResult, Syscalls, close_all_but, make_mounts_private, pivot_into,
+};
 
 /// What a probe child does after its namespaces exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,26 +39,86 @@ pub enum Action {
     Jail,
 }
 
-/// Installs a seccomp program on the calling thread (no_new_privs must be set); returns
-/// the raw `prctl` result.
-///
-/// # Safety
-/// Only raw syscalls: safe to call in a cloned child before `_exit`.
-unsafe fn install_filter(p: &[crate::seccomp::Insn]) -> i32 {
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(p.len()).unwrap_or(u16::MAX),
-        // `Insn` has the kernel's `sock_filter` layout (u16, u8, u8, u32).
-        filter: p.as_ptr().cast_mut().cast::<libc::sock_filter>(),
+/// What a probe child does once released: `action` over `k`, returning the errno of the
+/// first step that failed (`ENOTSUP` when a restriction did not restrict).
+fn act<K: Syscalls>(
+    k: &K,
+    action: Action,
+    flags: i32,
+    seccomp: Option<&[crate::seccomp::Insn]>,
+    landlock_abi: i32,
+) -> SysResult {
+    // A tmpfs on /tmp, not propagated back to the host.
+    let tmpfs = || {
+        make_mounts_private(k)?;
+        k.mount(Some(c"tmpfs"), c"/tmp", Some(c"tmpfs"), 0, None)
     };
-    // SAFETY: `fprog` points at `p`, which outlives the call; the kernel copies the program.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_SECCOMP,
-            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
-            &fprog as *const libc::sock_fprog as libc::c_ulong,
-            0,
-            0,
-        )
+    let proc_at = |dir: &CStr| k.mount(Some(c"proc"), dir, Some(c"proc"), 0, None);
+    let pivot = || pivot_into(k, c"/tmp").map_err(|(_, e)| e);
+    // The filter must then refuse a denied syscall (keyctl).
+    let seccomp_refuses = || {
+        k.set_no_new_privs()?;
+        if let Some(p) = seccomp {
+            k.install_seccomp(p)?;
+        }
+        // SAFETY: keyctl with all-zero arguments reads and writes no memory.
+        if unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) } >= 0
+            || Errno::last() != Errno(libc::EPERM)
+        {
+            return Err(Errno(libc::ENOTSUP));
+        }
+        Ok(())
+    };
+    match action {
+        Action::Nothing => Ok(()),
+        Action::Tmpfs => tmpfs(),
+        Action::PivotRoot => {
+            tmpfs()?;
+            pivot()
+        }
+        Action::Overlay => {
+            tmpfs()?;
+            for d in [c"/tmp/l", c"/tmp/u", c"/tmp/w", c"/tmp/m"] {
+                k.mkdir(d, 0o755)?;
+            }
+            k.mount(
+                Some(c"overlay"),
+                c"/tmp/m",
+                Some(c"overlay"),
+                0,
+                Some(c"lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w"),
+            )
+        }
+        Action::Proc => {
+            make_mounts_private(k)?;
+            proc_at(c"/tmp")
+        }
+        Action::Loopback => k.loopback_up(),
+        Action::Jail => {
+            tmpfs()?;
+            k.mkdir(c"/tmp/proc", 0o755)?;
+            proc_at(c"/tmp/proc")?;
+            if flags & libc::CLONE_NEWNET != 0 {
+                k.loopback_up()?;
+            }
+            pivot()?;
+            seccomp_refuses()
+        }
+        Action::Seccomp => seccomp_refuses(),
+        Action::Landlock => {
+            if landlock_abi < 1 {
+                return Err(Errno(libc::ENOSYS));
+            }
+            let handled = crate::landlock::all_rights(landlock_abi);
+            let fd = k.landlock_create_ruleset(landlock_abi.min(3), handled, 0)?;
+            k.set_no_new_privs()?;
+            k.landlock_restrict_self(fd)?;
+            // Nothing is allowed now: reading / must fail.
+            if k.open(c"/", libc::O_RDONLY | libc::O_DIRECTORY, 0).is_ok() {
+                return Err(Errno(libc::ENOTSUP));
+            }
+            Ok(())
+        }
     }
 }
 
@@ -67,23 +131,6 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
         None
     };
     let abi = crate::landlock::kernel_abi();
-    let handled = if abi > 0 {
-        crate::landlock::all_rights(abi)
-    } else {
-        0
-    };
-    let c = |s: &str| std::ffi::CString::new(s).map_err(io::Error::other);
-    let (slash, tmp, tmpfs, dot, proc_s, overlay) = (
-        c("/")?,
-        c("/tmp")?,
-        c("tmpfs")?,
-        c(".")?,
-        c("proc")?,
-        c("overlay")?,
-    );
-    let dirs = [c("/tmp/l")?, c("/tmp/u")?, c("/tmp/w")?, c("/tmp/m")?];
-    let tmp_proc = c("/tmp/proc")?;
-    let ovl_opts = c("lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w")?;
     let mut fds = [0i32; 2];
     // SAFETY: pipe2 fills the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
@@ -105,168 +152,18 @@ pub fn probe(flags: i32, action: Action) -> io::Result<()> {
         )
     };
     if pid == 0 {
-        // SAFETY: child side, raw syscalls only.
-        unsafe {
-            // Keep only the read end: inherited write ends of sibling children created at the
-            // same moment must not be held, or both wait for an EOF the other holds.
-            let keep = sync_r as u32;
-            if keep > 0 {
-                libc::syscall(libc::SYS_close_range, 0u32, keep - 1, 0u32);
-            }
-            libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32);
-            let mut b = [0u8; 1];
-            if libc::read(sync_r, b.as_mut_ptr().cast(), 1) != 1 {
-                libc::_exit(125);
-            }
-            let err = || {
-                io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EIO)
-            };
-            macro_rules! t {
-                ($e:expr) => {
-                    if ($e) < 0 {
-                        libc::_exit(err().clamp(1, 124));
-                    }
-                };
-            }
-            let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
-            match action {
-                Action::Nothing => {}
-                Action::Tmpfs | Action::PivotRoot | Action::Overlay => {
-                    t!(libc::mount(
-                        std::ptr::null(),
-                        slash.as_ptr(),
-                        std::ptr::null(),
-                        private,
-                        std::ptr::null()
-                    ));
-                    t!(libc::mount(
-                        tmpfs.as_ptr(),
-                        tmp.as_ptr(),
-                        tmpfs.as_ptr(),
-                        0,
-                        std::ptr::null()
-                    ));
-                    if action == Action::PivotRoot {
-                        t!(libc::chdir(tmp.as_ptr()));
-                        t!(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32);
-                        t!(libc::umount2(dot.as_ptr(), libc::MNT_DETACH));
-                    }
-                    if action == Action::Overlay {
-                        for d in &dirs {
-                            t!(libc::mkdir(d.as_ptr(), 0o755));
-                        }
-                        t!(libc::mount(
-                            overlay.as_ptr(),
-                            dirs[3].as_ptr(),
-                            overlay.as_ptr(),
-                            0,
-                            ovl_opts.as_ptr().cast()
-                        ));
-                    }
-                }
-                Action::Proc => {
-                    t!(libc::mount(
-                        std::ptr::null(),
-                        slash.as_ptr(),
-                        std::ptr::null(),
-                        private,
-                        std::ptr::null()
-                    ));
-                    t!(libc::mount(
-                        proc_s.as_ptr(),
-                        tmp.as_ptr(),
-                        proc_s.as_ptr(),
-                        0,
-                        std::ptr::null()
-                    ));
-                }
-                Action::Loopback => {
-                    let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                    t!(s);
-                    let mut req: libc::ifreq = std::mem::zeroed();
-                    req.ifr_name[0] = b'l' as libc::c_char;
-                    req.ifr_name[1] = b'o' as libc::c_char;
-                    t!(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req));
-                    req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                    t!(libc::ioctl(s, libc::SIOCSIFFLAGS, &req));
-                }
-                Action::Jail => {
-                    t!(libc::mount(
-                        std::ptr::null(),
-                        slash.as_ptr(),
-                        std::ptr::null(),
-                        private,
-                        std::ptr::null()
-                    ));
-                    t!(libc::mount(
-                        tmpfs.as_ptr(),
-                        tmp.as_ptr(),
-                        tmpfs.as_ptr(),
-                        0,
-                        std::ptr::null()
-                    ));
-                    t!(libc::mkdir(tmp_proc.as_ptr(), 0o755));
-                    t!(libc::mount(
-                        proc_s.as_ptr(),
-                        tmp_proc.as_ptr(),
-                        proc_s.as_ptr(),
-                        0,
-                        std::ptr::null()
-                    ));
-                    if flags & libc::CLONE_NEWNET != 0 {
-                        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
-                        t!(s);
-                        let mut req: libc::ifreq = std::mem::zeroed();
-                        req.ifr_name[0] = b'l' as libc::c_char;
-                        req.ifr_name[1] = b'o' as libc::c_char;
-                        t!(libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req));
-                        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-                        t!(libc::ioctl(s, libc::SIOCSIFFLAGS, &req));
-                    }
-                    t!(libc::chdir(tmp.as_ptr()));
-                    t!(libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) as i32);
-                    t!(libc::umount2(dot.as_ptr(), libc::MNT_DETACH));
-                    t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-                    if let Some(p) = &seccomp {
-                        t!(install_filter(p));
-                    }
-                    if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) >= 0 || err() != libc::EPERM {
-                        libc::_exit(libc::ENOTSUP);
-                    }
-                }
-                Action::Seccomp => {
-                    t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-                    if let Some(p) = &seccomp {
-                        t!(install_filter(p));
-                    }
-                    // The filter must now refuse a denied syscall.
-                    if libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) >= 0 || err() != libc::EPERM {
-                        libc::_exit(libc::ENOTSUP);
-                    }
-                }
-                Action::Landlock => {
-                    if abi < 1 {
-                        libc::_exit(libc::ENOSYS);
-                    }
-                    let attr: [u64; 3] = [handled, 0, 0];
-                    let fd = libc::syscall(
-                        libc::SYS_landlock_create_ruleset,
-                        attr.as_ptr(),
-                        crate::landlock::ruleset_attr_size(abi.min(3)),
-                        0u32,
-                    );
-                    t!(fd as i32);
-                    t!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
-                    t!(libc::syscall(libc::SYS_landlock_restrict_self, fd as i32, 0u32) as i32);
-                    // Nothing is allowed now: reading / must fail.
-                    if libc::open(slash.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) >= 0 {
-                        libc::_exit(libc::ENOTSUP);
-                    }
-                }
-            }
-            libc::_exit(0);
+        // SAFETY: we are the freshly cloned child, which ends in `exit` below.
+        let k = unsafe { InChild::assume() };
+        // Keep only the read end: inherited write ends of sibling children created at the
+        // same moment must not be held, or both wait for an EOF the other holds.
+        close_all_but(&k, &[sync_r as u32]);
+        let mut b = [0u8; 1];
+        if k.read(sync_r, &mut b) != Ok(1) {
+            k.exit(125);
+        }
+        match act(&k, action, flags, seccomp.as_deref(), abi) {
+            Ok(()) => k.exit(0),
+            Err(e) => k.exit(e.0.clamp(1, 124)),
         }
     }
     // SAFETY: closing our copy of the read end.

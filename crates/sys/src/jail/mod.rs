@@ -44,7 +44,9 @@
 //!   command message, the status records and the [`Step`] numbers;
 //! - `prepared`: the memory the child reads, built from a spec before the clone;
 //! - `parent`: everything Paddock does — prepare, clone, write the maps, release, hand over;
-//! - `child`: everything between `clone` and `execve`, in order.
+//! - `child`: everything between `clone` and `execve`, in order, written against the
+//!   `Syscalls` trait of `crate::syscalls` (small safe wrappers, one per syscall, shared
+//!   with the probes); its tests run it over a recording fake.
 
 use std::io;
 

@@ -5,12 +5,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use super::child::{ChildFds, child_main, loopback_up};
-use super::prepared::{AnonMap, SHELL_STACK_BYTES, prepare};
+use super::child::{Inherited, run};
+use super::prepared::{SHELL_STACK_BYTES, prepare};
 use super::spec::{JailCommand, JailSpec, NetMode};
 use super::wire::EncodedCommand;
 use super::{SpawnError, os};
 use crate::process::PidFd;
+use crate::syscalls::Mapping;
 
 /// Creates a loopback-only network namespace (with `lo` up) and returns a descriptor that
 /// keeps it alive. A short-lived thread of our own moves itself into a new network
@@ -29,11 +30,10 @@ pub fn create_netns() -> io::Result<OwnedFd> {
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
                 return Err(io::Error::last_os_error());
             }
-            // SAFETY: raw socket/ioctl on a local ifreq.
-            if unsafe { loopback_up() } < 0 {
+            if let Err(e) = crate::syscalls::loopback_up() {
                 return Err(io::Error::other(format!(
                     "could not bring up loopback in the new network namespace: {}",
-                    io::Error::last_os_error()
+                    io::Error::from_raw_os_error(e.0)
                 )));
             }
             std::fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
@@ -127,7 +127,7 @@ impl Drop for PendingJail {
 pub struct JailChild {
     /// The exec's init (pid 1 of its namespace).
     pub init: PidFd,
-    /// Status records ([`StatusRecord`]); EOF when init is gone.
+    /// Status records ([`super::StatusRecord`]); EOF when init is gone.
     pub status: OwnedFd,
     /// The shell's stdout (non-blocking).
     pub stdout: OwnedFd,
@@ -317,14 +317,12 @@ fn clone_jail(
     sandbox: Option<(&OwnedFd, &OwnedFd)>,
 ) -> Result<Cloned, SpawnError> {
     let mut p = prepare(spec)?;
-    let fprog = libc::sock_fprog {
-        len: u16::try_from(spec.seccomp.len()).map_err(|_| SpawnError::Os {
+    if u16::try_from(spec.seccomp.len()).is_err() {
+        return Err(SpawnError::Os {
             step: "seccomp program",
             source: io::Error::other("too long"),
-        })?,
-        // `Insn` is #[repr(C)] with the kernel's `sock_filter` layout (u16, u8, u8, u32).
-        filter: spec.seccomp.as_ptr() as *mut libc::sock_filter,
-    };
+        });
+    }
     // Opened here, with Paddock's credentials (the kernel checks the opener's), and written
     // by the child: see `ExecCgroup::join_plan`.
     let open_all = |files: &[PathBuf]| {
@@ -349,12 +347,12 @@ fn clone_jail(
             source: io::Error::other("too many cgroup hierarchies for the shell to join"),
         });
     }
-    // The child's copy of this buffer is the shell's stack (see `child_main`).
-    let shell_stack = AnonMap::new(SHELL_STACK_BYTES).map_err(os("map the shell stack"))?;
+    // The child's copy of this buffer is the shell's stack (see `child::start_shell`).
+    let shell_stack = Mapping::new(SHELL_STACK_BYTES).map_err(os("map the shell stack"))?;
     let (sync_r, sync_w) = pipe_pair("sync pipe")?;
     let (status_r, status_w) = pipe_pair("status pipe")?;
     // The cgroup namespace is entered by the child once it has joined its cgroups (see
-    // `child_main`); the user namespace only when Paddock is not root.
+    // `child::build_jail`); the user namespace only when Paddock is not root.
     let mut flags = libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
         | libc::CLONE_NEWIPC
@@ -382,7 +380,7 @@ fn clone_jail(
     .collect();
     keep.sort_unstable();
     keep.dedup();
-    let fds = ChildFds {
+    let inherited = Inherited {
         sync_r: sync_r.as_raw_fd(),
         status_w: status_w.as_raw_fd(),
         out_w: stdio.map_or(-1, |(o, _)| o.as_raw_fd()),
@@ -393,7 +391,8 @@ fn clone_jail(
         keep: &keep,
         cgroup_tasks: &task_fds,
         shell_cgroup_tasks: &shell_task_fds,
-        shell_stack: shell_stack.ptr,
+        seccomp: &spec.seccomp,
+        shell_stack: &shell_stack,
     };
     // The v2 cgroup init is created in (CLONE_INTO_CGROUP), opened with our credentials.
     let into = spec
@@ -453,10 +452,10 @@ fn clone_jail(
             };
         }
         if r == 0 {
-            // SAFETY: we are the freshly cloned child; `child_main` only makes raw syscalls
+            // SAFETY: we are the freshly cloned child; `run` only makes raw syscalls
             // over the prepared memory and ends in execve or _exit — it never returns here,
             // so the child never runs the parent's code after the clone.
-            unsafe { child_main(&mut p, &fds, &fprog) }
+            unsafe { run(&mut p, &inherited) }
         }
         r
     };

@@ -15,6 +15,7 @@ use super::spec::{
 use super::wire::waiting_shell_command;
 use super::{SpawnError, os};
 use crate::mountplan::MountOp;
+use crate::syscalls::Mapping;
 
 /// The shell child's stack before `execve`: it runs a dozen raw syscalls and no formatting.
 pub(super) const SHELL_STACK_BYTES: usize = 256 * 1024;
@@ -70,42 +71,6 @@ fn cpath(p: &Path, what: &'static str) -> Result<CString, SpawnError> {
     CString::new(p.as_os_str().as_bytes()).map_err(|_| SpawnError::Nul { what })
 }
 
-/// A private anonymous mapping, unmapped on drop. The command buffer and the shell's stack
-/// are large and almost never touched: a mapping costs two syscalls and its untouched pages
-/// nothing, where a heap buffer of that size would be zeroed (and made resident) by the
-/// allocator on every jail once glibc has raised its mmap threshold past it.
-pub(super) struct AnonMap {
-    pub(super) ptr: *mut u8,
-    pub(super) len: usize,
-}
-
-impl AnonMap {
-    pub(super) fn new(len: usize) -> io::Result<Self> {
-        // SAFETY: a fresh private anonymous mapping; no existing memory is affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self { ptr: p.cast(), len })
-    }
-}
-
-impl Drop for AnonMap {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping `new` created, once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
 /// The memory the child reads. Built before the clone; the child gets a private copy.
 pub(super) struct Prepared {
     pub(super) sources: Vec<CString>,
@@ -118,7 +83,7 @@ pub(super) struct Prepared {
     pub(super) hostname: CString,
     pub(super) program: CString,
     /// The command message lands here (pages are touched only by the read).
-    pub(super) cmd_buf: AnonMap,
+    pub(super) cmd_buf: Mapping,
     /// Pointers into `cmd_buf`, NULL-terminated, filled by init.
     pub(super) argv_ptrs: Vec<*const libc::c_char>,
     pub(super) env_ptrs: Vec<*const libc::c_char>,
@@ -137,14 +102,6 @@ pub(super) struct Prepared {
     pub(super) init_argv: Vec<*const libc::c_char>,
     /// Owns what `init_argv` points at.
     pub(super) _init_strings: Vec<CString>,
-    pub(super) empty: CString,
-    pub(super) dot: CString,
-    pub(super) slash: CString,
-    pub(super) dev_null: CString,
-    pub(super) proc_s: CString,
-    pub(super) tmpfs_s: CString,
-    pub(super) devpts_s: CString,
-    pub(super) devpts_data: CString,
 }
 
 pub(super) fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
@@ -272,7 +229,7 @@ pub(super) fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         staging: cpath(&spec.mounts.staging, "staging path")?,
         hostname: cstr(&spec.hostname, "hostname")?,
         program: cstr(&spec.program, "program")?,
-        cmd_buf: AnonMap::new(COMMAND_MAX_BYTES).map_err(os("map the command buffer"))?,
+        cmd_buf: Mapping::new(COMMAND_MAX_BYTES).map_err(os("map the command buffer"))?,
         argv_ptrs: vec![std::ptr::null(); COMMAND_MAX_ARGS + 1],
         env_ptrs: vec![std::ptr::null(); COMMAND_MAX_ENV + 1],
         ll_rules,
@@ -286,14 +243,6 @@ pub(super) fn prepare(spec: &JailSpec) -> Result<Prepared, SpawnError> {
         cap_last_cap: spec.cap_last_cap,
         init_argv,
         _init_strings: init_strings,
-        empty: cstr("", "path")?,
-        dot: cstr(".", "path")?,
-        slash: cstr("/", "path")?,
-        dev_null: cstr("/dev/null", "path")?,
-        proc_s: cstr("proc", "fstype")?,
-        tmpfs_s: cstr("tmpfs", "fstype")?,
-        devpts_s: cstr("devpts", "fstype")?,
-        devpts_data: cstr("newinstance,ptmxmode=0666,mode=0620", "devpts options")?,
     })
 }
 

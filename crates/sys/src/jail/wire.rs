@@ -68,6 +68,74 @@ impl EncodedCommand {
     }
 }
 
+/// Which string of a command message's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    /// The working directory (always first).
+    Cwd,
+    /// argv\[i\].
+    Arg(usize),
+    /// The i-th `KEY=VALUE`.
+    Env(usize),
+}
+
+/// The header of a command message, checked against init's limits: how long its body is
+/// and how many strings of each kind the body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CommandLayout {
+    /// Body bytes (1 to the buffer's size).
+    pub(super) body: usize,
+    /// argv entries (1 to [`COMMAND_MAX_ARGS`]).
+    pub(super) argc: usize,
+    /// Environment entries (at most [`COMMAND_MAX_ENV`]).
+    pub(super) envc: usize,
+}
+
+impl CommandLayout {
+    /// Reads a header; `None` when it is out of the limits or the body would not fit
+    /// `capacity` bytes.
+    pub(super) fn parse(h: &[u8; COMMAND_HEADER], capacity: usize) -> Option<Self> {
+        let word = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as usize;
+        let (body, argc, envc) = (word(0), word(4), word(8));
+        if body == 0 || body > capacity || argc == 0 || argc > COMMAND_MAX_ARGS {
+            return None;
+        }
+        if envc > COMMAND_MAX_ENV {
+            return None;
+        }
+        Some(Self { body, argc, envc })
+    }
+
+    /// Walks `body`'s NUL-terminated strings, calling `each` with each one's part and
+    /// offset; false (after calling `each` for at most the expected strings) when the body
+    /// does not hold exactly `1 + argc + envc` of them, the last ending the body. Allocates
+    /// nothing: init runs it between clone and execve.
+    pub(super) fn split(&self, body: &[u8], mut each: impl FnMut(Part, usize)) -> bool {
+        let want = 1 + self.argc + self.envc;
+        let mut seen = 0usize;
+        let mut start = 0usize;
+        for (i, &b) in body.iter().enumerate() {
+            if b != 0 {
+                continue;
+            }
+            if seen >= want {
+                return false;
+            }
+            let part = if seen == 0 {
+                Part::Cwd
+            } else if seen <= self.argc {
+                Part::Arg(seen - 1)
+            } else {
+                Part::Env(seen - 1 - self.argc)
+            };
+            each(part, start);
+            seen += 1;
+            start = i + 1;
+        }
+        seen == want && start == body.len()
+    }
+}
+
 /// The steps of a jail's child, reported by number on the status pipe when one fails.
 /// The numbers are a wire format shared with the shell preload (`zygote/proto.rs`): append,
 /// never renumber.
@@ -307,7 +375,7 @@ pub enum StatusRecord {
         /// OS error number.
         errno: i32,
     },
-    /// Every process of the jail has ended; init waits to be killed (see `child_main`).
+    /// Every process of the jail has ended; init waits to be killed (see `child::reap`).
     Idle,
 }
 
@@ -398,5 +466,57 @@ mod tests {
             assert_eq!(Step::from_wire(i as u32), Some(*step));
         }
         assert_eq!(Step::from_wire(Step::ALL.len() as u32), None);
+    }
+
+    #[test]
+    fn command_messages_round_trip_through_the_layout() {
+        let cmd = JailCommand {
+            argv: vec!["sh".into(), "-c".into(), "true".into()],
+            env: vec![("A".into(), "b".into())],
+            cwd: "/w".into(),
+        };
+        let enc = cmd.encode().unwrap();
+        let b = enc.as_bytes();
+        let mut h = [0u8; COMMAND_HEADER];
+        h.copy_from_slice(&b[..COMMAND_HEADER]);
+        let layout = CommandLayout::parse(&h, 1 << 20).unwrap();
+        assert_eq!(
+            (layout.body, layout.argc, layout.envc),
+            (b.len() - 12, 3, 1)
+        );
+        let body = &b[COMMAND_HEADER..];
+        let mut parts = Vec::new();
+        assert!(layout.split(body, |part, at| {
+            let s = std::ffi::CStr::from_bytes_until_nul(&body[at..]).unwrap();
+            parts.push((part, s.to_str().unwrap().to_owned()));
+        }));
+        assert_eq!(
+            parts,
+            vec![
+                (Part::Cwd, "/w".into()),
+                (Part::Arg(0), "sh".into()),
+                (Part::Arg(1), "-c".into()),
+                (Part::Arg(2), "true".into()),
+                (Part::Env(0), "A=b".into()),
+            ]
+        );
+        // One string too many, one too few, a body that does not end in NUL.
+        assert!(!layout.split(b"/w\0sh\0-c\0true\0A=b\0B=c\0", |_, _| {}));
+        assert!(!layout.split(b"/w\0sh\0-c\0true\0", |_, _| {}));
+        assert!(!layout.split(b"/w\0sh\0-c\0true\0A=b", |_, _| {}));
+        // Headers out of the limits or larger than the buffer.
+        let header = |body: u32, argc: u32, envc: u32| {
+            let mut h = [0u8; COMMAND_HEADER];
+            h[0..4].copy_from_slice(&body.to_ne_bytes());
+            h[4..8].copy_from_slice(&argc.to_ne_bytes());
+            h[8..12].copy_from_slice(&envc.to_ne_bytes());
+            h
+        };
+        assert!(CommandLayout::parse(&header(10, 1, 0), 10).is_some());
+        assert!(CommandLayout::parse(&header(11, 1, 0), 10).is_none());
+        assert!(CommandLayout::parse(&header(0, 1, 0), 10).is_none());
+        assert!(CommandLayout::parse(&header(10, 0, 0), 10).is_none());
+        assert!(CommandLayout::parse(&header(10, 1025, 0), 10).is_none());
+        assert!(CommandLayout::parse(&header(10, 1, 4097), 10).is_none());
     }
 }
