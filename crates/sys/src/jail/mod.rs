@@ -53,6 +53,8 @@ use std::io;
 mod child;
 mod parent;
 mod prepared;
+#[cfg(test)]
+mod recording;
 pub mod spec;
 pub mod wire;
 
