@@ -250,6 +250,25 @@ impl StartStep {
     }
 }
 
+impl StartStep {
+    /// A stable snake_case name of the step, the same as the jail's step that does the same
+    /// ([`crate::jail::Step::code`]).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Message => "read_command",
+            Self::Fork => "fork_shell",
+            Self::Cgroup => "join_cgroup",
+            Self::Landlock => "landlock_restrict",
+            Self::Stdio => "set_up_stdio",
+            Self::Cwd => "change_directory",
+            Self::Exec => "exec_shell",
+            Self::Busy => "too_many_commands",
+            Self::Seccomp => "install_seccomp",
+            Self::Unknown(_) => "unknown",
+        }
+    }
+}
+
 impl std::fmt::Display for StartStep {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -266,6 +285,32 @@ impl std::fmt::Display for StartStep {
         }
     }
 }
+
+/// A command init could not start: the step, with its OS error (as an error: `"change to
+/// the working directory failed: No such file or directory (os error 2)"`; a command refused
+/// because too many run says only that).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartFailed {
+    /// Where.
+    pub step: StartStep,
+    /// The OS error.
+    pub errno: i32,
+}
+
+impl std::fmt::Display for StartFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.step {
+            StartStep::Busy => write!(f, "{}", self.step),
+            step => write!(
+                f,
+                "{step} failed: {}",
+                io::Error::from_raw_os_error(self.errno)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StartFailed {}
 
 /// A record from init.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -426,6 +471,32 @@ mod tests {
             })
         );
         assert_eq!(rec([99, 0, 0, 0]), None);
+        let failed = |step, errno| StartFailed { step, errno }.to_string();
+        assert_eq!(
+            failed(StartStep::Cwd, 2),
+            format!(
+                "change to the working directory failed: {}",
+                io::Error::from_raw_os_error(2)
+            )
+        );
+        assert_eq!(
+            failed(StartStep::Busy, libc::EAGAIN),
+            "start a command (too many running in this sandbox)"
+        );
+        // The steps init's child shares with the jail's have the same codes.
+        use crate::jail::Step;
+        for (start, step) in [
+            (StartStep::Message, Step::ReadCommand),
+            (StartStep::Fork, Step::ForkShell),
+            (StartStep::Cgroup, Step::JoinCgroup),
+            (StartStep::Landlock, Step::LandlockRestrict),
+            (StartStep::Stdio, Step::Stdio),
+            (StartStep::Cwd, Step::Cwd),
+            (StartStep::Exec, Step::ExecShell),
+            (StartStep::Seccomp, Step::Seccomp),
+        ] {
+            assert_eq!(start.code(), step.code());
+        }
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub use spec::{
     COMMAND_MAX_ARGS, COMMAND_MAX_BYTES, COMMAND_MAX_ENV, JailCommand, JailSpec, NetMode, Rlimit,
 };
 pub use wire::{
-    EncodedCommand, SHELL_PRELOAD, SHELL_PRELOAD_PATH, StatusRecord, Step, WAITING_SHELL_FDS,
-    waiting_shell_command,
+    EncodedCommand, SHELL_PRELOAD, SHELL_PRELOAD_PATH, StatusRecord, Step, StepFailed,
+    WAITING_SHELL_FDS, waiting_shell_command,
 };
 
 /// Errors of spawning.
@@ -94,6 +94,16 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+}
+
+impl SpawnError {
+    /// The OS error number behind the error, if there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Os { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 pub(crate) fn os(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {

@@ -279,6 +279,52 @@ impl Step {
         }
     }
 
+    /// A stable snake_case name of the step, for APIs and logs (`"bind_mount"`); a step
+    /// init's child shares with the jail's has the same code
+    /// ([`crate::sandbox_jail::StartStep::code`]).
+    pub const fn code(self) -> &'static str {
+        match self {
+            Self::WaitForParent => "wait_for_parent",
+            Self::OpenSource => "open_mount_source",
+            Self::SetGroups => "set_groups",
+            Self::SetGid => "set_gid",
+            Self::SetUid => "set_uid",
+            Self::MakePrivate => "make_mounts_private",
+            Self::MountTmpfs => "mount_tmpfs",
+            Self::Mkdir => "make_directory",
+            Self::Symlink => "make_symlink",
+            Self::DeviceMountPoint => "make_device_mount_point",
+            Self::Bind => "bind_mount",
+            Self::Remount => "remount_read_only",
+            Self::MountProc => "mount_proc",
+            Self::Hostname => "set_hostname",
+            Self::Loopback => "loopback_up",
+            Self::PivotRoot => "pivot_root",
+            Self::DetachOldRoot => "detach_old_root",
+            Self::LandlockCreate => "landlock_create_ruleset",
+            Self::LandlockRule => "landlock_add_rule",
+            Self::Rlimit => "set_rlimit",
+            Self::DropBoundingSet => "drop_bounding_set",
+            Self::ClearAmbient => "clear_ambient_capabilities",
+            Self::DropCapabilities => "drop_capabilities",
+            Self::NoNewPrivs => "set_no_new_privs",
+            Self::ForkShell => "fork_shell",
+            Self::Stdio => "set_up_stdio",
+            Self::Cwd => "change_directory",
+            Self::LandlockRestrict => "landlock_restrict",
+            Self::Seccomp => "install_seccomp",
+            Self::ExecShell => "exec_shell",
+            Self::ParentDeathSignal => "set_parent_death_signal",
+            Self::NotDumpable => "set_not_dumpable",
+            Self::JoinCgroup => "join_cgroup",
+            Self::ReadCommand => "read_command",
+            Self::WriteFile => "write_file",
+            Self::CgroupNamespace => "enter_cgroup_namespace",
+            Self::ExecInit => "exec_init",
+            Self::IdmappedBind => "idmapped_bind_mount",
+        }
+    }
+
     /// The step with wire number `n`.
     pub const fn from_wire(n: u32) -> Option<Self> {
         Some(match n {
@@ -329,6 +375,18 @@ impl std::fmt::Display for Step {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// A step of a jail's child that failed, with its OS error: what a
+/// [`StatusRecord::SetupFailed`] says, as an error (`"bind mount failed: Permission denied
+/// (os error 13)"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{step} failed: {}", std::io::Error::from_raw_os_error(*errno))]
+pub struct StepFailed {
+    /// The step.
+    pub step: Step,
+    /// Its OS error number.
+    pub errno: i32,
 }
 
 pub(super) mod preload {
@@ -382,6 +440,14 @@ pub enum StatusRecord {
 impl StatusRecord {
     /// Size of one record on the wire.
     pub const LEN: usize = 12;
+
+    /// The failure a [`Self::SetupFailed`] record reports.
+    pub fn failure(&self) -> Option<StepFailed> {
+        match *self {
+            Self::SetupFailed { step, errno } => Some(StepFailed { step, errno }),
+            _ => None,
+        }
+    }
 
     /// Decodes one record.
     pub fn parse(b: &[u8; Self::LEN]) -> Option<Self> {
@@ -457,13 +523,38 @@ mod tests {
             })
         );
         assert_eq!(Step::Bind.name(), "bind mount");
+        assert_eq!(
+            StatusRecord::parse(&r).and_then(|r| r.failure()),
+            Some(StepFailed {
+                step: Step::Bind,
+                errno: libc::EPERM
+            })
+        );
+        assert_eq!(
+            StepFailed {
+                step: Step::Cwd,
+                errno: libc::ENOENT
+            }
+            .to_string(),
+            format!(
+                "change to the working directory failed: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
         let r = StatusRecord::encode(TAG_IDLE, 0, 0);
         assert_eq!(StatusRecord::parse(&r), Some(StatusRecord::Idle));
         let r = StatusRecord::encode(9, 0, 0);
         assert_eq!(StatusRecord::parse(&r), None);
+        let mut codes = std::collections::BTreeSet::new();
         for (i, step) in Step::ALL.iter().enumerate() {
             assert_eq!(*step as u32, i as u32, "{step}");
             assert_eq!(Step::from_wire(i as u32), Some(*step));
+            let code = step.code();
+            assert!(
+                code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{code}"
+            );
+            assert!(codes.insert(code), "two steps are {code}");
         }
         assert_eq!(Step::from_wire(Step::ALL.len() as u32), None);
     }
