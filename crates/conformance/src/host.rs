@@ -196,9 +196,9 @@ impl Sandbox for HostSandbox {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().map_err(|e| SandboxError::Spawn {
-            message: e.to_string(),
-        })?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| SandboxError::spawn(e.to_string()))?;
         let pid = child.id();
         let cap = req
             .max_output_bytes

@@ -146,6 +146,14 @@ pub enum SandboxError {
     Spawn {
         /// Why.
         message: String,
+        /// The step of starting it that failed, when the backend knows it: a stable
+        /// snake_case code (`change_directory`, `bind_mount`, `exec_shell`, …). Absent on
+        /// the wire when unknown.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<String>,
+        /// The OS error number of that failure, when there was one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        errno: Option<i32>,
     },
     /// The backend cannot serve right now (agent down, API server unreachable).
     #[error("sandbox unavailable: {message}")]
@@ -232,6 +240,15 @@ impl SandboxError {
         }
     }
 
+    /// `Spawn` with only a message (no step or OS error known).
+    pub fn spawn(message: impl Into<String>) -> Self {
+        Self::Spawn {
+            message: message.into(),
+            step: None,
+            errno: None,
+        }
+    }
+
     /// `InvalidArgument` for `field`.
     pub fn invalid_argument(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::InvalidArgument {
@@ -295,6 +312,30 @@ mod tests {
         assert!(j.contains("\"kind\":\"too_large\""));
         let back: SandboxError = serde_json::from_str(&j).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_spawn_failure_carries_its_step_on_the_wire_only_when_known() {
+        let plain = SandboxError::spawn("no shell found in the sandbox");
+        assert_eq!(
+            serde_json::to_string(&plain).unwrap(),
+            r#"{"kind":"spawn","message":"no shell found in the sandbox"}"#
+        );
+        let typed = SandboxError::Spawn {
+            message: "bind mount failed: Permission denied (os error 13)".into(),
+            step: Some("bind_mount".into()),
+            errno: Some(13),
+        };
+        let j = serde_json::to_string(&typed).unwrap();
+        assert!(j.contains(r#""step":"bind_mount","errno":13"#), "{j}");
+        assert_eq!(serde_json::from_str::<SandboxError>(&j).unwrap(), typed);
+        // What an older backend sends still reads.
+        let old = r#"{"kind":"spawn","message":"x"}"#;
+        assert_eq!(
+            serde_json::from_str::<SandboxError>(old).unwrap(),
+            SandboxError::spawn("x")
+        );
+        assert_eq!(typed.code(), "spawn_failed");
     }
 
     #[test]

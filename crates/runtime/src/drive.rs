@@ -111,14 +111,14 @@ impl DrainBudget {
 }
 
 /// How the shell ended, as seen by the mode's watcher.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ShellEnd {
     /// Exit code.
     Exited(i32),
     /// Killed by a signal.
     Signaled(i32),
     /// The command could not be started (jail setup or execve failed).
-    SpawnFailed(String),
+    SpawnFailed(crate::error::JailError),
     /// The process tree vanished without a report (killed from outside).
     Vanished,
 }
@@ -252,9 +252,9 @@ async fn run<O, E>(
                 }
             },
             e = &mut shell, if end.is_none() => {
-                if let ShellEnd::SpawnFailed(msg) = &e {
+                if let ShellEnd::SpawnFailed(failure) = &e {
                     kill();
-                    let _ = tx.send(Err(SandboxError::Spawn { message: msg.clone() })).await;
+                    let _ = tx.send(Err(failure.clone().into())).await;
                     return;
                 }
                 end = Some(e);

@@ -25,10 +25,11 @@ use std::time::Duration;
 use paddock_sys::PidFd;
 use paddock_sys::cgroup::{ExecSlot, SandboxCgroup};
 use paddock_sys::process::WaitStatus;
-use paddock_sys::sandbox_jail::{InitRecord, RECORD_LEN, RunCommand, StartStep};
+use paddock_sys::sandbox_jail::{InitRecord, RECORD_LEN, RunCommand, StartFailed};
 use tokio::io::AsyncReadExt;
 
 use crate::drive::ShellEnd;
+use crate::error::JailError;
 use crate::plan::JailPlan;
 
 /// Most commands running at once in one sandbox (their shells; background processes of
@@ -134,7 +135,7 @@ fn dev_null() -> std::io::Result<&'static OwnedFd> {
 impl RunningJail {
     /// Builds the sandbox's jail: its cgroup (limits for the whole sandbox), the jail on the
     /// spawner thread, then waits until its init runs.
-    pub async fn build(plan: &JailPlan, name: &str) -> Result<Self, String> {
+    pub async fn build(plan: &JailPlan, name: &str) -> Result<Self, JailError> {
         let base = &plan.base;
         let cgroup = if base.cgroups.bases.is_empty() {
             None
@@ -144,12 +145,16 @@ impl RunningJail {
                 .create_sandbox(name, &plan.limits())
                 .map_err(|e| {
                     tracing::error!(error = %e, "could not create the sandbox's cgroup");
-                    "could not create the sandbox's cgroup".to_owned()
+                    JailError::Cgroup {
+                        what: "create the sandbox's cgroup",
+                    }
                 })?;
             if base.privileged {
                 cg.delegate_to(plan.ids.0, plan.ids.1).map_err(|e| {
                     tracing::error!(error = %e, "could not delegate the sandbox's cgroup");
-                    "could not set up the sandbox's cgroup".to_owned()
+                    JailError::Cgroup {
+                        what: "set up the sandbox's cgroup",
+                    }
                 })?;
             }
             Some(cg)
@@ -172,40 +177,38 @@ impl RunningJail {
         let init = Arc::new(b.init);
         // The status pipe ends when init runs; a record on it is the step that failed.
         let mut status = tokio::net::unix::pipe::Receiver::from_owned_fd(b.status)
-            .map_err(|e| format!("status pipe: {e}"))?;
+            .map_err(JailError::io("status pipe"))?;
         let mut rec = Vec::new();
         let read = tokio::time::timeout(BUILD_TIMEOUT, status.read_to_end(&mut rec)).await;
         let failure = match read {
-            Err(_) => Some("the jail was not built in time".to_owned()),
-            Ok(Err(e)) => Some(format!("status pipe: {e}")),
+            Err(_) => Some(JailError::Timeout),
+            Ok(Err(e)) => Some(JailError::io("status pipe")(e)),
             Ok(Ok(_)) if rec.len() >= paddock_sys::StatusRecord::LEN => {
                 let mut r = [0u8; paddock_sys::StatusRecord::LEN];
                 r.copy_from_slice(&rec[..paddock_sys::StatusRecord::LEN]);
-                Some(match paddock_sys::StatusRecord::parse(&r) {
-                    Some(paddock_sys::StatusRecord::SetupFailed { step, errno }) => format!(
-                        "{step} failed: {}",
-                        std::io::Error::from_raw_os_error(errno)
-                    ),
-                    _ => "the jail's setup ended unexpectedly".to_owned(),
-                })
+                Some(
+                    paddock_sys::StatusRecord::parse(&r)
+                        .and_then(|r| r.failure())
+                        .map_or(JailError::Unexpected, JailError::Step),
+                )
             }
             Ok(Ok(_)) => None,
         };
-        if let Some(message) = failure {
+        if let Some(error) = failure {
             let _ = init.kill();
             let reaped = init.clone();
             let _ = paddock_sys::process::wait_exit(reaped).await;
             if let Some(cg) = &cgroup {
                 cg.remove();
             }
-            return Err(message);
+            return Err(error);
         }
         let control = std::os::unix::net::UnixStream::from(b.control);
         control
             .set_nonblocking(true)
-            .map_err(|e| format!("control socket: {e}"))?;
-        let control = tokio::net::UnixStream::from_std(control)
-            .map_err(|e| format!("control socket: {e}"))?;
+            .map_err(JailError::io("control socket"))?;
+        let control =
+            tokio::net::UnixStream::from_std(control).map_err(JailError::io("control socket"))?;
         let inner = Arc::new(Inner {
             init,
             control,
@@ -305,7 +308,7 @@ impl RunningJail {
         &self,
         program: &str,
         locale: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), JailError> {
         if self
             .inner
             .waiting_shell
@@ -323,7 +326,7 @@ impl RunningJail {
                 None => (e, String::new()),
             })
             .collect();
-        let pipe = || std::io::pipe().map_err(|e| format!("pipe: {e}"));
+        let pipe = || std::io::pipe().map_err(JailError::io("pipe"));
         let (cmd_r, cmd_w) = pipe()?;
         let (st_r, st_w) = pipe()?;
         let (out_r, out_w) = pipe()?;
@@ -360,7 +363,7 @@ impl RunningJail {
         self.inner.cgroup.as_ref().map_or(0, |c| c.oom_kills())
     }
 
-    fn take_slot(&self) -> Result<Option<SlotGuard>, String> {
+    fn take_slot(&self) -> Result<Option<SlotGuard>, JailError> {
         let Some(cg) = self.inner.cgroup.as_ref().filter(|c| c.has_slots()) else {
             return Ok(None);
         };
@@ -372,11 +375,15 @@ impl RunningJail {
             None if slots.len() < MAX_RUNNING => {
                 let slot = cg.slot(slots.len()).map_err(|e| {
                     tracing::error!(error = %e, "could not make a command's cgroup");
-                    "could not make the command's cgroup".to_owned()
+                    JailError::Cgroup {
+                        what: "make the command's cgroup",
+                    }
                 })?;
                 let (join, clone_into) = slot.open_join().map_err(|e| {
                     tracing::error!(error = %e, "could not open a command's cgroup");
-                    "could not open the command's cgroup".to_owned()
+                    JailError::Cgroup {
+                        what: "open the command's cgroup",
+                    }
                 })?;
                 slots.push(Slot {
                     slot,
@@ -386,11 +393,7 @@ impl RunningJail {
                 });
                 slots.len() - 1
             }
-            None => {
-                return Err(format!(
-                    "too many commands are running in this sandbox (at most {MAX_RUNNING})"
-                ));
-            }
+            None => return Err(JailError::Busy),
         };
         slots[index].busy = true;
         Ok(Some(SlotGuard {
@@ -413,13 +416,13 @@ impl RunningJail {
         env: &[(String, String)],
         cwd: &str,
         fds: Vec<OwnedFd>,
-    ) -> Result<Started, String> {
+    ) -> Result<Started, JailError> {
         if !self.alive() {
-            return Err("the sandbox's jail has ended".into());
+            return Err(JailError::Ended);
         }
         let slot = self.take_slot()?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let null = dev_null().map_err(|e| format!("/dev/null: {e}"))?;
+        let null = dev_null().map_err(JailError::io("/dev/null"))?;
         let given: Vec<std::os::fd::BorrowedFd<'_>> = std::iter::once(null.as_fd())
             .chain(fds.iter().map(|f| f.as_fd()))
             .collect();
@@ -437,8 +440,7 @@ impl RunningJail {
             cgroups: &v1,
             clone_into: v2,
         }
-        .encode()
-        .map_err(|e| e.to_string())?;
+        .encode()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner
             .waiting
@@ -459,7 +461,7 @@ impl RunningJail {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
-            return Err(format!("could not hand the command to the sandbox: {e}"));
+            return Err(JailError::Handover(Arc::new(e)));
         }
         Ok(Started {
             id,
@@ -506,13 +508,9 @@ async fn read_records(inner: Arc<Inner>) {
                 WaitStatus::Exited(c) => ShellEnd::Exited(c),
                 WaitStatus::Signaled(s) => ShellEnd::Signaled(s),
             },
-            InitRecord::Failed { step, errno, .. } => ShellEnd::SpawnFailed(match step {
-                StartStep::Busy => step.to_string(),
-                _ => format!(
-                    "{step} failed: {}",
-                    std::io::Error::from_raw_os_error(errno)
-                ),
-            }),
+            InitRecord::Failed { step, errno, .. } => {
+                ShellEnd::SpawnFailed(StartFailed { step, errno }.into())
+            }
         };
         let tx = inner
             .waiting

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod disk;
 mod drive;
 pub mod env;
+mod error;
 mod etc;
 pub mod ids;
 mod jail;

@@ -14,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use paddock_core::DataLayout;
 use paddock_sys::cgroup::{CgroupSet, Controller};
 
+use crate::error::JailError;
 use crate::probecache::Orphans;
 use paddock_sys::jail::{BuildingSandbox, EncodedCommand, JailChild, JailSpec, SpawnError};
 use paddock_sys::mountplan::HostFacts;
@@ -583,9 +584,10 @@ struct Job {
     task: Task,
 }
 
-static SPAWNER: OnceLock<Result<std::sync::mpsc::Sender<Job>, String>> = OnceLock::new();
+static SPAWNER: OnceLock<Result<std::sync::mpsc::Sender<Job>, Arc<std::io::Error>>> =
+    OnceLock::new();
 
-fn spawner() -> Result<&'static std::sync::mpsc::Sender<Job>, String> {
+fn spawner() -> Result<&'static std::sync::mpsc::Sender<Job>, JailError> {
     SPAWNER
         .get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -615,23 +617,26 @@ fn spawner() -> Result<&'static std::sync::mpsc::Sender<Job>, String> {
                     }
                 })
                 .map(|_| tx)
-                .map_err(|e| format!("could not start the spawner thread: {e}"))
+                .map_err(Arc::new)
         })
         .as_ref()
-        .map_err(Clone::clone)
+        .map_err(|e| JailError::SpawnerStart(e.clone()))
 }
 
-async fn on_spawner<T>(spec: JailSpec, task: impl FnOnce(Reply<T>) -> Task) -> Result<T, String> {
+async fn on_spawner<T>(
+    spec: JailSpec,
+    task: impl FnOnce(Reply<T>) -> Task,
+) -> Result<T, JailError> {
     let (reply, rx) = tokio::sync::oneshot::channel();
     spawner()?
         .send(Job {
             spec,
             task: task(reply),
         })
-        .map_err(|_| "the spawner thread is gone".to_owned())?;
+        .map_err(|_| JailError::Spawner("is gone"))?;
     rx.await
-        .map_err(|_| "the spawner thread dropped the request".to_owned())?
-        .map_err(|e| e.to_string())
+        .map_err(|_| JailError::Spawner("dropped the request"))?
+        .map_err(JailError::from)
 }
 
 /// Builds a jail and starts `cmd` in it: on the spawner thread, or — in a one-shot runtime
@@ -641,19 +646,20 @@ pub(crate) async fn spawn_jail(
     rt: &Runtime,
     spec: JailSpec,
     cmd: EncodedCommand,
-) -> Result<JailChild, String> {
+) -> Result<JailChild, JailError> {
     if rt.one_shot {
         return paddock_sys::jail::build(&spec)
             .and_then(|p| p.start(&cmd))
-            .map_err(|e| e.to_string());
+            .map_err(JailError::from);
     }
     on_spawner(spec, |r| Task::Run(cmd, r)).await
 }
 
 /// Builds a sandbox's jail on the spawner thread (its init's parent-death signal is tied to
 /// that thread, which lives as long as the process).
-pub(crate) async fn build_sandbox_jail(spec: JailSpec) -> Result<BuildingSandbox, String> {
-    let init = paddock_sys::sandbox_jail::init_program()?;
+pub(crate) async fn build_sandbox_jail(spec: JailSpec) -> Result<BuildingSandbox, JailError> {
+    let init =
+        paddock_sys::sandbox_jail::init_program().map_err(JailError::io("the init program"))?;
     on_spawner(spec, |r| Task::Sandbox(init, r)).await
 }
 

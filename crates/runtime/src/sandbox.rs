@@ -35,11 +35,12 @@ use paddock_core::{Mount, MountTable, Sandbox, SandboxError, ThreadId, UserId, V
 use paddock_fsops::{FsOps, FsOptions};
 use paddock_sys::PidFd;
 use paddock_sys::cgroup::ExecCgroup;
-use paddock_sys::jail::{JailCommand, StatusRecord};
+use paddock_sys::jail::{JailCommand, StatusRecord, StepFailed};
 use paddock_sys::process::WaitStatus;
 use tokio::io::AsyncReadExt;
 
 use crate::drive::{Control, ShellEnd, drive};
+use crate::error::JailError;
 use crate::jail::RunningJail;
 use crate::options::Isolation;
 use crate::plan::JailPlan;
@@ -64,7 +65,7 @@ enum Live {
     Group(i32),
 }
 
-type Building = Shared<BoxFuture<'static, Result<Arc<RunningJail>, String>>>;
+type Building = Shared<BoxFuture<'static, Result<Arc<RunningJail>, JailError>>>;
 
 /// The sandbox's jail: none yet, on its way up, or running.
 enum JailState {
@@ -423,12 +424,12 @@ impl LocalSandbox {
                     message: "the sandbox was reset while its jail was being built".into(),
                 }),
             },
-            Err(message) => {
+            Err(error) => {
                 if current {
                     *st = JailState::Down;
                 }
-                tracing::error!(sandbox = %self.id, %message, "could not build the sandbox's jail");
-                Err(SandboxError::Spawn { message })
+                tracing::error!(sandbox = %self.id, message = %error, "could not build the sandbox's jail");
+                Err(error.into())
             }
         }
     }
@@ -549,9 +550,9 @@ impl LocalSandbox {
                 vec![out_w.into(), err_w.into()],
             )
             .await
-            .map_err(|message| {
-                tracing::error!(sandbox = %self.id, %message, "could not start a command");
-                SandboxError::Spawn { message }
+            .map_err(|error| {
+                tracing::error!(sandbox = %self.id, message = %error, "could not start a command");
+                SandboxError::from(error)
             })?;
         self.drive_in_jail(
             jail.clone(),
@@ -606,13 +607,9 @@ impl LocalSandbox {
                 let mut rec = [0u8; StatusRecord::LEN];
                 // End of file once the command runs; a record when the preload failed.
                 if status.read_exact(&mut rec).await.is_ok()
-                    && let Some(StatusRecord::SetupFailed { step, errno }) =
-                        StatusRecord::parse(&rec)
+                    && let Some(failed) = StatusRecord::parse(&rec).and_then(|r| r.failure())
                 {
-                    return ShellEnd::SpawnFailed(format!(
-                        "{step} failed: {}",
-                        std::io::Error::from_raw_os_error(errno)
-                    ));
+                    return ShellEnd::SpawnFailed(failed.into());
                 }
             }
             end.await.unwrap_or(ShellEnd::Vanished)
@@ -675,9 +672,9 @@ impl LocalSandbox {
                 .create_exec(&format!("x{n}"), &plan.limits())
                 .map_err(|e| {
                     tracing::error!(error = %e, "could not create the exec's cgroup");
-                    SandboxError::Spawn {
-                        message: "could not create the command's cgroup".into(),
-                    }
+                    SandboxError::from(JailError::Cgroup {
+                        what: "create the command's cgroup",
+                    })
                 })?;
             Some(Arc::new(CgroupGuard(cg)))
         };
@@ -685,9 +682,9 @@ impl LocalSandbox {
             cgroup.as_ref().map(|g| g.0.join_plan()).unwrap_or_default(),
             |c| cgroup.as_ref().is_some_and(|g| g.0.has(c)),
         );
-        let child = spawn_jail(&self.rt, spec, cmd).await.map_err(|message| {
-            tracing::error!(%message, "jail spawn failed");
-            SandboxError::Spawn { message }
+        let child = spawn_jail(&self.rt, spec, cmd).await.map_err(|error| {
+            tracing::error!(message = %error, "jail spawn failed");
+            SandboxError::from(error)
         })?;
         let (handed_over, result_out) = tokio::sync::oneshot::channel::<()>();
         let on_end: Option<Box<dyn FnOnce() + Send>> = Some(Box::new(move || {
@@ -759,10 +756,7 @@ impl LocalSandbox {
                         ShellEnd::Signaled(s)
                     }
                     Some(StatusRecord::SetupFailed { step, errno }) => {
-                        ShellEnd::SpawnFailed(format!(
-                            "{step} failed: {}",
-                            std::io::Error::from_raw_os_error(errno)
-                        ))
+                        ShellEnd::SpawnFailed(StepFailed { step, errno }.into())
                     }
                     // (Idle only ever follows the shell's record.)
                     Some(StatusRecord::Idle) | None => ShellEnd::Vanished,
@@ -819,6 +813,8 @@ impl LocalSandbox {
             .kill_on_drop(false);
         let mut child = cmd.spawn().map_err(|e| SandboxError::Spawn {
             message: e.to_string(),
+            step: None,
+            errno: e.raw_os_error(),
         })?;
         let pgid = child
             .id()

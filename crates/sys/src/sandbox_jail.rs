@@ -27,12 +27,18 @@ use proto::*;
 pub const INIT_PROGRAM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/paddock-init"));
 
 /// A sealed memfd holding [`INIT_PROGRAM`], made once per process and shared by every jail
-/// (`execveat` of it needs nothing in the jail's root).
-pub fn init_program() -> Result<Arc<OwnedFd>, String> {
-    static PROGRAM: OnceLock<Result<Arc<OwnedFd>, String>> = OnceLock::new();
+/// (`execveat` of it needs nothing in the jail's root). A failure is remembered (by its OS
+/// error) and returned again.
+pub fn init_program() -> io::Result<Arc<OwnedFd>> {
+    static PROGRAM: OnceLock<Result<Arc<OwnedFd>, i32>> = OnceLock::new();
     PROGRAM
-        .get_or_init(|| make_init_memfd().map(Arc::new).map_err(|e| e.to_string()))
+        .get_or_init(|| {
+            make_init_memfd()
+                .map(Arc::new)
+                .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+        })
         .clone()
+        .map_err(io::Error::from_raw_os_error)
 }
 
 fn make_init_memfd() -> io::Result<OwnedFd> {

@@ -90,9 +90,7 @@ async fn bash_formats() {
         "bash_stream_capped",
         bash_once(outcome("0123456789", "", capped)).await
     );
-    let spawn = SandboxError::Spawn {
-        message: "no shell found in the sandbox".into(),
-    };
+    let spawn = SandboxError::spawn("no shell found in the sandbox");
     assert_snapshot!("bash_error", bash_once(Reply::Exec(Err(spawn))).await);
     let unavailable = SandboxError::Unavailable {
         message: "agent did not answer".into(),
