@@ -415,14 +415,14 @@ const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
 
 /// `struct open_how` of `openat2(2)`.
 #[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
+pub(crate) struct OpenHow {
+    pub(crate) flags: u64,
+    pub(crate) mode: u64,
+    pub(crate) resolve: u64,
 }
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub(crate) const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 /// `prctl(option, arg2)` with the unused arguments zero.
 fn prctl(option: i32, arg2: libc::c_ulong) -> SysResult {

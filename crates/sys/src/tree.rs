@@ -17,6 +17,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
+use crate::syscalls::{OpenHow, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
+
 /// Deepest directory level a walk goes to; below it the walk fails (and says so) rather
 /// than hold more descriptors.
 pub const MAX_DEPTH: usize = 256;
@@ -102,17 +104,6 @@ pub fn open_root(root: &Path) -> io::Result<OwnedFd> {
         )
     })
 }
-
-/// `struct open_how` of `openat2(2)`.
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 
 /// Opens the directory `path`, refusing (`ELOOP`) a symbolic link in any of its components:
 /// for a path known to be canonical (a thread's data directories are), a link found there

@@ -1,4 +1,4 @@
-// The contract between Paddock's jail (`src/jail.rs`) and the shell preload (`zygote.rs`),
+// The contract between Paddock's jail (`src/jail/wire.rs`) and the shell preload (`zygote.rs`),
 // included by both so the two can never disagree.
 
 /// What the shell's third argument starts with until the preload replaces it. Should the
