@@ -324,7 +324,7 @@ pub fn mcp(args: McpArgs, vars: Vars<'_>) -> Result<McpSettings, SettingsError> 
         }
         tools.bash_timeout_secs = secs;
     }
-    let backend = match args.provisioner {
+    let source = match args.provisioner {
         Some(url) => {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(SettingsError::Flag(format!(
@@ -344,7 +344,7 @@ pub fn mcp(args: McpArgs, vars: Vars<'_>) -> Result<McpSettings, SettingsError> 
                 .sandbox_id
                 .map(|id| SandboxId::new(id).map_err(|e| flag("--sandbox-id", &e)))
                 .transpose()?;
-            paddock_mcp::cli::McpBackend::Provisioner {
+            paddock_mcp::cli::SandboxSourceOptions::Provisioner {
                 url,
                 api_key,
                 sandbox_id,
@@ -356,7 +356,7 @@ pub fn mcp(args: McpArgs, vars: Vars<'_>) -> Result<McpSettings, SettingsError> 
             if let Some(i) = args.isolation {
                 runtime.isolation = i.into();
             }
-            paddock_mcp::cli::McpBackend::Local {
+            paddock_mcp::cli::SandboxSourceOptions::Local {
                 data_dir: args.data_dir.unwrap_or(cfg.data_dir),
                 runtime,
                 mounts,
@@ -367,7 +367,7 @@ pub fn mcp(args: McpArgs, vars: Vars<'_>) -> Result<McpSettings, SettingsError> 
         options: paddock_mcp::cli::McpOptions {
             user,
             thread,
-            backend,
+            source,
             tools,
         },
         log: vars(env::LOG).unwrap_or_else(|| "warn".into()),

@@ -15,8 +15,8 @@ use paddock_runtime::{LocalProvider, RuntimeOptions};
 use paddock_tools::ToolsConfig;
 use rmcp::ServiceExt as _;
 
-use crate::backend::{Backend, derived_sandbox_id};
 use crate::server::PaddockMcp;
+use crate::source::{SandboxSource, derived_sandbox_id};
 
 /// What `paddock mcp` serves.
 #[derive(Debug, Clone)]
@@ -26,14 +26,14 @@ pub struct McpOptions {
     /// The conversation thread whose sandbox the tools use.
     pub thread: ThreadId,
     /// Where the sandbox comes from.
-    pub backend: McpBackend,
+    pub source: SandboxSourceOptions,
     /// The tool layer's limits (the `tools:` section).
     pub tools: ToolsConfig,
 }
 
 /// Where the sandbox of [`McpOptions`] comes from.
 #[derive(Clone)]
-pub enum McpBackend {
+pub enum SandboxSourceOptions {
     /// The local runtime over a data directory.
     Local {
         /// Paddock's data directory.
@@ -54,7 +54,7 @@ pub enum McpBackend {
     },
 }
 
-impl std::fmt::Debug for McpBackend {
+impl std::fmt::Debug for SandboxSourceOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Local {
@@ -84,11 +84,11 @@ pub fn build(opts: McpOptions) -> anyhow::Result<PaddockMcp> {
     let McpOptions {
         user,
         thread,
-        backend,
+        source,
         tools,
     } = opts;
-    let backend = match backend {
-        McpBackend::Provisioner {
+    let source = match source {
+        SandboxSourceOptions::Provisioner {
             url,
             api_key,
             sandbox_id,
@@ -97,7 +97,7 @@ pub fn build(opts: McpOptions) -> anyhow::Result<PaddockMcp> {
                 Some(id) => id,
                 None => derived_sandbox_id(&user, &thread).context("derived sandbox id")?,
             };
-            Backend::Provisioner {
+            SandboxSource::Provisioner {
                 url,
                 api_key,
                 sandbox_id,
@@ -105,21 +105,21 @@ pub fn build(opts: McpOptions) -> anyhow::Result<PaddockMcp> {
                 thread,
             }
         }
-        McpBackend::Local {
+        SandboxSourceOptions::Local {
             data_dir,
             runtime,
             mounts,
         } => {
             let provider = LocalProvider::new(data_dir, runtime, mounts)
                 .context("starting the local runtime")?;
-            Backend::Local {
+            SandboxSource::Local {
                 provider: Arc::new(provider),
                 user,
                 thread,
             }
         }
     };
-    Ok(PaddockMcp::new(backend, tools))
+    Ok(PaddockMcp::new(source, tools))
 }
 
 /// Serves MCP on stdio until the client disconnects.

@@ -6,9 +6,9 @@
 //! operation is a tool result with `isError: true`, never a protocol error or a crash;
 //! only an unknown tool or malformed arguments are JSON-RPC errors (`-32602`).
 
-pub mod backend;
 pub mod cli;
 pub mod server;
+pub mod source;
 
-pub use backend::{Backend, BackendError};
 pub use server::PaddockMcp;
+pub use source::{SandboxSource, SandboxSourceError};

@@ -18,11 +18,11 @@ use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
-use crate::backend::Backend;
+use crate::source::SandboxSource;
 
 /// The MCP handler for one (user, thread).
 pub struct PaddockMcp {
-    backend: Arc<Backend>,
+    source: Arc<SandboxSource>,
     config: ToolsConfig,
     tools: Mutex<Option<Arc<Tools>>>,
 }
@@ -30,7 +30,7 @@ pub struct PaddockMcp {
 impl std::fmt::Debug for PaddockMcp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PaddockMcp")
-            .field("backend", &self.backend)
+            .field("source", &self.source)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -51,10 +51,10 @@ pub fn mcp_tools() -> Vec<Tool> {
 }
 
 impl PaddockMcp {
-    /// A server over `backend` with the tools' limits in `config`.
-    pub fn new(backend: Backend, config: ToolsConfig) -> Self {
+    /// A server over the sandbox from `source` with the tools' limits in `config`.
+    pub fn new(source: SandboxSource, config: ToolsConfig) -> Self {
         Self {
-            backend: Arc::new(backend),
+            source: Arc::new(source),
             config,
             tools: Mutex::new(None),
         }
@@ -65,7 +65,7 @@ impl PaddockMcp {
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
-        let sandbox = self.backend.sandbox().await.map_err(|e| {
+        let sandbox = self.source.sandbox().await.map_err(|e| {
             tracing::warn!(error = %e, "could not obtain the sandbox");
             format!("Error: sandbox unavailable: {e}")
         })?;

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use paddock_core::{ThreadId, UserId};
-use paddock_mcp::cli::{McpBackend, McpOptions, build};
+use paddock_mcp::cli::{McpOptions, SandboxSourceOptions, build};
 use paddock_runtime::RuntimeOptions;
 use paddock_tools::ToolsConfig;
 use rmcp::ServiceExt as _;
@@ -95,7 +95,7 @@ async fn start(data_dir: &std::path::Path, bash_timeout: f64) -> Client {
     let server = build(McpOptions {
         user: UserId::new("u").expect("user"),
         thread: ThreadId::new("t").expect("thread"),
-        backend: McpBackend::Local {
+        source: SandboxSourceOptions::Local {
             data_dir: data_dir.to_path_buf(),
             runtime: RuntimeOptions::default(),
             mounts: Vec::new(),

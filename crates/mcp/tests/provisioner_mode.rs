@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use paddock_core::{ThreadId, UserId};
-use paddock_mcp::cli::{McpBackend, McpOptions, build};
+use paddock_mcp::cli::{McpOptions, SandboxSourceOptions, build};
 use paddock_mcp::server::PaddockMcp;
 use paddock_runtime::{Isolation, RuntimeOptions};
 use paddock_server::LifecycleConfig;
@@ -70,7 +70,7 @@ fn args(url: &str, key: &str) -> McpOptions {
     McpOptions {
         user: UserId::new("u7").expect("user"),
         thread: ThreadId::new("thread-42").expect("thread"),
-        backend: McpBackend::Provisioner {
+        source: SandboxSourceOptions::Provisioner {
             url: url.to_owned(),
             api_key: key.to_owned(),
             sandbox_id: None,

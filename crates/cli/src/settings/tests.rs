@@ -66,8 +66,8 @@ fn doctor<S: AsRef<str>>(line: &[S], env: &[(&str, &str)]) -> DoctorSettings {
 }
 
 fn local_data_dir(s: &McpSettings) -> &Path {
-    match &s.options.backend {
-        paddock_mcp::cli::McpBackend::Local { data_dir, .. } => data_dir,
+    match &s.options.source {
+        paddock_mcp::cli::SandboxSourceOptions::Local { data_dir, .. } => data_dir,
         other => panic!("not local: {other:?}"),
     }
 }
@@ -189,7 +189,7 @@ fn a_given_flag_wins_even_with_the_default_value() {
     )
     .expect("mcp");
     assert_eq!(m.options.tools.bash_timeout_secs, 600.0);
-    let paddock_mcp::cli::McpBackend::Local { runtime, .. } = &m.options.backend else {
+    let paddock_mcp::cli::SandboxSourceOptions::Local { runtime, .. } = &m.options.source else {
         panic!("local")
     };
     assert_eq!(runtime.isolation, paddock_runtime::Isolation::Isolated);
@@ -266,7 +266,7 @@ fn mcp_reads_the_file() {
     let m = mcp(&["mcp", "--config", &cfg, "--thread", "t"], &[]).expect("local");
     assert_eq!(m.options.tools.bash_timeout_secs, 3.0);
     assert_eq!(m.log, "warn");
-    let paddock_mcp::cli::McpBackend::Local { runtime, .. } = &m.options.backend else {
+    let paddock_mcp::cli::SandboxSourceOptions::Local { runtime, .. } = &m.options.source else {
         panic!("local")
     };
     assert_eq!(
@@ -285,8 +285,8 @@ fn mcp_reads_the_file() {
         "--provisioner",
         "http://127.0.0.1:1",
     ];
-    let key = |m: &McpSettings| match &m.options.backend {
-        paddock_mcp::cli::McpBackend::Provisioner { api_key, .. } => api_key.clone(),
+    let key = |m: &McpSettings| match &m.options.source {
+        paddock_mcp::cli::SandboxSourceOptions::Provisioner { api_key, .. } => api_key.clone(),
         other => panic!("not a provisioner: {other:?}"),
     };
     assert_eq!(key(&mcp(&line, &[]).expect("file key")), "from-file");

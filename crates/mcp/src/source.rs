@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 /// Failure to obtain the sandbox.
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub enum SandboxSourceError {
     /// The local runtime could not prepare the thread's sandbox.
     #[error("local sandbox: {0}")]
     Local(#[from] paddock_core::SandboxError),
@@ -27,8 +27,8 @@ pub enum BackendError {
     },
 }
 
-/// The backing of an MCP session.
-pub enum Backend {
+/// Where an MCP session's sandbox comes from, obtained on the first tool call.
+pub enum SandboxSource {
     /// The embedded local runtime.
     Local {
         /// The provider over the data dir.
@@ -53,15 +53,15 @@ pub enum Backend {
     },
 }
 
-impl std::fmt::Debug for Backend {
+impl std::fmt::Debug for SandboxSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Backend::Local { user, thread, .. } => f
+            SandboxSource::Local { user, thread, .. } => f
                 .debug_struct("Local")
                 .field("user", user)
                 .field("thread", thread)
                 .finish_non_exhaustive(),
-            Backend::Provisioner {
+            SandboxSource::Provisioner {
                 url,
                 sandbox_id,
                 user,
@@ -103,11 +103,11 @@ pub fn derived_sandbox_id(
     SandboxId::new(format!("{h:016x}"))
 }
 
-impl Backend {
+impl SandboxSource {
     /// Obtains the sandbox.
-    pub async fn sandbox(&self) -> Result<Arc<dyn Sandbox>, BackendError> {
+    pub async fn sandbox(&self) -> Result<Arc<dyn Sandbox>, SandboxSourceError> {
         match self {
-            Backend::Local {
+            SandboxSource::Local {
                 provider,
                 user,
                 thread,
@@ -115,14 +115,14 @@ impl Backend {
                 let sb = provider.acquire(user, thread).await?;
                 Ok(sb as Arc<dyn Sandbox>)
             }
-            Backend::Provisioner {
+            SandboxSource::Provisioner {
                 url,
                 api_key,
                 sandbox_id,
                 user,
                 thread,
             } => {
-                let err = |message: String| BackendError::Provisioner {
+                let err = |message: String| SandboxSourceError::Provisioner {
                     url: url.clone(),
                     message,
                 };
